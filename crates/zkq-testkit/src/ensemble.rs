@@ -1,0 +1,117 @@
+//! A standalone ZooKeeper server or a quorum of members, started and torn down by tests.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::install;
+use crate::server::{Member, Mode};
+
+/// A running ZooKeeper service: one standalone server, or a quorum of members.
+///
+/// Dropping it kills every member and removes the data directory.
+#[derive(Debug)]
+pub struct Ensemble {
+    members: Vec<Member>,
+    // Dropped after the members, so their files outlive the processes.
+    _dir: tempfile::TempDir,
+}
+
+impl Ensemble {
+    /// Starts one standalone server and waits until it serves.
+    pub fn standalone() -> Result<Ensemble, String> {
+        Self::start(1)
+    }
+
+    /// Starts `size` members (3 for a quorum that survives one failure) and waits until every
+    /// one of them serves as leader or follower.
+    pub fn quorum(size: u32) -> Result<Ensemble, String> {
+        Self::start(size)
+    }
+
+    fn start(size: u32) -> Result<Ensemble, String> {
+        let install = install::find()?;
+        let dir = tempfile::Builder::new()
+            .prefix("zkq-zookeeper-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+        let mut members = Vec::new();
+        for id in 1..=size {
+            let member_dir = dir.path().join(format!("member-{id}"));
+            std::fs::create_dir_all(&member_dir).map_err(|e| e.to_string())?;
+            members.push(Member::new(id, member_dir, install.clone()).map_err(|e| e.to_string())?);
+        }
+        let refs: Vec<&Member> = members.iter().collect();
+        for member in &members {
+            member.write_config(&refs).map_err(|e| format!("cannot write zoo.cfg: {e}"))?;
+            member.start().map_err(|e| format!("cannot start java: {e}"))?;
+        }
+        let ensemble = Ensemble { members, _dir: dir };
+        ensemble.wait_ready(Duration::from_secs(60))?;
+        Ok(ensemble)
+    }
+
+    /// The connect string of every member, `127.0.0.1:p1,127.0.0.1:p2,...`.
+    pub fn connect_string(&self) -> String {
+        self.members.iter().map(Member::address).collect::<Vec<_>>().join(",")
+    }
+
+    /// The members, in id order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// One member by index (0-based).
+    pub fn member(&self, index: usize) -> &Member {
+        &self.members[index]
+    }
+
+    /// The index of the member that currently leads the quorum, if one does.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| m.mode() == Some(Mode::Leader))
+    }
+
+    /// Waits until every running, unfrozen member serves clients.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let waiting: Vec<&Member> = self
+                .members
+                .iter()
+                .filter(|m| m.is_running() && m.mode().is_none())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let m = waiting[0];
+                return Err(format!(
+                    "ZooKeeper member {} on port {} did not start serving within {:?}; log tail:\n{}",
+                    m.id,
+                    m.client_port,
+                    timeout,
+                    m.log_tail(30)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One standalone server shared by every test in this process, started on first use.
+///
+/// It lives until the process exits (the server is tied to the process with
+/// `PR_SET_PDEATHSIG`). Tests sharing it keep apart through [`unique_root`].
+pub fn shared() -> &'static Ensemble {
+    static SHARED: OnceLock<Ensemble> = OnceLock::new();
+    SHARED.get_or_init(|| match Ensemble::standalone() {
+        Ok(ensemble) => ensemble,
+        Err(e) => panic!("cannot start the shared ZooKeeper server: {e}"),
+    })
+}
+
+/// A root path no other test uses, such as `/t-fifo-3f2a9c1e`.
+pub fn unique_root(name: &str) -> String {
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("/t-{clean}-{}", &id[..8])
+}

@@ -1,0 +1,21 @@
+//! Real ZooKeeper servers for tests, benchmarks and chaos runs.
+//!
+//! Nothing here fakes ZooKeeper: [`Ensemble`] starts the real server (`QuorumPeerMain`) from the
+//! installed jars, on free loopback ports, with its data in a temporary directory. A one-member
+//! ensemble runs standalone; three members form a quorum. Single members can be stopped, killed,
+//! restarted, frozen (`SIGSTOP`) and thawed (`SIGCONT`) to inject faults.
+//!
+//! Tests in one binary share one standalone server through [`shared`] and isolate themselves with
+//! a unique root path from [`unique_root`], so they can run in parallel.
+//!
+//! # Layout
+//! - [`install`]: finds the ZooKeeper jars and `java`.
+//! - [`server`]: one member process: config, start, stop, kill, freeze.
+//! - [`ensemble`]: a standalone server or a quorum of members, readiness checks.
+
+pub mod ensemble;
+pub mod install;
+pub mod server;
+
+pub use ensemble::{shared, unique_root, Ensemble};
+pub use server::Member;
