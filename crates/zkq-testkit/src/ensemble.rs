@@ -42,7 +42,9 @@ impl Ensemble {
         }
         let refs: Vec<&Member> = members.iter().collect();
         for member in &members {
-            member.write_config(&refs).map_err(|e| format!("cannot write zoo.cfg: {e}"))?;
+            member
+                .write_config(&refs)
+                .map_err(|e| format!("cannot write zoo.cfg: {e}"))?;
             member.start().map_err(|e| format!("cannot start java: {e}"))?;
         }
         let ensemble = Ensemble { members, _dir: dir };
@@ -52,7 +54,11 @@ impl Ensemble {
 
     /// The connect string of every member, `127.0.0.1:p1,127.0.0.1:p2,...`.
     pub fn connect_string(&self) -> String {
-        self.members.iter().map(Member::address).collect::<Vec<_>>().join(",")
+        self.members
+            .iter()
+            .map(Member::address)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The members, in id order.
@@ -111,7 +117,10 @@ pub fn shared() -> &'static Ensemble {
 
 /// A root path no other test uses, such as `/t-fifo-3f2a9c1e`.
 pub fn unique_root(name: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("/t-{clean}-{}", &id[..8])
 }

@@ -23,9 +23,15 @@ pub fn find() -> Result<Install, String> {
         let lib = Path::new(&home).join("lib");
         let jars = jars_in(&lib);
         if jars.iter().any(|j| file_name(j).starts_with("zookeeper-")) {
-            return Ok(Install { java, classpath: join(&jars) });
+            return Ok(Install {
+                java,
+                classpath: join(&jars),
+            });
         }
-        return Err(format!("ZOOKEEPER_HOME={home} has no zookeeper jar in {}", lib.display()));
+        return Err(format!(
+            "ZOOKEEPER_HOME={home} has no zookeeper jar in {}",
+            lib.display()
+        ));
     }
     let debian = Path::new("/usr/share/java");
     let server = debian.join("zookeeper.jar");
@@ -37,11 +43,16 @@ pub fn find() -> Result<Install, String> {
         if log.exists() {
             jars.push(log);
         }
-        return Ok(Install { java, classpath: join(&jars) });
+        return Ok(Install {
+            java,
+            classpath: join(&jars),
+        });
     }
-    Err("ZooKeeper is not installed: run scripts/setup.sh (installs Debian's `zookeeper`) \
+    Err(
+        "ZooKeeper is not installed: run scripts/setup.sh (installs Debian's `zookeeper`) \
          or set ZOOKEEPER_HOME to an Apache ZooKeeper 3.8 directory"
-        .to_string())
+            .to_string(),
+    )
 }
 
 fn find_java() -> Option<PathBuf> {
@@ -52,7 +63,9 @@ fn find_java() -> Option<PathBuf> {
         }
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("java")).find(|java| java.exists())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("java"))
+        .find(|java| java.exists())
 }
 
 fn jars_in(dir: &Path) -> Vec<PathBuf> {
@@ -68,9 +81,14 @@ fn jars_in(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn join(jars: &[PathBuf]) -> String {
-    jars.iter().map(|j| j.display().to_string()).collect::<Vec<_>>().join(":")
+    jars.iter()
+        .map(|j| j.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -101,7 +101,10 @@ impl Member {
                 return Ok(());
             }
         }
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log"))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))?;
         let mut cmd = Command::new(&self.install.java);
         cmd.args([
             "-Xmx256m",
@@ -269,5 +272,6 @@ fn spawn_tied_to_process(cmd: Command) -> std::io::Result<Child> {
     lock(spawner)
         .send((cmd, tx))
         .map_err(|_| std::io::Error::other("zk-spawner thread is gone"))?;
-    rx.recv().map_err(|_| std::io::Error::other("zk-spawner thread is gone"))?
+    rx.recv()
+        .map_err(|_| std::io::Error::other("zk-spawner thread is gone"))?
 }

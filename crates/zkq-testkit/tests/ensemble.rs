@@ -21,8 +21,16 @@ fn standalone_server_serves_and_stops_on_kill() {
 fn quorum_elects_one_leader_and_reelects_after_leader_kill() {
     let zk = Ensemble::quorum(3).expect("start quorum");
     let modes: Vec<Option<Mode>> = zk.members().iter().map(|m| m.mode()).collect();
-    assert_eq!(modes.iter().filter(|m| **m == Some(Mode::Leader)).count(), 1, "{modes:?}");
-    assert_eq!(modes.iter().filter(|m| **m == Some(Mode::Follower)).count(), 2, "{modes:?}");
+    assert_eq!(
+        modes.iter().filter(|m| **m == Some(Mode::Leader)).count(),
+        1,
+        "{modes:?}"
+    );
+    assert_eq!(
+        modes.iter().filter(|m| **m == Some(Mode::Follower)).count(),
+        2,
+        "{modes:?}"
+    );
     let old = zk.leader().expect("a leader");
     zk.member(old).kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

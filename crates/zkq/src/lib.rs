@@ -1,1 +1,74 @@
-//! zkq
+//! zkq: a distributed work queue on Apache ZooKeeper.
+//!
+//! Producers enqueue jobs into durable, partitioned priority queues; a fleet of workers claims
+//! and runs them. ZooKeeper is the only stateful component: jobs, claims, membership and
+//! configuration all live in znodes, and a worker's claims live in its session, so a crashed
+//! worker's jobs are ready again within the session timeout.
+//!
+//! ```no_run
+//! use zkq::{NewJob, Outcome, Producer, Worker, WorkerConfig, ZkConfig};
+//!
+//! # async fn demo() -> zkq::Result<()> {
+//! let zk = ZkConfig::new("127.0.0.1:2181");
+//! let producer = Producer::connect(&zk, "/zkq").await?;
+//! producer.enqueue("emails", NewJob::new("welcome", b"user-42".to_vec())).await?;
+//!
+//! let config = WorkerConfig { queues: vec!["emails".into()], ..WorkerConfig::default() };
+//! let worker = Worker::new(zk, "/zkq", config)?.handle("welcome", |ctx: zkq::JobContext| async move {
+//!     println!("welcome {}", String::from_utf8_lossy(&ctx.job.payload));
+//!     Outcome::Done
+//! })?;
+//! worker.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`job`]: the job record and [`NewJob`], what producers submit.
+//! - [`queue`]: queues and [`QueueConfig`], stored in the queue's znode.
+//! - [`layout`]: the znode paths and the naming rules.
+//! - [`codec`](crate::codec) (private): MessagePack records with a format version.
+//! - [`segment`](crate::segment) (private): bounded runs of job znodes, one writer each.
+//! - [`producer`]: [`Producer`], enqueue one or a batch (one `multi`).
+//! - [`claim`]: claim, ack, retry, dead letter, release: the versioned `multi`s.
+//! - [`fetch`](crate::fetch) (private): scanning for ready jobs, watches when idle.
+//! - [`promoter`]: moving due delayed jobs to their lanes.
+//! - [`handler`]: [`Handler`], [`JobContext`], [`Outcome`].
+//! - [`exec`]: [`CommandHandler`], a shell command per job in its own process group.
+//! - [`registry`]: worker registration (ephemeral znodes).
+//! - [`worker`]: [`Worker`], the run loop, sessions and graceful shutdown.
+//! - [`retry`]: [`RetryPolicy`], exponential backoff with jitter.
+//! - [`telemetry`]: metric names.
+//! - [`error`]: [`Error`], infrastructure errors.
+
+pub mod claim;
+mod codec;
+pub mod error;
+pub mod exec;
+mod fetch;
+pub mod handler;
+pub mod job;
+pub mod layout;
+pub mod producer;
+pub mod promoter;
+pub mod queue;
+pub mod registry;
+pub mod retry;
+mod segment;
+pub mod telemetry;
+mod txn;
+pub mod worker;
+mod znode;
+
+pub use error::{Error, Result};
+pub use exec::CommandHandler;
+pub use handler::{Handler, JobContext, Outcome};
+pub use job::{AttemptError, Job, JobId, NewJob};
+pub use layout::Layout;
+pub use producer::Producer;
+pub use queue::QueueConfig;
+pub use retry::RetryPolicy;
+pub use worker::{Worker, WorkerConfig, WorkerSummary};
+pub use znode::ZkConfig;
+
+/// Re-export of the ZooKeeper client, for callers that share a session with zkq.
+pub use zookeeper_client;

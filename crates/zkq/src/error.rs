@@ -1,0 +1,83 @@
+//! Infrastructure errors: everything that can go wrong around a job, never the job's own outcome
+//! (that is [`crate::Outcome`]).
+
+use zookeeper_client as zk;
+
+/// The result type of zkq operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong talking to ZooKeeper or validating input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A queue, kind, header or lock key name breaks the naming rules.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+
+    /// A job's encoded size is over the limit; nothing was sent.
+    #[error("job payload is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
+
+    /// A job field has a value the queue cannot take; nothing was sent.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+
+    /// A queue config is not acceptable.
+    #[error("invalid queue config: {0}")]
+    InvalidConfig(String),
+
+    /// Bytes in a znode are not what zkq wrote there.
+    #[error("cannot decode {what} at {path}: {reason}")]
+    Decode {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+
+    /// No session could be established.
+    #[error("cannot reach ZooKeeper at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+
+    /// The request may or may not have been applied: the connection dropped while it was in
+    /// flight. Job ids are UUIDs, so a caller can look before retrying.
+    #[error("outcome unknown for {op} (connection lost while in flight): {source}")]
+    OutcomeUnknown { op: &'static str, source: zk::Error },
+
+    /// The ZooKeeper session is gone (expired or closed); ephemerals and claims went with it.
+    #[error("ZooKeeper session lost: {0}")]
+    SessionLost(zk::Error),
+
+    /// Any other ZooKeeper error, with the operation and path it happened on.
+    #[error("ZooKeeper {op} on {path} failed: {source}")]
+    Zk {
+        op: &'static str,
+        path: String,
+        source: zk::Error,
+    },
+}
+
+impl Error {
+    /// Wraps a ZooKeeper error with what was being done, classifying the ones that need
+    /// different handling (unknown outcome, lost session).
+    pub(crate) fn zk(op: &'static str, path: impl Into<String>, source: zk::Error) -> Error {
+        match source {
+            zk::Error::ConnectionLoss | zk::Error::Timeout => Error::OutcomeUnknown { op, source },
+            zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::SessionMoved => {
+                Error::SessionLost(source)
+            }
+            source => Error::Zk {
+                op,
+                path: path.into(),
+                source,
+            },
+        }
+    }
+
+    /// Whether the session behind the request is gone for good.
+    pub fn is_session_lost(&self) -> bool {
+        matches!(self, Error::SessionLost(_))
+    }
+}

@@ -1,0 +1,381 @@
+//! The job record: what a producer enqueues and a worker runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::Record;
+use crate::error::{Error, Result};
+use crate::layout;
+
+/// Default limit on a job's payload. Queues can lower or raise it up to [`MAX_PAYLOAD_BYTES`].
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 512 * 1024;
+
+/// Hard ceiling on a payload: a job must fit in one ZooKeeper request (`jute.maxbuffer`, 1 MiB)
+/// with room for its metadata and error history.
+pub const MAX_PAYLOAD_BYTES: usize = 900 * 1024;
+
+/// Longest error message kept per attempt in the error history.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
+
+/// How many failed attempts the error history keeps (the newest ones).
+pub const MAX_ERROR_HISTORY: usize = 20;
+
+/// A job's unique id (a random UUID), printed in its hyphenated form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh random id.
+    pub fn new() -> JobId {
+        JobId(Uuid::new_v4())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        JobId::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(JobId)
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0.hyphenated())
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One failed attempt, kept in the job's error history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// The attempt that failed (1 for the first run).
+    pub attempt: u32,
+    /// When it failed, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// What went wrong (truncated to [`MAX_ERROR_MESSAGE_BYTES`]).
+    pub message: String,
+}
+
+/// A job as stored in its znode (format version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Format version of the record.
+    pub v: u8,
+    pub id: JobId,
+    /// Chooses the handler.
+    pub kind: String,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Priority level: the lane index, 0 lowest. Higher lanes drain first.
+    #[serde(default)]
+    pub priority: u8,
+    /// Attempts started so far. A claim counts the attempt before the job runs, so a job that
+    /// crashes its worker still uses up attempts.
+    #[serde(default)]
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Jobs sharing a lock key never run at the same time.
+    #[serde(default)]
+    pub lock_key: Option<String>,
+    /// Jobs sharing a partition key land in the same partition.
+    #[serde(default)]
+    pub partition_key: Option<String>,
+    /// Per-job run time limit; the worker's default applies when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// When the producer enqueued the job, in ms since the Unix epoch.
+    pub enqueued_at_ms: u64,
+    /// When the job became ready to run (enqueue time, or the due time of a delayed job or a
+    /// retry). Enqueue-to-start latency is measured from here.
+    #[serde(default)]
+    pub ready_at_ms: u64,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Failed attempts, oldest first, at most [`MAX_ERROR_HISTORY`].
+    #[serde(default)]
+    pub errors: Vec<AttemptError>,
+}
+
+impl Record for Job {
+    const WHAT: &'static str = "job";
+    const VERSION: u8 = 1;
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
+
+impl Job {
+    /// Decodes a job record read from the znode at `path` (used in error messages).
+    pub fn decode(path: &str, bytes: &[u8]) -> Result<Job> {
+        crate::codec::decode(path, bytes)
+    }
+
+    /// Encodes the record as stored in a job znode.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        crate::codec::encode(self)
+    }
+
+    /// Whether another attempt is allowed after the current one.
+    pub fn has_attempts_left(&self) -> bool {
+        self.attempt < self.max_attempts
+    }
+
+    /// Records a failure of the current attempt, bounding message size and history length.
+    pub(crate) fn record_error(&mut self, message: &str) {
+        self.errors.push(AttemptError {
+            attempt: self.attempt,
+            at_ms: now_ms(),
+            message: truncate(message, MAX_ERROR_MESSAGE_BYTES),
+        });
+        let excess = self.errors.len().saturating_sub(MAX_ERROR_HISTORY);
+        self.errors.drain(..excess);
+    }
+}
+
+/// A job to enqueue: what the caller chooses; the producer fills in the rest.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub(crate) id: JobId,
+    pub(crate) kind: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) priority: u8,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) lock_key: Option<String>,
+    pub(crate) partition_key: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) run_at_ms: Option<u64>,
+    pub(crate) headers: BTreeMap<String, String>,
+}
+
+impl NewJob {
+    /// A job of `kind` carrying `payload`, with a fresh id, priority 0 and the queue's defaults.
+    pub fn new(kind: impl Into<String>, payload: impl Into<Vec<u8>>) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            kind: kind.into(),
+            payload: payload.into(),
+            ..NewJob::default()
+        }
+    }
+
+    /// Uses `id` instead of a random one. A delayed job with the id of one already waiting for
+    /// the same due time is refused, so callers can make delayed enqueues idempotent.
+    pub fn with_id(mut self, id: JobId) -> NewJob {
+        self.id = id;
+        self
+    }
+
+    /// The job's id, known before it is enqueued.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// Priority level (lane), 0 lowest; must be below the queue's `priorities`.
+    pub fn priority(mut self, priority: u8) -> NewJob {
+        self.priority = priority;
+        self
+    }
+
+    /// Attempts before the job is dead-lettered; the queue's default when not set.
+    pub fn max_attempts(mut self, attempts: u32) -> NewJob {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Jobs with the same lock key never run at the same time.
+    pub fn lock_key(mut self, key: impl Into<String>) -> NewJob {
+        self.lock_key = Some(key.into());
+        self
+    }
+
+    /// Jobs with the same partition key land in the same partition (and keep their order).
+    pub fn partition_key(mut self, key: impl Into<String>) -> NewJob {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// Run time limit for this job; the worker's default otherwise.
+    pub fn timeout(mut self, timeout: Duration) -> NewJob {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Do not run before `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> NewJob {
+        self.run_at_ms = Some(now_ms().saturating_add(delay.as_millis() as u64));
+        self
+    }
+
+    /// Do not run before `at`.
+    pub fn run_at(mut self, at: SystemTime) -> NewJob {
+        self.run_at_ms = Some(
+            at.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        );
+        self
+    }
+
+    /// Adds a header (metadata the handler can read).
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> NewJob {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// Validates the job against a queue's limits and builds its record.
+    pub(crate) fn into_job(
+        self,
+        priorities: u8,
+        default_max_attempts: u32,
+        max_payload: usize,
+    ) -> Result<(Job, Option<u64>)> {
+        layout::validate_kind(&self.kind)?;
+        if self.payload.len() > max_payload {
+            return Err(Error::PayloadTooLarge {
+                size: self.payload.len(),
+                limit: max_payload,
+            });
+        }
+        if self.priority >= priorities {
+            return Err(Error::InvalidJob(format!(
+                "priority {} is out of range: the queue has {} levels (0..={})",
+                self.priority,
+                priorities,
+                priorities - 1
+            )));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(default_max_attempts);
+        if max_attempts == 0 {
+            return Err(Error::InvalidJob("max attempts must be at least 1".into()));
+        }
+        if let Some(key) = &self.lock_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(Error::InvalidJob("lock key must be 1 to 256 bytes".into()));
+            }
+        }
+        let now = now_ms();
+        let ready_at_ms = self.run_at_ms.unwrap_or(now).max(now);
+        let delayed = self.run_at_ms.filter(|at| *at > now);
+        let job = Job {
+            v: Job::VERSION,
+            id: self.id,
+            kind: self.kind,
+            payload: self.payload,
+            priority: self.priority,
+            attempt: 0,
+            max_attempts,
+            lock_key: self.lock_key,
+            partition_key: self.partition_key,
+            timeout_ms: self.timeout.map(|t| t.as_millis() as u64),
+            enqueued_at_ms: now,
+            ready_at_ms,
+            headers: self.headers,
+            errors: Vec::new(),
+        };
+        Ok((job, delayed))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn job_round_trips_through_messagepack() {
+        let (job, delayed) = NewJob::new("email", b"hi".to_vec())
+            .priority(2)
+            .lock_key("user-1")
+            .header("trace", "abc")
+            .into_job(3, 5, 1024)
+            .unwrap();
+        assert_eq!(delayed, None);
+        let bytes = codec::encode(&job).unwrap();
+        let back: Job = codec::decode("/x", &bytes).unwrap();
+        assert_eq!(back, job);
+    }
+
+    #[test]
+    fn garbage_and_unknown_versions_are_refused_with_the_path() {
+        let err = codec::decode::<Job>("/zkq/q/j-1", b"\xc1garbage").unwrap_err();
+        assert!(err.to_string().contains("/zkq/q/j-1"), "{err}");
+        let (mut job, _) = NewJob::new("k", vec![]).into_job(1, 1, 10).unwrap();
+        job.v = 9;
+        let bytes = codec::encode(&job).unwrap();
+        let err = codec::decode::<Job>("/p", &bytes).unwrap_err();
+        assert!(err.to_string().contains("format version 9"), "{err}");
+    }
+
+    #[test]
+    fn oversized_payload_and_bad_priority_are_refused() {
+        let err = NewJob::new("k", vec![0; 11]).into_job(3, 5, 10).unwrap_err();
+        assert!(
+            matches!(err, Error::PayloadTooLarge { size: 11, limit: 10 }),
+            "{err}"
+        );
+        let err = NewJob::new("k", vec![])
+            .priority(3)
+            .into_job(3, 5, 10)
+            .unwrap_err();
+        assert!(err.to_string().contains("priority 3 is out of range"), "{err}");
+        assert!(NewJob::new("bad kind", vec![]).into_job(3, 5, 10).is_err());
+    }
+
+    #[test]
+    fn error_history_is_bounded() {
+        let (mut job, _) = NewJob::new("k", vec![]).into_job(1, 100, 10).unwrap();
+        for attempt in 1..=30 {
+            job.attempt = attempt;
+            job.record_error(&"x".repeat(10_000));
+        }
+        assert_eq!(job.errors.len(), MAX_ERROR_HISTORY);
+        assert_eq!(job.errors[0].attempt, 11);
+        assert!(job
+            .errors
+            .iter()
+            .all(|e| e.message.len() <= MAX_ERROR_MESSAGE_BYTES));
+    }
+}

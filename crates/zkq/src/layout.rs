@@ -1,0 +1,235 @@
+//! Where everything lives in ZooKeeper, and the naming rules for what users name.
+//!
+//! ```text
+//! <root>/queues/<queue>                                  queue config
+//! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/j-<seq>   ready jobs
+//! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/open      segment's writer is active
+//! <root>/queues/<queue>/p/<partition>/claims/<claim>     EPHEMERAL claims of running jobs
+//! <root>/queues/<queue>/delayed/b-<minute>/<due-ms>-<id> delayed and retry-waiting jobs
+//! <root>/queues/<queue>/dead/<id>                        dead letters
+//! <root>/workers/<worker-id>                             EPHEMERAL worker registrations
+//! ```
+
+use crate::error::{Error, Result};
+
+/// Longest queue name.
+pub const MAX_QUEUE_NAME: usize = 64;
+
+/// Name of the marker node a segment's producer keeps while it may still append.
+pub const OPEN_MARKER: &str = "open";
+
+/// Builds znode paths under one root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    /// A layout under `root` (such as `/zkq`). The root must be an absolute path without a
+    /// trailing slash.
+    pub fn new(root: &str) -> Result<Layout> {
+        let bad = |reason| {
+            Err(Error::InvalidName {
+                what: "root path",
+                name: root.to_string(),
+                reason,
+            })
+        };
+        if !root.starts_with('/') {
+            return bad("must start with '/'");
+        }
+        if root.len() > 1 && root.ends_with('/') {
+            return bad("must not end with '/'");
+        }
+        if root.contains("//") || root.split('/').any(|c| c == "." || c == "..") {
+            return bad("must not contain empty, '.' or '..' components");
+        }
+        let root = if root == "/" {
+            String::new()
+        } else {
+            root.to_string()
+        };
+        Ok(Layout { root })
+    }
+
+    /// The root path.
+    pub fn root(&self) -> &str {
+        if self.root.is_empty() {
+            "/"
+        } else {
+            &self.root
+        }
+    }
+
+    pub fn queues(&self) -> String {
+        format!("{}/queues", self.root)
+    }
+
+    pub fn queue(&self, queue: &str) -> String {
+        format!("{}/queues/{queue}", self.root)
+    }
+
+    pub fn partitions(&self, queue: &str) -> String {
+        format!("{}/p", self.queue(queue))
+    }
+
+    pub fn partition(&self, queue: &str, partition: u32) -> String {
+        format!("{}/p/{partition}", self.queue(queue))
+    }
+
+    pub fn lane(&self, queue: &str, partition: u32, lane: u8) -> String {
+        format!("{}/l{lane}", self.partition(queue, partition))
+    }
+
+    pub fn segment(&self, queue: &str, partition: u32, lane: u8, segment: &str) -> String {
+        format!("{}/{segment}", self.lane(queue, partition, lane))
+    }
+
+    pub fn claims(&self, queue: &str, partition: u32) -> String {
+        format!("{}/claims", self.partition(queue, partition))
+    }
+
+    pub fn delayed(&self, queue: &str) -> String {
+        format!("{}/delayed", self.queue(queue))
+    }
+
+    pub fn delayed_bucket(&self, queue: &str, bucket: &str) -> String {
+        format!("{}/delayed/{bucket}", self.queue(queue))
+    }
+
+    pub fn dead(&self, queue: &str) -> String {
+        format!("{}/dead", self.queue(queue))
+    }
+
+    pub fn dead_job(&self, queue: &str, id: &str) -> String {
+        format!("{}/dead/{id}", self.queue(queue))
+    }
+
+    pub fn workers(&self) -> String {
+        format!("{}/workers", self.root)
+    }
+
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}/workers/{id}", self.root)
+    }
+}
+
+/// The width of one delayed bucket: delayed jobs due in the same minute share a parent.
+pub const DELAYED_BUCKET_MS: u64 = 60_000;
+
+/// The bucket name for a due time: `b-<start of the minute in ms, 13 digits>`.
+pub fn delayed_bucket_name(due_ms: u64) -> String {
+    format!("b-{:013}", due_ms - due_ms % DELAYED_BUCKET_MS)
+}
+
+/// The start of a bucket, from its name.
+pub fn parse_delayed_bucket(name: &str) -> Option<u64> {
+    name.strip_prefix("b-")?.parse().ok()
+}
+
+/// The node name of a delayed job: `<due-ms, 13 digits>-<id>`, so names sort by due time.
+pub fn delayed_entry_name(due_ms: u64, id: &uuid::Uuid) -> String {
+    format!("{due_ms:013}-{id}")
+}
+
+/// The due time of a delayed entry, from its name.
+pub fn parse_delayed_entry(name: &str) -> Option<u64> {
+    name.split_once('-')?.0.parse().ok()
+}
+
+/// Checks a queue name: 1 to 64 characters of `A-Z a-z 0-9 _ - .`, not starting with `.`.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what: "queue name",
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("must not be empty");
+    }
+    if name.len() > MAX_QUEUE_NAME {
+        return bad("must be at most 64 characters");
+    }
+    if name.starts_with('.') {
+        return bad("must not start with '.'");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return bad("may only contain A-Z, a-z, 0-9, '_', '-' and '.'");
+    }
+    Ok(())
+}
+
+/// Checks a job kind: 1 to 128 printable characters without whitespace.
+pub fn validate_kind(kind: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what: "job kind",
+            name: kind.to_string(),
+            reason,
+        })
+    };
+    if kind.is_empty() {
+        return bad("must not be empty");
+    }
+    if kind.len() > 128 {
+        return bad("must be at most 128 bytes");
+    }
+    if kind.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("must not contain whitespace or control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_rules() {
+        for ok in ["emails", "a", "A-b_c.d", &"x".repeat(64)] {
+            assert!(validate_queue_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "sp ace",
+            "ü",
+            &"x".repeat(65),
+            "zookeeper\0",
+        ] {
+            let err = validate_queue_name(bad).expect_err(bad);
+            assert!(err.to_string().contains("invalid queue name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn root_paths_are_validated_and_joined() {
+        assert_eq!(Layout::new("/zkq").unwrap().queue("q"), "/zkq/queues/q");
+        assert_eq!(Layout::new("/").unwrap().workers(), "/workers");
+        assert_eq!(
+            Layout::new("/a/b").unwrap().lane("q", 3, 2),
+            "/a/b/queues/q/p/3/l2"
+        );
+        for bad in ["zkq", "/zkq/", "//x", "/a/../b"] {
+            assert!(Layout::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn delayed_names_sort_by_due_time_and_parse_back() {
+        let id = uuid::Uuid::new_v4();
+        let early = delayed_entry_name(999, &id);
+        let late = delayed_entry_name(1_700_000_000_000, &id);
+        assert!(early < late);
+        assert_eq!(parse_delayed_entry(&late), Some(1_700_000_000_000));
+        let bucket = delayed_bucket_name(1_700_000_012_345);
+        assert_eq!(parse_delayed_bucket(&bucket), Some(1_699_999_980_000));
+        assert!(delayed_bucket_name(59_999) < delayed_bucket_name(60_000));
+    }
+}

@@ -1,0 +1,199 @@
+//! Promotion of due delayed jobs (delayed enqueues and retries waiting for their backoff).
+//!
+//! Each due entry moves in one `multi`: `delete(delayed entry, version)` + `create(job)` into a
+//! segment of its lane. Any number of promoters can run at once: the versioned delete lets
+//! exactly one of them move an entry; the others' `multi` fails as a whole and they move on.
+//! Every worker runs one by default; it can be switched off where another process promotes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use zookeeper_client as zk;
+
+use crate::claim;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::job::{now_ms, Job, JobId};
+use crate::layout::{self, DELAYED_BUCKET_MS};
+use crate::producer::{Placement, Producer};
+use crate::telemetry;
+use crate::txn::Op;
+
+/// Most entries moved in one `multi`.
+const PROMOTE_BATCH: usize = 100;
+
+/// Promotes due jobs of `queues` every `interval` until `stop` is cancelled.
+pub(crate) async fn run(
+    producer: Arc<Producer>,
+    queues: Vec<String>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        for queue in &queues {
+            if let Err(e) = promote_due(&producer, queue).await {
+                if e.is_session_lost() {
+                    return;
+                }
+                warn!(queue, error = %e, "promoting delayed jobs failed; will retry");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Moves every delayed job of `queue` that is due now to its lane. Returns how many moved.
+pub async fn promote_due(producer: &Producer, queue: &str) -> Result<usize> {
+    let client = producer.client();
+    let layout = producer.layout();
+    let config = producer.config(queue).await?;
+    let delayed = layout.delayed(queue);
+    let mut buckets = match client.list_children(&delayed).await {
+        Ok(b) => b,
+        Err(zk::Error::NoNode) => return Ok(0),
+        Err(e) => return Err(Error::zk("list delayed", delayed, e)),
+    };
+    buckets.sort();
+    let now = now_ms();
+    let mut moved = 0;
+    for bucket in buckets {
+        let Some(start) = layout::parse_delayed_bucket(&bucket) else {
+            continue;
+        };
+        if start > now {
+            break;
+        }
+        let bucket_path = layout.delayed_bucket(queue, &bucket);
+        let mut entries = match client.list_children(&bucket_path).await {
+            Ok(e) => e,
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => return Err(Error::zk("list delayed bucket", bucket_path, e)),
+        };
+        if entries.is_empty() {
+            if start + DELAYED_BUCKET_MS < now {
+                // A past bucket nobody writes to any more.
+                drop(client.delete(&bucket_path, None));
+            }
+            continue;
+        }
+        entries.sort();
+        let due: Vec<(String, u64)> = entries
+            .into_iter()
+            .filter_map(|e| layout::parse_delayed_entry(&e).map(|at| (e, at)))
+            .take_while(|(_, at)| *at <= now)
+            .collect();
+        for chunk in due.chunks(PROMOTE_BATCH) {
+            let mut reader = client.new_multi_reader();
+            for (entry, _) in chunk {
+                let path = format!("{bucket_path}/{entry}");
+                reader
+                    .add_get_data(&path)
+                    .map_err(|e| Error::zk("read delayed", path, e))?;
+            }
+            let results = reader
+                .commit()
+                .await
+                .map_err(|e| Error::zk("read delayed", &bucket_path, e))?;
+            let mut moves = Vec::new();
+            for ((entry, due_ms), result) in chunk.iter().zip(results) {
+                let zk::MultiReadResult::Data { data, stat } = result else {
+                    continue;
+                };
+                let path = format!("{bucket_path}/{entry}");
+                let delete = Op::Delete {
+                    path: path.clone(),
+                    version: Some(stat.version),
+                };
+                match codec::decode::<Job>(&path, &data) {
+                    Ok(mut job) => {
+                        job.ready_at_ms = *due_ms;
+                        moves.push((vec![delete], Some(Placement::Ready(job))));
+                    }
+                    Err(e) => {
+                        let dead = undecodable_job(data, &e.to_string());
+                        warn!(%path, error = %e, "undecodable delayed entry moved to dead letters");
+                        moves.push((vec![delete, claim::dead_letter_op(layout, queue, &dead)?], None));
+                    }
+                }
+            }
+            moved += commit_moves(producer, queue, &config, moves).await?;
+        }
+    }
+    if moved > 0 {
+        metrics::counter!(telemetry::PROMOTED, "queue" => queue.to_string()).increment(moved as u64);
+        debug!(queue, moved, "promoted delayed jobs");
+    }
+    Ok(moved)
+}
+
+/// Commits the moves as one `multi`; if another promoter got some of them first, moves the
+/// rest one by one.
+async fn commit_moves(
+    producer: &Producer,
+    queue: &str,
+    config: &crate::QueueConfig,
+    moves: Vec<(Vec<Op>, Option<Placement>)>,
+) -> Result<usize> {
+    let count = moves.len();
+    let (extra, placements) = flatten(moves.clone());
+    match producer.commit(queue, config, placements, extra).await {
+        Ok(()) => return Ok(count),
+        Err(Error::Zk {
+            source: zk::Error::NoNode | zk::Error::BadVersion,
+            ..
+        }) => {}
+        Err(e) => return Err(e),
+    }
+    let mut moved = 0;
+    for one in moves {
+        let (extra, placements) = flatten(vec![one]);
+        match producer.commit(queue, config, placements, extra).await {
+            Ok(()) => moved += 1,
+            Err(Error::Zk {
+                source: zk::Error::NoNode | zk::Error::BadVersion,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(moved)
+}
+
+fn flatten(moves: Vec<(Vec<Op>, Option<Placement>)>) -> (Vec<Op>, Vec<Placement>) {
+    let mut extra = Vec::new();
+    let mut placements = Vec::new();
+    for (ops, placement) in moves {
+        extra.extend(ops);
+        placements.extend(placement);
+    }
+    (extra, placements)
+}
+
+/// A dead-letter record for bytes that are not a job: kind `zkq.undecodable`, the raw bytes
+/// as payload, and the decode error as its history.
+pub(crate) fn undecodable_job(data: Vec<u8>, reason: &str) -> Job {
+    let now = now_ms();
+    let mut job = Job {
+        v: 1,
+        id: JobId::new(),
+        kind: "zkq.undecodable".into(),
+        payload: data,
+        priority: 0,
+        attempt: 0,
+        max_attempts: 0,
+        lock_key: None,
+        partition_key: None,
+        timeout_ms: None,
+        enqueued_at_ms: now,
+        ready_at_ms: now,
+        headers: Default::default(),
+        errors: Vec::new(),
+    };
+    job.record_error(reason);
+    job
+}

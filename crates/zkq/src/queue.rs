@@ -1,0 +1,190 @@
+//! Queues and their configuration, stored in the queue's znode.
+//!
+//! The config is written once when the queue is created (explicitly, or on first use with the
+//! defaults) and read by producers and workers. Creating a queue lays out its whole subtree in
+//! one `multi`, so a queue is either complete or absent.
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client as zk;
+
+use crate::codec::{self, Record};
+use crate::error::{Error, Result};
+use crate::job::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES};
+use crate::layout::{self, Layout};
+use crate::retry::RetryPolicy;
+use crate::znode::{self, PERSISTENT};
+
+/// Most partitions a queue may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+/// Most priority levels a queue may have.
+pub const MAX_PRIORITIES: u8 = 16;
+/// Largest segment: no znode should have more than about 10k children.
+pub const MAX_SEGMENT_SIZE: u32 = 10_000;
+
+/// A queue's configuration (format version 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Format version of the record.
+    pub v: u8,
+    /// Shards of the queue. Defaults to 8.
+    pub partitions: u32,
+    /// Priority levels (lanes per partition); job priorities run from 0 to `priorities - 1`.
+    /// Defaults to 3.
+    pub priorities: u8,
+    /// Most children of one segment znode, the bound on any child list in the queue.
+    /// Defaults to 4096.
+    pub segment_size: u32,
+    /// Attempts before a job is dead-lettered, when the job does not say. Defaults to 5.
+    pub max_attempts: u32,
+    /// Backoff between attempts. Defaults to [`RetryPolicy::DEFAULT`].
+    pub retry: RetryPolicy,
+    /// Largest payload accepted. Defaults to 512 KiB.
+    pub max_payload_bytes: u32,
+}
+
+impl Record for QueueConfig {
+    const WHAT: &'static str = "queue config";
+    const VERSION: u8 = 1;
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            v: Self::VERSION,
+            partitions: 8,
+            priorities: 3,
+            segment_size: 4096,
+            max_attempts: 5,
+            retry: RetryPolicy::DEFAULT,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES as u32,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Checks every field, naming the first one that is out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            return bad(format!(
+                "partitions must be 1 to {MAX_PARTITIONS}, got {}",
+                self.partitions
+            ));
+        }
+        if !(1..=MAX_PRIORITIES).contains(&self.priorities) {
+            return bad(format!(
+                "priorities must be 1 to {MAX_PRIORITIES}, got {}",
+                self.priorities
+            ));
+        }
+        if !(2..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
+            return bad(format!(
+                "segment size must be 2 to {MAX_SEGMENT_SIZE}, got {}",
+                self.segment_size
+            ));
+        }
+        if self.max_attempts == 0 {
+            return bad("max attempts must be at least 1".into());
+        }
+        if self.max_payload_bytes as usize > MAX_PAYLOAD_BYTES {
+            return bad(format!("max payload must be at most {MAX_PAYLOAD_BYTES} bytes"));
+        }
+        self.retry.validate().map_err(Error::InvalidConfig)
+    }
+}
+
+/// Creates the queue with `config` unless it exists, and returns the config in force.
+///
+/// An existing queue keeps its config: the one passed here is only used for creation.
+pub async fn ensure(
+    client: &zk::Client,
+    layout: &Layout,
+    name: &str,
+    config: &QueueConfig,
+) -> Result<QueueConfig> {
+    layout::validate_queue_name(name)?;
+    if let Some(existing) = load(client, layout, name).await? {
+        return Ok(existing);
+    }
+    config.validate()?;
+    znode::ensure_path(client, &layout.queues()).await?;
+    let mut multi = client.new_multi_writer();
+    let data = codec::encode(config)?;
+    let add = |m: &mut zk::MultiWriter<'_>, path: &str, data: &[u8]| {
+        m.add_create(path, data, &PERSISTENT)
+            .map_err(|e| Error::zk("create", path, e))
+    };
+    add(&mut multi, &layout.queue(name), &data)?;
+    add(&mut multi, &layout.partitions(name), &[])?;
+    add(&mut multi, &layout.delayed(name), &[])?;
+    add(&mut multi, &layout.dead(name), &[])?;
+    for p in 0..config.partitions {
+        add(&mut multi, &layout.partition(name, p), &[])?;
+        add(&mut multi, &layout.claims(name, p), &[])?;
+        for lane in 0..config.priorities {
+            add(&mut multi, &layout.lane(name, p, lane), &[])?;
+        }
+    }
+    match multi.commit().await {
+        Ok(_) => Ok(config.clone()),
+        // Someone else created it first: theirs is in force.
+        Err(zk::MultiWriteError::OperationFailed {
+            source: zk::Error::NodeExists,
+            ..
+        }) => load(client, layout, name).await?.ok_or_else(|| {
+            Error::InvalidConfig(format!("queue {name} appeared and vanished while being created"))
+        }),
+        Err(e) => Err(Error::zk("create queue", layout.queue(name), e.into())),
+    }
+}
+
+/// Reads a queue's config, or `None` if the queue does not exist.
+pub async fn load(client: &zk::Client, layout: &Layout, name: &str) -> Result<Option<QueueConfig>> {
+    layout::validate_queue_name(name)?;
+    let path = layout.queue(name);
+    match client.get_data(&path).await {
+        Ok((data, _)) => codec::decode(&path, &data).map(Some),
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(e) => Err(Error::zk("read queue config", path, e)),
+    }
+}
+
+/// The names of all queues under the root.
+pub async fn list(client: &zk::Client, layout: &Layout) -> Result<Vec<String>> {
+    let path = layout.queues();
+    match client.get_children(&path).await {
+        Ok((mut names, _)) => {
+            names.sort();
+            Ok(names)
+        }
+        Err(zk::Error::NoNode) => Ok(Vec::new()),
+        Err(e) => Err(Error::zk("list queues", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_bad_fields_are_named() {
+        QueueConfig::default().validate().unwrap();
+        let err = QueueConfig {
+            partitions: 0,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("partitions"), "{err}");
+        let err = QueueConfig {
+            segment_size: 20_000,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("segment size"), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! Worker registration: cluster membership through EPHEMERAL znodes under `<root>/workers`.
+//!
+//! A worker's node exists exactly as long as its session: a crashed worker disappears within
+//! the session timeout, with no heartbeat table to sweep.
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client as zk;
+
+use crate::codec::{self, Record};
+use crate::error::{Error, Result};
+use crate::job::now_ms;
+use crate::layout::Layout;
+use crate::znode::{self, EPHEMERAL};
+
+/// What a worker says about itself in its registration node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub v: u8,
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    /// zkq version of the worker.
+    pub version: String,
+    pub started_at_ms: u64,
+}
+
+impl Record for WorkerInfo {
+    const WHAT: &'static str = "worker registration";
+    const VERSION: u8 = 1;
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
+
+impl WorkerInfo {
+    /// Describes this process.
+    pub fn this_process(id: &str, queues: &[String], concurrency: u32) -> WorkerInfo {
+        WorkerInfo {
+            v: Self::VERSION,
+            id: id.to_string(),
+            host: hostname(),
+            pid: std::process::id(),
+            queues: queues.to_vec(),
+            concurrency,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: now_ms(),
+        }
+    }
+}
+
+/// Creates the worker's ephemeral node.
+///
+/// # Errors
+/// `NodeExists` (as [`Error::Zk`]) when another live session registered the same id.
+pub async fn register(client: &zk::Client, layout: &Layout, info: &WorkerInfo) -> Result<()> {
+    znode::ensure_path(client, &layout.workers()).await?;
+    let path = layout.worker(&info.id);
+    client
+        .create(&path, &codec::encode(info)?, &EPHEMERAL)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::zk("register worker", path, e))
+}
+
+/// The live workers, by id.
+pub async fn list(client: &zk::Client, layout: &Layout) -> Result<Vec<WorkerInfo>> {
+    let dir = layout.workers();
+    let mut ids = match client.list_children(&dir).await {
+        Ok(ids) => ids,
+        Err(zk::Error::NoNode) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::zk("list workers", dir, e)),
+    };
+    ids.sort();
+    let mut workers = Vec::new();
+    for id in ids {
+        let path = layout.worker(&id);
+        match client.get_data(&path).await {
+            Ok((data, _)) => workers.push(codec::decode(&path, &data)?),
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(Error::zk("read worker", path, e)),
+        }
+    }
+    Ok(workers)
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

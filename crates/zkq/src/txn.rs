@@ -1,0 +1,109 @@
+//! An owned list of ZooKeeper write operations committed as one `multi`.
+//!
+//! Building the list apart from the client lets a protocol step add its operations (a delete of
+//! a claim, a version check) to another step's (the create of a job) so that both commit
+//! atomically, and lets a failure be traced back to the operation that caused it.
+
+use std::future::Future;
+
+use zookeeper_client as zk;
+
+use crate::znode::{EPHEMERAL, PERSISTENT, PERSISTENT_SEQUENTIAL};
+
+/// What kind of znode a create makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeKind {
+    Persistent,
+    /// The server appends a 10-digit sequence number to the name.
+    Sequential,
+    /// Deleted when the creating session ends.
+    Ephemeral,
+}
+
+/// One write in a transaction.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Create {
+        path: String,
+        data: Vec<u8>,
+        kind: NodeKind,
+    },
+    Delete {
+        path: String,
+        version: Option<i32>,
+    },
+    SetData {
+        path: String,
+        data: Vec<u8>,
+        version: Option<i32>,
+    },
+}
+
+impl Op {
+    pub(crate) fn path(&self) -> &str {
+        match self {
+            Op::Create { path, .. } | Op::Delete { path, .. } | Op::SetData { path, .. } => path,
+        }
+    }
+
+    /// Bytes this operation adds to the request, roughly (path, data and framing).
+    pub(crate) fn wire_size(&self) -> usize {
+        let data = match self {
+            Op::Create { data, .. } | Op::SetData { data, .. } => data.len(),
+            _ => 0,
+        };
+        self.path().len() + data + 40
+    }
+}
+
+/// Why a transaction failed.
+#[derive(Debug)]
+pub(crate) struct TxnError {
+    /// The operation that failed, when the server named one.
+    pub index: Option<usize>,
+    pub source: zk::Error,
+}
+
+/// Starts committing `ops` as one `multi`. The request is sent before this returns (the client
+/// orders requests at call time), so callers can order commits under a lock without holding it
+/// across the round trip. An empty list commits nothing.
+pub(crate) fn commit<'a>(
+    client: &'a zk::Client,
+    ops: &[Op],
+) -> impl Future<Output = Result<Vec<zk::MultiWriteResult>, TxnError>> + Send + 'a {
+    let sent = build(client, ops).map(|mut multi| multi.commit());
+    async move {
+        let sent = sent?;
+        sent.await.map_err(|e| match e {
+            zk::MultiWriteError::OperationFailed { index, source } => TxnError {
+                index: Some(index),
+                source,
+            },
+            zk::MultiWriteError::RequestFailed { source } => TxnError { index: None, source },
+        })
+    }
+}
+
+fn build<'a>(client: &'a zk::Client, ops: &[Op]) -> Result<zk::MultiWriter<'a>, TxnError> {
+    let mut multi = client.new_multi_writer();
+    for (index, op) in ops.iter().enumerate() {
+        let added = match op {
+            Op::Create { path, data, kind } => multi.add_create(
+                path,
+                data,
+                match kind {
+                    NodeKind::Persistent => &PERSISTENT,
+                    NodeKind::Sequential => &PERSISTENT_SEQUENTIAL,
+                    NodeKind::Ephemeral => &EPHEMERAL,
+                },
+            ),
+            Op::Delete { path, version } => multi.add_delete(path, *version),
+            Op::SetData { path, data, version } => multi.add_set_data(path, data, *version),
+        };
+        added.map_err(|source| TxnError {
+            index: Some(index),
+            source,
+        })?;
+    }
+    Ok(multi)
+}

@@ -1,0 +1,634 @@
+//! The worker: registers, finds ready jobs, claims them, runs handlers with bounded
+//! concurrency, and settles each attempt (ack, retry through the delayed set, dead letter).
+//!
+//! # Session model
+//! Everything a worker holds in ZooKeeper (registration, claims) lives in its session. The
+//! worker runs one session at a time: when the session ends (expiry, close), its claims are
+//! gone and other workers may already run those jobs, so it stops its running attempts at once
+//! and starts over with a new session.
+//!
+//! # Shutdown
+//! When the shutdown future resolves: stop claiming, let running attempts finish within the
+//! grace period, then stop the rest and release their claims (the job is ready again and the
+//! interrupted attempt is not counted), deregister and close the session.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+use zookeeper_client as zk;
+
+use crate::claim::{self, Claimed, Settled};
+use crate::error::{Error, Result};
+use crate::fetch::{Fetcher, Found};
+use crate::handler::{Handler, JobContext, Outcome};
+use crate::job::now_ms;
+use crate::layout::Layout;
+use crate::producer::{Placement, Producer};
+use crate::promoter;
+use crate::queue::{self, QueueConfig};
+use crate::registry::{self, WorkerInfo};
+use crate::telemetry;
+use crate::txn::Op;
+use crate::znode::ZkConfig;
+
+/// How a worker runs. Every field has a default.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Worker id, unique among live workers. Defaults to `<host>-<pid>-<random>`.
+    pub id: String,
+    /// Queues to take jobs from. Required.
+    pub queues: Vec<String>,
+    /// Attempts run at once. Defaults to 10.
+    pub concurrency: usize,
+    /// Run time limit of an attempt, unless the job sets its own. Defaults to 30 minutes.
+    pub job_timeout: Duration,
+    /// After an attempt is told to stop, how long it may take before it is dropped. Defaults
+    /// to 5 s.
+    pub stop_grace: Duration,
+    /// On shutdown, how long running attempts may take to finish. Defaults to 30 s.
+    pub shutdown_grace: Duration,
+    /// Longest sleep between scans when no watch fires (a safety net). Defaults to 5 s.
+    pub poll_interval: Duration,
+    /// Whether this worker promotes due delayed jobs. Defaults to true.
+    pub promote: bool,
+    /// How often due delayed jobs are looked for. Defaults to 250 ms.
+    pub promote_interval: Duration,
+    /// Config for queues this worker creates because they did not exist yet.
+    pub default_queue_config: QueueConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        WorkerConfig {
+            id: format!("{}-{}-{}", registry::hostname(), std::process::id(), &random[..6]),
+            queues: Vec::new(),
+            concurrency: 10,
+            job_timeout: Duration::from_secs(30 * 60),
+            stop_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(5),
+            promote: true,
+            promote_interval: Duration::from_millis(250),
+            default_queue_config: QueueConfig::default(),
+        }
+    }
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub done: u64,
+    pub retried: u64,
+    pub dead: u64,
+    /// Attempts interrupted by shutdown and put back.
+    pub released: u64,
+    /// Attempts whose claim was lost before they settled.
+    pub lost: u64,
+    /// Sessions that ended under the worker and were replaced.
+    pub sessions_lost: u64,
+}
+
+/// A worker: handlers by job kind, plus its config.
+pub struct Worker {
+    zk: ZkConfig,
+    layout: Layout,
+    config: WorkerConfig,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    fallback: Option<Arc<dyn Handler>>,
+    detached: bool,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// How one attempt ended, for the summary.
+enum Settle {
+    Done,
+    Retried,
+    Dead,
+    Released,
+    Lost,
+}
+
+/// Why a session's run ended.
+enum SessionEnd {
+    Shutdown,
+    Lost,
+}
+
+impl Worker {
+    /// A worker on `zk` under `root` with `config`. Add handlers, then [`Worker::run`].
+    pub fn new(zk: ZkConfig, root: &str, config: WorkerConfig) -> Result<Worker> {
+        let layout = Layout::new(root)?;
+        if config.queues.is_empty() {
+            return Err(Error::InvalidConfig("a worker needs at least one queue".into()));
+        }
+        for q in &config.queues {
+            crate::layout::validate_queue_name(q)?;
+        }
+        if config.concurrency == 0 {
+            return Err(Error::InvalidConfig("concurrency must be at least 1".into()));
+        }
+        Ok(Worker {
+            zk,
+            layout,
+            config,
+            handlers: HashMap::new(),
+            fallback: None,
+            detached: false,
+        })
+    }
+
+    /// Runs jobs of `kind` with `handler`.
+    pub fn handle(mut self, kind: &str, handler: impl Handler) -> Result<Worker> {
+        crate::layout::validate_kind(kind)?;
+        self.handlers.insert(kind.to_string(), Arc::new(handler));
+        Ok(self)
+    }
+
+    /// Runs jobs of every kind without a handler of its own.
+    pub fn handle_any(mut self, handler: impl Handler) -> Worker {
+        self.fallback = Some(Arc::new(handler));
+        self
+    }
+
+    /// Leaves the session to expire instead of closing it when the worker stops, the way a
+    /// crashed process does. For failure tests.
+    pub fn detached(mut self) -> Worker {
+        self.detached = true;
+        self
+    }
+
+    /// The worker's id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Runs until `shutdown` resolves, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// When no session can be established at start, or a queue cannot be read. Sessions lost
+    /// later are replaced, not returned.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<WorkerSummary> {
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        // A JoinSet aborts its tasks when dropped: nothing outlives a dropped worker.
+        let mut on_shutdown = JoinSet::new();
+        on_shutdown.spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let this = Arc::new(self);
+        let mut summary = WorkerSummary::default();
+        let mut first = true;
+        let result = loop {
+            let client = match this.connect().await {
+                Ok(c) => c,
+                Err(e) if first => break Err(e),
+                Err(e) => {
+                    warn!(error = %e, "cannot reconnect; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            first = false;
+            match this.clone().run_session(client, &stop, &mut summary).await {
+                Ok(SessionEnd::Shutdown) => break Ok(()),
+                Ok(SessionEnd::Lost) => {
+                    summary.sessions_lost += 1;
+                    warn!(worker = %this.config.id, "session lost; running attempts stopped; starting a new session");
+                }
+                Err(e) if e.is_session_lost() => summary.sessions_lost += 1,
+                Err(e) => break Err(e),
+            }
+            if stop.is_cancelled() {
+                break Ok(());
+            }
+        };
+        on_shutdown.abort_all();
+        result.map(|()| summary)
+    }
+
+    async fn connect(&self) -> Result<zk::Client> {
+        if self.detached {
+            self.zk.connect_detached().await
+        } else {
+            self.zk.connect().await
+        }
+    }
+
+    async fn run_session(
+        self: Arc<Self>,
+        client: zk::Client,
+        stop: &CancellationToken,
+        summary: &mut WorkerSummary,
+    ) -> Result<SessionEnd> {
+        let mut configs = Vec::new();
+        for q in &self.config.queues {
+            configs.push((
+                q.clone(),
+                queue::ensure(&client, &self.layout, q, &self.config.default_queue_config).await?,
+            ));
+        }
+        let info = WorkerInfo::this_process(
+            &self.config.id,
+            &self.config.queues,
+            self.config.concurrency as u32,
+        );
+        registry::register(&client, &self.layout, &info).await?;
+        info!(worker = %self.config.id, queues = ?self.config.queues, concurrency = self.config.concurrency, "worker registered");
+
+        let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));
+        for (q, config) in &configs {
+            // Seed the producer's config cache so retries need no extra read.
+            let _ = producer.create_queue(q, config).await;
+        }
+        let session_lost = CancellationToken::new();
+        let mut background = JoinSet::new();
+        background.spawn(watch_session(client.clone(), session_lost.clone()));
+        let promoter_stop = CancellationToken::new();
+        if self.config.promote {
+            background.spawn(promoter::run(
+                producer.clone(),
+                self.config.queues.clone(),
+                self.config.promote_interval,
+                promoter_stop.clone(),
+            ));
+        }
+
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut running: JoinSet<Settle> = JoinSet::new();
+        let abort_running = CancellationToken::new();
+        let mut fetcher = Fetcher::new(client.clone(), self.layout.clone(), configs);
+        let end = loop {
+            while let Some(done) = running.try_join_next() {
+                tally(summary, done);
+            }
+            if stop.is_cancelled() {
+                break SessionEnd::Shutdown;
+            }
+            if session_lost.is_cancelled() {
+                break SessionEnd::Lost;
+            }
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = session_lost.cancelled() => {}
+                    Some(done) = running.join_next() => tally(summary, done),
+                }
+                continue;
+            }
+            let found = tokio::select! {
+                _ = stop.cancelled() => continue,
+                _ = session_lost.cancelled() => continue,
+                found = fetcher.scan(free) => found,
+            };
+            let found = match found {
+                Ok(f) => f,
+                Err(e) if e.is_session_lost() => break SessionEnd::Lost,
+                Err(e) => {
+                    warn!(error = %e, "scan failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if found.is_empty() {
+                match fetcher.arm().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "arming watches failed"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = session_lost.cancelled() => {}
+                    _ = fetcher.wait(self.config.poll_interval) => {}
+                }
+                continue;
+            }
+            let claims = self.claim_all(&client, found).await;
+            for claimed in claims {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let this = self.clone();
+                let client = client.clone();
+                let producer = producer.clone();
+                let abort = abort_running.child_token();
+                let lost = session_lost.clone();
+                let span = info_span!("job", queue = claimed.queue(), id = %claimed.job.id, kind = %claimed.job.kind, attempt = claimed.job.attempt);
+                running.spawn(
+                    async move {
+                        let settle = this.run_attempt(&client, &producer, claimed, abort, lost).await;
+                        drop(permit);
+                        settle
+                    }
+                    .instrument(span),
+                );
+            }
+        };
+
+        promoter_stop.cancel();
+        match end {
+            SessionEnd::Lost => {
+                // Our claims are gone; other workers may be running these jobs already.
+                abort_running.cancel();
+                while let Some(done) = running.join_next().await {
+                    tally(summary, done);
+                }
+            }
+            SessionEnd::Shutdown => {
+                info!(running = running.len(), grace = ?self.config.shutdown_grace, "shutting down: finishing running attempts");
+                let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+                loop {
+                    tokio::select! {
+                        next = running.join_next() => match next {
+                            Some(done) => tally(summary, done),
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(deadline) => {
+                            warn!(running = running.len(), "grace period over: stopping and releasing the rest");
+                            abort_running.cancel();
+                            while let Some(done) = running.join_next().await {
+                                tally(summary, done);
+                            }
+                            break;
+                        }
+                    }
+                }
+                let _ = client.delete(&self.layout.worker(&self.config.id), None).await;
+            }
+        }
+        background.abort_all();
+        while background.join_next().await.is_some() {}
+        if let Ok(producer) = Arc::try_unwrap(producer) {
+            producer.close().await;
+        }
+        Ok(end)
+    }
+
+    /// Claims everything found, pipelined; dead-letters garbage. Returns the claims won.
+    async fn claim_all(&self, client: &zk::Client, found: Vec<Found>) -> Vec<Claimed> {
+        let mut pending = Vec::new();
+        for f in found {
+            match f {
+                Found::Job {
+                    candidate,
+                    job,
+                    version,
+                } => {
+                    pending.push(claim::claim(
+                        client,
+                        &self.layout,
+                        &self.config.id,
+                        candidate,
+                        job,
+                        version,
+                    ));
+                }
+                Found::Garbage {
+                    candidate,
+                    data,
+                    version,
+                    reason,
+                } => {
+                    let path = candidate.path(&self.layout);
+                    warn!(%path, %reason, "undecodable job moved to dead letters");
+                    let dead = promoter::undecodable_job(data, &reason);
+                    let ops = match claim::dead_letter_op(&self.layout, &candidate.queue, &dead) {
+                        Ok(op) => vec![
+                            Op::Delete {
+                                path: path.clone(),
+                                version: Some(version),
+                            },
+                            op,
+                        ],
+                        Err(_) => continue,
+                    };
+                    if let Err(e) = claim::settle(client, "dead-letter garbage", ops).await {
+                        warn!(%path, error = %e, "cannot dead-letter undecodable job");
+                    } else {
+                        metrics::counter!(telemetry::DEAD, "queue" => candidate.queue.clone()).increment(1);
+                    }
+                }
+            }
+        }
+        let mut won = Vec::new();
+        for result in futures::future::join_all(pending).await {
+            match result {
+                Ok(Some(c)) => {
+                    let latency = now_ms().saturating_sub(c.job.ready_at_ms) as f64 / 1000.0;
+                    metrics::counter!(telemetry::CLAIMED, "queue" => c.queue().to_string()).increment(1);
+                    metrics::histogram!(telemetry::LATENCY_SECONDS, "queue" => c.queue().to_string())
+                        .record(latency);
+                    won.push(c);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "claim failed"),
+            }
+        }
+        won
+    }
+
+    /// Runs one claimed attempt to its end and settles it.
+    async fn run_attempt(
+        &self,
+        client: &zk::Client,
+        producer: &Producer,
+        claimed: Claimed,
+        abort: CancellationToken,
+        session_lost: CancellationToken,
+    ) -> Settle {
+        let kind = claimed.job.kind.clone();
+        let handler = self
+            .handlers
+            .get(&kind)
+            .cloned()
+            .or_else(|| self.fallback.clone());
+        let Some(handler) = handler else {
+            let error = format!("no handler for job kind {kind:?} on worker {}", self.config.id);
+            return self
+                .settle(client, producer, &claimed, Outcome::dead(error))
+                .await;
+        };
+        let timeout = claimed
+            .job
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.config.job_timeout);
+        let stop = CancellationToken::new();
+        let ctx = JobContext {
+            job: claimed.job.clone(),
+            queue: claimed.queue().to_string(),
+            worker_id: self.config.id.clone(),
+            stop: stop.clone(),
+        };
+        let started = Instant::now();
+        let mut attempt = AssertUnwindSafe(handler.run(ctx)).catch_unwind();
+        let mut interrupted = None;
+        let result = tokio::select! {
+            r = &mut attempt => Some(r),
+            _ = tokio::time::sleep(timeout) => { interrupted = Some(Interrupt::Timeout); None }
+            _ = abort.cancelled() => { interrupted = Some(Interrupt::Shutdown); None }
+            _ = session_lost.cancelled() => { interrupted = Some(Interrupt::SessionLost); None }
+        };
+        let outcome = match (result, interrupted) {
+            (Some(Ok(outcome)), _) => outcome,
+            (Some(Err(panic)), _) => Outcome::retry(format!("handler panicked: {}", panic_message(&panic))),
+            (None, why) => {
+                // Ask the attempt to stop, give it the stop grace, then drop it (which kills a
+                // command's process group).
+                stop.cancel();
+                let _ = tokio::time::timeout(self.config.stop_grace, &mut attempt).await;
+                drop(attempt);
+                match why {
+                    Some(Interrupt::Timeout) => Outcome::retry(format!("timed out after {timeout:?}")),
+                    Some(Interrupt::Shutdown) => {
+                        return match claim::release(client, &claimed).await {
+                            Ok(Settled::Committed) => Settle::Released,
+                            _ => Settle::Lost,
+                        };
+                    }
+                    _ => {
+                        metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string())
+                            .increment(1);
+                        return Settle::Lost;
+                    }
+                }
+            }
+        };
+        metrics::histogram!(telemetry::RUN_SECONDS, "queue" => claimed.queue().to_string())
+            .record(started.elapsed().as_secs_f64());
+        self.settle(client, producer, &claimed, outcome).await
+    }
+
+    /// Commits an attempt's outcome.
+    async fn settle(
+        &self,
+        client: &zk::Client,
+        producer: &Producer,
+        claimed: &Claimed,
+        outcome: Outcome,
+    ) -> Settle {
+        let queue = claimed.queue().to_string();
+        let mut job = claimed.job.clone();
+        let (result, settle) = match outcome {
+            Outcome::Done => (
+                claim::settle(client, "ack", claimed.remove_ops()).await,
+                Settle::Done,
+            ),
+            Outcome::Retry { error, after } if job.has_attempts_left() => {
+                job.record_error(&error);
+                let config = match producer.config(&queue).await {
+                    Ok(c) => c,
+                    Err(e) => return self.settle_failed(claimed, e),
+                };
+                let delay = after.unwrap_or_else(|| config.retry.delay(job.attempt));
+                let due_ms = now_ms().saturating_add(delay.as_millis() as u64);
+                info!(%error, ?delay, "attempt failed; will retry");
+                let placement = Placement::Delayed { job, due_ms };
+                let result = match producer
+                    .commit(&queue, &config, vec![placement], claimed.remove_ops())
+                    .await
+                {
+                    Ok(()) => Ok(Settled::Committed),
+                    Err(Error::Zk {
+                        source: zk::Error::NoNode | zk::Error::BadVersion,
+                        ..
+                    }) => Ok(Settled::ClaimLost),
+                    Err(e) => Err(e),
+                };
+                (result, Settle::Retried)
+            }
+            Outcome::Retry { error, .. } | Outcome::Dead { error } => {
+                job.record_error(&error);
+                warn!(%error, attempts = job.attempt, "job dead-lettered");
+                let mut ops = claimed.remove_ops();
+                match claim::dead_letter_op(&self.layout, &queue, &job) {
+                    Ok(op) => ops.push(op),
+                    Err(e) => return self.settle_failed(claimed, e),
+                }
+                (claim::settle(client, "dead-letter", ops).await, Settle::Dead)
+            }
+        };
+        match result {
+            Ok(Settled::Committed) => {
+                let metric = match settle {
+                    Settle::Done => telemetry::DONE,
+                    Settle::Retried => telemetry::RETRIED,
+                    _ => telemetry::DEAD,
+                };
+                metrics::counter!(metric, "queue" => queue).increment(1);
+                debug!("attempt settled");
+                settle
+            }
+            Ok(Settled::ClaimLost) => {
+                warn!("claim lost before the attempt settled; the job will run again elsewhere");
+                metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
+                Settle::Lost
+            }
+            Err(e) => self.settle_failed(claimed, e),
+        }
+    }
+
+    fn settle_failed(&self, claimed: &Claimed, e: Error) -> Settle {
+        // The claim stays until the session ends; the job then runs again (at-least-once).
+        error!(id = %claimed.job.id, error = %e, "cannot settle attempt");
+        Settle::Lost
+    }
+}
+
+enum Interrupt {
+    Timeout,
+    Shutdown,
+    SessionLost,
+}
+
+fn tally(summary: &mut WorkerSummary, done: std::result::Result<Settle, tokio::task::JoinError>) {
+    match done {
+        Ok(Settle::Done) => summary.done += 1,
+        Ok(Settle::Retried) => summary.retried += 1,
+        Ok(Settle::Dead) => summary.dead += 1,
+        Ok(Settle::Released) => summary.released += 1,
+        Ok(Settle::Lost) | Err(_) => summary.lost += 1,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// Cancels `lost` when the session ends for good.
+async fn watch_session(client: zk::Client, lost: CancellationToken) {
+    let mut states = client.state_watcher();
+    drop(client);
+    loop {
+        let state = states.changed().await;
+        if state.is_terminated() {
+            warn!(?state, "ZooKeeper session ended");
+            lost.cancel();
+            return;
+        }
+    }
+}

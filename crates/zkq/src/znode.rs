@@ -1,0 +1,117 @@
+//! Small ZooKeeper helpers shared by the modules: sessions, paths, create modes.
+
+use std::time::Duration;
+
+use zookeeper_client as zk;
+
+use crate::error::{Error, Result};
+
+pub(crate) const PERSISTENT: zk::CreateOptions<'static> =
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+pub(crate) const PERSISTENT_SEQUENTIAL: zk::CreateOptions<'static> =
+    zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+pub(crate) const EPHEMERAL: zk::CreateOptions<'static> =
+    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+
+/// How to reach ZooKeeper.
+#[derive(Debug, Clone)]
+pub struct ZkConfig {
+    /// Connect string, `host:port[,host:port...]`. Defaults to `127.0.0.1:2181`.
+    pub address: String,
+    /// Session timeout asked of the server: how long a silent process keeps its ephemerals
+    /// (claims, registration). Defaults to 10 s.
+    pub session_timeout: Duration,
+    /// How long to try to establish a session before giving up. Defaults to 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ZkConfig {
+    fn default() -> Self {
+        ZkConfig {
+            address: "127.0.0.1:2181".into(),
+            session_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ZkConfig {
+    /// The defaults, at `address`.
+    pub fn new(address: impl Into<String>) -> ZkConfig {
+        ZkConfig {
+            address: address.into(),
+            ..ZkConfig::default()
+        }
+    }
+
+    /// Opens a session, retrying until `connect_timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] with the address and the last reason when no server answered.
+    pub async fn connect(&self) -> Result<zk::Client> {
+        self.connect_with(zk::Client::connector()).await
+    }
+
+    /// Like [`ZkConfig::connect`], but the session is left to expire instead of being closed when
+    /// the client is dropped, as if the process had crashed.
+    pub async fn connect_detached(&self) -> Result<zk::Client> {
+        self.connect_with(zk::Client::connector().with_detached()).await
+    }
+
+    async fn connect_with(&self, connector: zk::Connector) -> Result<zk::Client> {
+        let unreachable = |reason: String| Error::Unreachable {
+            address: self.address.clone(),
+            reason,
+        };
+        if self.address.trim().is_empty() {
+            return Err(unreachable("the connect string is empty".into()));
+        }
+        let connector = connector
+            .with_session_timeout(self.session_timeout)
+            .with_fail_eagerly();
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let mut last = String::from("timed out");
+        loop {
+            let attempt = connector.clone().connect(&self.address);
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(zk::Error::BadArguments(reason))) => {
+                    return Err(unreachable(format!("bad connect string: {reason}")))
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => {
+                    return Err(unreachable(format!(
+                        "no session within {:?} ({last})",
+                        self.connect_timeout
+                    )))
+                }
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+                return Err(unreachable(format!(
+                    "no session within {:?} ({last})",
+                    self.connect_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Creates `path` and its missing ancestors as empty persistent znodes.
+pub(crate) async fn ensure_path(client: &zk::Client, path: &str) -> Result<()> {
+    match client.check_stat(path).await {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => {}
+        Err(e) => return Err(Error::zk("stat", path, e)),
+    }
+    let mut prefix = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(part);
+        match client.create(&prefix, &[], &PERSISTENT).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(Error::zk("create", prefix, e)),
+        }
+    }
+    Ok(())
+}

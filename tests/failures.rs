@@ -1,0 +1,195 @@
+//! Failures on purpose: a worker whose session ends mid-job, shutdown with jobs in flight,
+//! garbage in a job znode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
+use zkq::{JobContext, NewJob, Outcome};
+use zkq_tests::{count_ready, recording, small_queue, spawn_worker, take, wait_for_node, within, Env, Run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_session_ends_mid_job_runs_again_elsewhere_with_the_attempt_counted() {
+    let env = Env::new("session-lost");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let id = producer.enqueue("q", NewJob::new("k", "x")).await.unwrap();
+
+    // Worker A takes the job and hangs in it; then it "crashes": its task is dropped and its
+    // session is left to expire (a detached session is not closed on drop).
+    let (started_tx, mut started) = mpsc::unbounded_channel::<(String, u32)>();
+    let hang = move |ctx: JobContext| {
+        let _ = started_tx.send((ctx.worker_id.clone(), ctx.job.attempt));
+        std::future::pending::<Outcome>()
+    };
+    let a = env
+        .worker(env.worker_config("q", 1))
+        .detached()
+        .handle("k", hang)
+        .unwrap();
+    let a_id = a.id().to_string();
+    let (_stop_a, handle_a) = spawn_worker(a);
+    let (worker, attempt) = within(started.recv()).await.unwrap();
+    assert_eq!((worker.as_str(), attempt), (a_id.as_str(), 1));
+    handle_a.abort();
+
+    // Worker B gets it once A's session has expired and its claim vanished.
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let b = env
+        .worker(env.worker_config("q", 1))
+        .handle("k", handler)
+        .unwrap();
+    let b_id = b.id().to_string();
+    let (stop_b, handle_b) = spawn_worker(b);
+    let run = take(&mut runs, 1).await.remove(0);
+    assert_eq!((run.id, run.attempt, run.worker), (id, 2, b_id));
+    drop(stop_b);
+    assert_eq!(handle_b.await.unwrap().unwrap().done, 1);
+    assert_eq!(count_ready(&env.client().await, &env.root, "q").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_running_jobs_and_loses_none() {
+    let env = Env::new("graceful");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let batch: Vec<NewJob> = (0..20).map(|i| NewJob::new("k", format!("{i}"))).collect();
+    producer.enqueue_batch("q", batch).await.unwrap();
+
+    // Each job waits for a go signal, so that shutdown surely lands while 4 are running.
+    let go = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
+    let gate = go.clone();
+    let handler = move |ctx: JobContext| {
+        let (gate, started_tx, done_tx) = (gate.clone(), started_tx.clone(), done_tx.clone());
+        async move {
+            let name = String::from_utf8_lossy(&ctx.job.payload).into_owned();
+            let _ = started_tx.send(name.clone());
+            gate.acquire().await.expect("gate open").forget();
+            let _ = done_tx.send(name);
+            Outcome::Done
+        }
+    };
+    let mut config = env.worker_config("q", 4);
+    config.shutdown_grace = Duration::from_secs(30);
+    let (stop, handle) = spawn_worker(env.worker(config).handle("k", handler).unwrap());
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        running.push(within(started.recv()).await.unwrap());
+    }
+    stop.send(()).unwrap();
+    // Give the worker a moment to act on the shutdown before the running jobs are released
+    // (an ordering aid only: the assertions below hold whatever this delay is, except that a
+    // worker that had not yet seen the shutdown would start more jobs and finish them too).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    go.add_permits(100);
+    let summary = within(handle).await.unwrap().unwrap();
+    assert_eq!(summary.done, 4, "{summary:?}");
+    let mut finished = Vec::new();
+    while let Ok(name) = done.try_recv() {
+        finished.push(name);
+    }
+    running.sort();
+    finished.sort();
+    assert_eq!(finished, running, "every job running at shutdown finished");
+    assert!(started.try_recv().is_err(), "no job started after shutdown began");
+
+    // Nothing lost: the other 16 are still ready, and a new worker runs them once each.
+    let client = env.client().await;
+    assert_eq!(count_ready(&client, &env.root, "q").await, 16);
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let (stop, _h) = spawn_worker(
+        env.worker(env.worker_config("q", 4))
+            .handle("k", handler)
+            .unwrap(),
+    );
+    let mut rest: Vec<String> = take(&mut runs, 16).await.iter().map(Run::text).collect();
+    rest.extend(finished);
+    rest.sort_by_key(|s| s.parse::<u32>().unwrap());
+    assert_eq!(rest, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_still_running_after_the_grace_period_is_released_without_using_an_attempt() {
+    let env = Env::new("release");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let id = producer.enqueue("q", NewJob::new("k", "x")).await.unwrap();
+    let (started_tx, mut started) = mpsc::unbounded_channel::<u32>();
+    let stuck = move |ctx: JobContext| {
+        let _ = started_tx.send(ctx.job.attempt);
+        std::future::pending::<Outcome>()
+    };
+    let mut config = env.worker_config("q", 1);
+    config.shutdown_grace = Duration::from_millis(300);
+    config.stop_grace = Duration::from_millis(100);
+    let (stop, handle) = spawn_worker(env.worker(config).handle("k", stuck).unwrap());
+    assert_eq!(within(started.recv()).await, Some(1));
+    stop.send(()).unwrap();
+    let summary = within(handle).await.unwrap().unwrap();
+    assert_eq!((summary.released, summary.done), (1, 0));
+
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let (stop, _h) = spawn_worker(
+        env.worker(env.worker_config("q", 1))
+            .handle("k", handler)
+            .unwrap(),
+    );
+    let run = take(&mut runs, 1).await.remove(0);
+    assert_eq!(
+        (run.id, run.attempt),
+        (id, 1),
+        "the interrupted attempt was not counted"
+    );
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_job_znode_is_dead_lettered_and_the_worker_keeps_going() {
+    let env = Env::new("garbage");
+    let producer = env.producer_for("q", &small_queue()).await;
+    producer.enqueue("q", NewJob::new("k", "before")).await.unwrap();
+    // Someone writes junk into the lane with a plain ZooKeeper client.
+    let client = env.client().await;
+    let lane = format!("{}/queues/q/p/0/l0", env.root);
+    let seq = zkq::zookeeper_client::CreateMode::PersistentSequential
+        .with_acls(zkq::zookeeper_client::Acls::anyone_all());
+    let (_, s) = client.create(&format!("{lane}/s-"), &[], &seq).await.unwrap();
+    client
+        .create(&format!("{lane}/s-{s}/j-"), b"\xc1 definitely not a job", &seq)
+        .await
+        .unwrap();
+    producer.enqueue("q", NewJob::new("k", "after")).await.unwrap();
+
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let (stop, _h) = spawn_worker(
+        env.worker(env.worker_config("q", 1))
+            .handle("k", handler)
+            .unwrap(),
+    );
+    let texts: Vec<String> = take(&mut runs, 2).await.iter().map(Run::text).collect();
+    assert_eq!(texts, vec!["before", "after"]);
+
+    let dead_dir = format!("{}/queues/q/dead", env.root);
+    let dead = within(async {
+        loop {
+            let (names, _, watcher) = client.get_and_watch_children(&dead_dir).await.unwrap();
+            if let Some(name) = names.first() {
+                return name.clone();
+            }
+            watcher.changed().await;
+        }
+    })
+    .await;
+    let path = format!("{dead_dir}/{dead}");
+    wait_for_node(&client, &path).await;
+    let (data, _) = client.get_data(&path).await.unwrap();
+    let job = zkq::Job::decode(&path, &data).unwrap();
+    assert_eq!(job.kind, "zkq.undecodable");
+    assert_eq!(job.payload, b"\xc1 definitely not a job");
+    assert!(
+        job.errors[0].message.contains("cannot decode job"),
+        "{:?}",
+        job.errors
+    );
+    drop(stop);
+}
