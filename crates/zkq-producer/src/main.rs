@@ -1,1 +1,294 @@
-fn main() {}
+//! zkq-producer: enqueue jobs from the shell — one, a file of many, or a stream on stdin.
+
+mod input;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use zkq::cli::{init_logging, parse_duration, ConnectArgs};
+use zkq::{NewJob, Producer, QueueConfig, RetryPolicy};
+
+use crate::input::Payloads;
+
+/// Enqueue jobs into zkq queues on ZooKeeper.
+///
+/// A queue is created with default settings the first time a job is sent to it, or explicitly
+/// with `create-queue`. Every command returns only after ZooKeeper committed the jobs.
+#[derive(Debug, Parser)]
+#[command(name = "zkq-producer", version, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+
+    /// Print only errors (no progress, no summary)
+    #[arg(long, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enqueue one job (PAYLOAD, @FILE or - for stdin) or many (--file, one JSON payload per line)
+    Enqueue(EnqueueArgs),
+    /// Create a queue with explicit settings (an existing queue keeps its own)
+    CreateQueue(CreateQueueArgs),
+}
+
+#[derive(Debug, Args)]
+struct EnqueueArgs {
+    /// Queue to enqueue into
+    #[arg(long, short)]
+    queue: String,
+
+    /// Job kind: selects the handler on the worker
+    #[arg(long, short)]
+    kind: String,
+
+    /// Payload of one job: the text itself, @PATH for a file's bytes, or - for all of stdin
+    #[arg(conflicts_with = "file", value_name = "PAYLOAD")]
+    payload: Option<String>,
+
+    /// Many jobs from a JSON lines file (- for stdin): each non-empty line is one job's payload
+    #[arg(long, short, value_name = "PATH")]
+    file: Option<String>,
+
+    /// Priority level, 0 lowest; higher levels run first
+    #[arg(long, short, default_value_t = 0)]
+    priority: u8,
+
+    /// Run no sooner than this from now (e.g. 30s, 5m)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    delay: Option<Duration>,
+
+    /// Jobs with the same partition key go to the same partition and keep their order
+    #[arg(long, value_name = "KEY")]
+    partition_key: Option<String>,
+
+    /// Lock key recorded on the job (for exclusion between jobs sharing it)
+    #[arg(long, value_name = "KEY")]
+    lock_key: Option<String>,
+
+    /// Attempts before the job goes to the dead letters [default: the queue's]
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+
+    /// Run time limit per attempt [default: the worker's]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
+
+    /// Header for the handler, KEY=VALUE (repeatable)
+    #[arg(long = "header", value_parser = parse_header, value_name = "KEY=VALUE")]
+    headers: Vec<(String, String)>,
+
+    /// Most jobs per batch (one ZooKeeper multi each) with --file
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+
+    /// Print one JSON object per job ({"id","queue","kind"}) instead of bare ids
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CreateQueueArgs {
+    /// Queue name: 1-64 of A-Z a-z 0-9 _ - .
+    #[arg(long, short)]
+    queue: String,
+
+    /// Partitions (shards)
+    #[arg(long, default_value_t = QueueConfig::default().partitions)]
+    partitions: u32,
+
+    /// Priority levels (job priorities 0..N-1)
+    #[arg(long, default_value_t = QueueConfig::default().priorities)]
+    priorities: u8,
+
+    /// Most children per segment znode
+    #[arg(long, default_value_t = QueueConfig::default().segment_size)]
+    segment_size: u32,
+
+    /// Attempts before a job goes to the dead letters, unless the job says
+    #[arg(long, default_value_t = QueueConfig::default().max_attempts)]
+    max_attempts: u32,
+
+    /// First retry delay; each further retry doubles it
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    retry_base: Duration,
+
+    /// Longest retry delay
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    retry_max: Duration,
+
+    /// Largest payload accepted, in bytes
+    #[arg(long, default_value_t = QueueConfig::default().max_payload_bytes)]
+    max_payload_bytes: u32,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(true);
+    let result = match &cli.command {
+        Command::Enqueue(args) => enqueue(&cli, args).await,
+        Command::CreateQueue(args) => create_queue(&cli, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), String> {
+    let config = QueueConfig {
+        partitions: args.partitions,
+        priorities: args.priorities,
+        segment_size: args.segment_size,
+        max_attempts: args.max_attempts,
+        retry: RetryPolicy {
+            base_ms: args.retry_base.as_millis() as u64,
+            max_ms: args.retry_max.as_millis() as u64,
+            ..RetryPolicy::DEFAULT
+        },
+        max_payload_bytes: args.max_payload_bytes,
+        ..QueueConfig::default()
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root)
+        .await
+        .map_err(|e| e.to_string())?;
+    let in_force = producer
+        .create_queue(&args.queue, &config)
+        .await
+        .map_err(|e| e.to_string())?;
+    if in_force != config && !cli.quiet {
+        eprintln!(
+            "queue {} already exists; its settings are unchanged: {in_force:?}",
+            args.queue
+        );
+    }
+    producer.close().await;
+    Ok(())
+}
+
+fn job_for(args: &EnqueueArgs, payload: Vec<u8>) -> NewJob {
+    let mut job = NewJob::new(args.kind.clone(), payload).priority(args.priority);
+    if let Some(d) = args.delay {
+        job = job.delay(d);
+    }
+    if let Some(k) = &args.partition_key {
+        job = job.partition_key(k.clone());
+    }
+    if let Some(k) = &args.lock_key {
+        job = job.lock_key(k.clone());
+    }
+    if let Some(n) = args.max_attempts {
+        job = job.max_attempts(n);
+    }
+    if let Some(t) = args.timeout {
+        job = job.timeout(t);
+    }
+    for (k, v) in &args.headers {
+        job = job.header(k.clone(), v.clone());
+    }
+    job
+}
+
+async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
+    // Read and check all input before connecting: bad input never leaves half a file enqueued.
+    let payloads = Payloads::read(args.payload.as_deref(), args.file.as_deref())?;
+    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Load (or create) the queue once, so batches below go out in order without extra reads.
+    producer
+        .create_queue(&args.queue, &QueueConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let total = payloads.len();
+    let progress = progress_bar(total as u64, cli.quiet);
+    let started = Instant::now();
+    let batches = payloads.into_batches(args.batch_size as usize);
+    let producer_ref = &producer;
+    // Up to 4 batches in flight, committed in file order (the producer orders its commits).
+    let mut committed = futures::stream::iter(batches)
+        .map(|batch| {
+            let jobs: Vec<NewJob> = batch.into_iter().map(|p| job_for(args, p)).collect();
+            async move { producer_ref.enqueue_batch(&args.queue, jobs).await }
+        })
+        .buffered(4);
+    let mut done = 0usize;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    while let Some(result) = committed.next().await {
+        let ids = match result {
+            Ok(ids) => ids,
+            Err(e) => {
+                progress.abandon();
+                return Err(format!(
+                    "{e}\n{done} of {total} jobs were enqueued before this error; their ids are printed above"
+                ));
+            }
+        };
+        for id in &ids {
+            let line = if args.json {
+                serde_json::json!({"id": id.to_string(), "queue": args.queue, "kind": args.kind}).to_string()
+            } else {
+                id.to_string()
+            };
+            writeln!(out, "{line}").map_err(|e| format!("cannot write to stdout: {e}"))?;
+        }
+        done += ids.len();
+        progress.set_position(done as u64);
+    }
+    progress.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if !cli.quiet && total > 1 {
+        eprintln!(
+            "enqueued {total} jobs into {} in {secs:.2}s ({:.0} jobs/s)",
+            args.queue,
+            total as f64 / secs
+        );
+    }
+    drop(committed);
+    producer.close().await;
+    Ok(())
+}
+
+fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || total < 2 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs ({per_sec}, eta {eta})")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -41,6 +41,8 @@
 //! - [`error`]: [`Error`], infrastructure errors.
 
 pub mod claim;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 pub mod error;
 pub mod exec;

@@ -1,0 +1,271 @@
+//! zkq-producer driven as a user would, against a real ZooKeeper.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use zkq::zookeeper_client as zk;
+
+fn producer(root: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zkq-producer"))
+        .args(["--zk", &zkq_testkit::shared().connect_string(), "--root", root])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zkq-producer starts");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn ready_jobs(root: &str, queue: &str) -> Vec<zkq::Job> {
+    let client = zkq::ZkConfig::new(zkq_testkit::shared().connect_string())
+        .connect()
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    let lanes = format!("{root}/queues/{queue}/p");
+    for p in client.list_children(&lanes).await.unwrap() {
+        for lane in client.list_children(&format!("{lanes}/{p}")).await.unwrap() {
+            let lane = format!("{lanes}/{p}/{lane}");
+            for seg in client.list_children(&lane).await.unwrap() {
+                let seg = format!("{lane}/{seg}");
+                for j in client.list_children(&seg).await.unwrap_or_default() {
+                    if j.starts_with("j-") {
+                        let path = format!("{seg}/{j}");
+                        let (data, _): (Vec<u8>, zk::Stat) = client.get_data(&path).await.unwrap();
+                        jobs.push(zkq::Job::decode(&path, &data).unwrap());
+                    }
+                }
+            }
+        }
+    }
+    jobs.sort_by_key(|j| j.enqueued_at_ms);
+    jobs
+}
+
+#[tokio::test]
+async fn enqueue_one_prints_its_id_and_stores_the_job_with_its_options() {
+    let root = zkq_testkit::unique_root("cli-one");
+    let out = producer(
+        &root,
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--kind",
+            "email",
+            "--priority",
+            "2",
+            "--max-attempts",
+            "7",
+            "--header",
+            "a=b",
+            "hello",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let jobs = ready_jobs(&root, "q").await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.id.to_string(), id);
+    assert_eq!(
+        (
+            job.kind.as_str(),
+            job.payload.as_slice(),
+            job.priority,
+            job.max_attempts
+        ),
+        ("email", &b"hello"[..], 2, 7)
+    );
+    assert_eq!(job.headers.get("a").map(String::as_str), Some("b"));
+}
+
+#[tokio::test]
+async fn enqueue_reads_a_payload_from_stdin_or_a_file() {
+    let root = zkq_testkit::unique_root("cli-stdin");
+    let out = producer(
+        &root,
+        &["enqueue", "-q", "q", "-k", "k", "-"],
+        Some(b"from stdin\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payload.bin");
+    std::fs::write(&file, [0u8, 1, 2, 255]).unwrap();
+    let arg = format!("@{}", file.display());
+    let out = producer(&root, &["enqueue", "-q", "q", "-k", "k", &arg], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let payloads: Vec<Vec<u8>> = ready_jobs(&root, "q")
+        .await
+        .into_iter()
+        .map(|j| j.payload)
+        .collect();
+    assert_eq!(payloads, vec![b"from stdin\n".to_vec(), vec![0, 1, 2, 255]]);
+}
+
+#[tokio::test]
+async fn enqueue_file_sends_one_job_per_json_line_in_order() {
+    let root = zkq_testkit::unique_root("cli-file");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.jsonl");
+    let lines: Vec<String> = (0..1200).map(|i| format!("{{\"n\":{i}}}")).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = producer(
+        &root,
+        &[
+            "enqueue",
+            "-q",
+            "q",
+            "-k",
+            "k",
+            "--file",
+            file.to_str().unwrap(),
+            "--json",
+            "--batch-size",
+            "100",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed.len(), 1200);
+    assert_eq!(printed[0]["queue"], "q");
+    let jobs = ready_jobs(&root, "q").await;
+    assert_eq!(jobs.len(), 1200);
+    // Each printed id is a stored job, printed in file order.
+    let line_of: std::collections::HashMap<String, String> = jobs
+        .iter()
+        .map(|j| (j.id.to_string(), String::from_utf8_lossy(&j.payload).into_owned()))
+        .collect();
+    let in_print_order: Vec<String> = printed
+        .iter()
+        .map(|p| line_of[p["id"].as_str().unwrap()].clone())
+        .collect();
+    assert_eq!(in_print_order, lines);
+}
+
+#[tokio::test]
+async fn a_bad_json_line_enqueues_nothing_and_names_the_line() {
+    let root = zkq_testkit::unique_root("cli-badline");
+    let out = producer(
+        &root,
+        &["enqueue", "-q", "q", "-k", "k", "--file", "-"],
+        Some(b"{\"ok\":1}\n{oops\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: line 2 of - is not valid JSON"), "{err}");
+    assert!(err.contains("nothing was enqueued"), "{err}");
+    let client = zkq::ZkConfig::new(zkq_testkit::shared().connect_string())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.check_stat(&root).await.unwrap(),
+        None,
+        "not even the queue was created"
+    );
+}
+
+#[test]
+fn bad_values_and_an_unreachable_zookeeper_give_clear_errors() {
+    let out = producer("/zkq", &["enqueue", "-q", "bad/name", "-k", "k", "x"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("invalid queue name \"bad/name\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = producer(
+        "/zkq",
+        &["enqueue", "-q", "q", "-k", "k", "--delay", "soon", "x"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid value 'soon' for '--delay <DURATION>'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let port = zkq_testkit::server::free_port().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_zkq-producer"))
+        .args([
+            "--zk",
+            &format!("127.0.0.1:{port}"),
+            "--connect-timeout",
+            "1s",
+            "enqueue",
+            "-q",
+            "q",
+            "-k",
+            "k",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!(
+            "error: cannot reach ZooKeeper at 127.0.0.1:{port}: no session within 1s (no available hosts)"
+        )
+    );
+}
+
+#[test]
+fn help_lists_every_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_zkq-producer"))
+        .args(["enqueue", "--help"])
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    for flag in [
+        "--queue",
+        "--kind",
+        "--file",
+        "--priority",
+        "--delay",
+        "--partition-key",
+        "--lock-key",
+        "--max-attempts",
+        "--timeout",
+        "--header",
+        "--batch-size",
+        "--json",
+        "[PAYLOAD]",
+    ] {
+        assert!(help.contains(flag), "enqueue --help lacks {flag}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_zkq-producer"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    for word in [
+        "--zk",
+        "ZKQ_ZK",
+        "--root",
+        "ZKQ_ROOT",
+        "enqueue",
+        "create-queue",
+        "--session-timeout",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+}

@@ -1,0 +1,66 @@
+//! Command-line pieces shared by the zkq binaries (feature `cli`): how to reach ZooKeeper,
+//! durations, logging.
+
+use std::time::Duration;
+
+use crate::znode::ZkConfig;
+
+/// Flags every zkq binary takes to reach ZooKeeper.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// ZooKeeper connect string, host:port[,host:port...]
+    #[arg(
+        long,
+        env = "ZKQ_ZK",
+        default_value = "127.0.0.1:2181",
+        value_name = "HOST:PORT"
+    )]
+    pub zk: String,
+
+    /// Root znode under which zkq keeps everything
+    #[arg(long, env = "ZKQ_ROOT", default_value = "/zkq", value_name = "PATH")]
+    pub root: String,
+
+    /// ZooKeeper session timeout: how long a silent process keeps its claims
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub session_timeout: Duration,
+
+    /// How long to keep trying to reach ZooKeeper before giving up
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+}
+
+impl ConnectArgs {
+    /// The connect config these flags describe.
+    pub fn zk_config(&self) -> ZkConfig {
+        ZkConfig {
+            address: self.zk.clone(),
+            session_timeout: self.session_timeout,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; use forms like 500ms, 5s, 2m, 1h"))
+}
+
+/// Logs to stderr, at the level of `RUST_LOG` (default `info`, or `warn` when `quiet`; the
+/// ZooKeeper client's own session chatter only from `warn`). Colours only on a terminal.
+pub fn init_logging(quiet: bool) {
+    use std::io::IsTerminal;
+    let default = if quiet {
+        "warn"
+    } else {
+        "info,zookeeper_client=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
