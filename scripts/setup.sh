@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what zkq's tests, demo and benchmarks need and is missing: a Java runtime and
+# ZooKeeper 3.8 (Debian's `zookeeper` package). Idempotent: does nothing when all is present.
+# Rust (cargo) is expected to be installed already.
+set -euo pipefail
+
+have_zookeeper() {
+  [ -f /usr/share/java/zookeeper.jar ] || { [ -n "${ZOOKEEPER_HOME:-}" ] && ls "$ZOOKEEPER_HOME"/lib/zookeeper-*.jar >/dev/null 2>&1; }
+}
+
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+have_zookeeper || missing+=(zookeeper)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  command -v apt-get >/dev/null 2>&1 || {
+    echo "setup: no apt-get here; install Java 17 and ZooKeeper 3.8, then set ZOOKEEPER_HOME" >&2
+    exit 1
+  }
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a system ZooKeeper on 2181 on install; zkq's tests and demo start their own.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet zookeeper 2>/dev/null; then
+    $sudo systemctl stop zookeeper || true
+  fi
+fi
+
+command -v cargo >/dev/null 2>&1 || {
+  echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+}
+echo "setup: java $(java -version 2>&1 | head -1 | cut -d'"' -f2), ZooKeeper jars present, $(cargo --version)" >&2
