@@ -1,0 +1,1 @@
+//! Runnable examples of the zkq library: see the `[[example]]` targets in Cargo.toml.
