@@ -193,3 +193,33 @@ async fn a_garbage_job_znode_is_dead_lettered_and_the_worker_keeps_going() {
     );
     drop(stop);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_with_a_live_workers_id_is_refused_with_a_clear_error() {
+    let env = Env::new("dup-id");
+    let mut config = env.worker_config("q", 1);
+    config.id = "twin".into();
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let first = env.worker(config.clone()).handle("k", move |_ctx: JobContext| {
+        let _ = started_tx.send(());
+        async { Outcome::Done }
+    });
+    let (stop, _h) = spawn_worker(first.unwrap());
+    // The first worker is registered once it runs a job.
+    env.producer()
+        .await
+        .enqueue("q", NewJob::new("k", "x"))
+        .await
+        .unwrap();
+    within(started.recv()).await.unwrap();
+
+    let (handler, _runs) = recording(|_| Outcome::Done);
+    let second = env.worker(config).handle("k", handler).unwrap();
+    let err = within(second.run(std::future::pending())).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("worker id \"twin\" is already registered by a live worker"),
+        "{err}"
+    );
+    drop(stop);
+}

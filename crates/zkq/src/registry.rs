@@ -53,15 +53,18 @@ impl WorkerInfo {
 /// Creates the worker's ephemeral node.
 ///
 /// # Errors
-/// `NodeExists` (as [`Error::Zk`]) when another live session registered the same id.
+/// [`Error::InvalidConfig`] when another live session registered the same id.
 pub async fn register(client: &zk::Client, layout: &Layout, info: &WorkerInfo) -> Result<()> {
     znode::ensure_path(client, &layout.workers()).await?;
     let path = layout.worker(&info.id);
-    client
-        .create(&path, &codec::encode(info)?, &EPHEMERAL)
-        .await
-        .map(|_| ())
-        .map_err(|e| Error::zk("register worker", path, e))
+    match client.create(&path, &codec::encode(info)?, &EPHEMERAL).await {
+        Ok(_) => Ok(()),
+        Err(zk::Error::NodeExists) => Err(Error::InvalidConfig(format!(
+            "worker id {:?} is already registered by a live worker; ids must be unique in the fleet",
+            info.id
+        ))),
+        Err(e) => Err(Error::zk("register worker", path, e)),
+    }
 }
 
 /// The live workers, by id.

@@ -208,7 +208,6 @@ impl Worker {
                     }
                 }
             };
-            first = false;
             match this.clone().run_session(client, &stop, &mut summary).await {
                 Ok(SessionEnd::Shutdown) => break Ok(()),
                 Ok(SessionEnd::Lost) => {
@@ -216,8 +215,18 @@ impl Worker {
                     warn!(worker = %this.config.id, "session lost; running attempts stopped; starting a new session");
                 }
                 Err(e) if e.is_session_lost() => summary.sessions_lost += 1,
-                Err(e) => break Err(e),
+                // A bad config or a taken worker id shows in the first session: give up then.
+                Err(e) if first => break Err(e),
+                // Later, ZooKeeper trouble while setting up a new session is waited out.
+                Err(e) => {
+                    warn!(error = %e, "cannot set up a new session; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
+            first = false;
             if stop.is_cancelled() {
                 break Ok(());
             }
@@ -323,7 +332,11 @@ impl Worker {
                 }
                 continue;
             }
-            let claims = self.claim_all(&client, found).await;
+            let (claims, failures) = self.claim_all(&client, found).await;
+            if claims.is_empty() && failures > 0 {
+                // Not a lost race but errors: do not spin on them.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             for claimed in claims {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
@@ -384,8 +397,9 @@ impl Worker {
         Ok(end)
     }
 
-    /// Claims everything found, pipelined; dead-letters garbage. Returns the claims won.
-    async fn claim_all(&self, client: &zk::Client, found: Vec<Found>) -> Vec<Claimed> {
+    /// Claims everything found, pipelined; dead-letters garbage. Returns the claims won and how
+    /// many claims failed with an error (rather than losing a race).
+    async fn claim_all(&self, client: &zk::Client, found: Vec<Found>) -> (Vec<Claimed>, usize) {
         let mut pending = Vec::new();
         for f in found {
             match f {
@@ -431,6 +445,7 @@ impl Worker {
             }
         }
         let mut won = Vec::new();
+        let mut failures = 0;
         for result in futures::future::join_all(pending).await {
             match result {
                 Ok(Some(c)) => {
@@ -441,10 +456,13 @@ impl Worker {
                     won.push(c);
                 }
                 Ok(None) => {}
-                Err(e) => warn!(error = %e, "claim failed"),
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "claim failed");
+                }
             }
         }
-        won
+        (won, failures)
     }
 
     /// Runs one claimed attempt to its end and settles it.
@@ -519,7 +537,10 @@ impl Worker {
         self.settle(client, producer, &claimed, outcome).await
     }
 
-    /// Commits an attempt's outcome.
+    /// Commits an attempt's outcome. When the connection drops with the commit in flight, the
+    /// commit is sent again until it lands or the session ends: a claim left standing would hold
+    /// the job for the rest of the session. (If the first one had landed, the repeat finds the
+    /// job gone and counts as a lost claim; the state in ZooKeeper is right either way.)
     async fn settle(
         &self,
         client: &zk::Client,
@@ -527,6 +548,27 @@ impl Worker {
         claimed: &Claimed,
         outcome: Outcome,
     ) -> Settle {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.settle_once(client, producer, claimed, outcome.clone()).await {
+                Err(Error::OutcomeUnknown { .. }) if !client.state().is_terminated() => {
+                    warn!(?delay, "connection lost while settling; sending again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return self.settle_failed(claimed, e),
+                Ok(settle) => return settle,
+            }
+        }
+    }
+
+    async fn settle_once(
+        &self,
+        client: &zk::Client,
+        producer: &Producer,
+        claimed: &Claimed,
+        outcome: Outcome,
+    ) -> Result<Settle> {
         let queue = claimed.queue().to_string();
         let mut job = claimed.job.clone();
         let (result, settle) = match outcome {
@@ -536,10 +578,7 @@ impl Worker {
             ),
             Outcome::Retry { error, after } if job.has_attempts_left() => {
                 job.record_error(&error);
-                let config = match producer.config(&queue).await {
-                    Ok(c) => c,
-                    Err(e) => return self.settle_failed(claimed, e),
-                };
+                let config = producer.config(&queue).await?;
                 let delay = after.unwrap_or_else(|| config.retry.delay(job.attempt));
                 let due_ms = now_ms().saturating_add(delay.as_millis() as u64);
                 info!(%error, ?delay, "attempt failed; will retry");
@@ -561,10 +600,7 @@ impl Worker {
                 job.record_error(&error);
                 warn!(%error, attempts = job.attempt, "job dead-lettered");
                 let mut ops = claimed.remove_ops();
-                match claim::dead_letter_op(&self.layout, &queue, &job) {
-                    Ok(op) => ops.push(op),
-                    Err(e) => return self.settle_failed(claimed, e),
-                }
+                ops.push(claim::dead_letter_op(&self.layout, &queue, &job)?);
                 (claim::settle(client, "dead-letter", ops).await, Settle::Dead)
             }
         };
@@ -577,14 +613,14 @@ impl Worker {
                 };
                 metrics::counter!(metric, "queue" => queue).increment(1);
                 debug!("attempt settled");
-                settle
+                Ok(settle)
             }
             Ok(Settled::ClaimLost) => {
                 warn!("claim lost before the attempt settled; the job will run again elsewhere");
                 metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
-                Settle::Lost
+                Ok(Settle::Lost)
             }
-            Err(e) => self.settle_failed(claimed, e),
+            Err(e) => Err(e),
         }
     }
 
