@@ -22,7 +22,7 @@ use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
 use crate::claim::{self, Claimed, Settled};
@@ -399,6 +399,7 @@ impl Worker {
 
     /// Claims everything found, pipelined; dead-letters garbage. Returns the claims won and how
     /// many claims failed with an error (rather than losing a race).
+    #[instrument(name = "claim", skip_all, fields(candidates = found.len()))]
     async fn claim_all(&self, client: &zk::Client, found: Vec<Found>) -> (Vec<Claimed>, usize) {
         let mut pending = Vec::new();
         for f in found {
@@ -499,7 +500,9 @@ impl Worker {
             stop: stop.clone(),
         };
         let started = Instant::now();
-        let mut attempt = AssertUnwindSafe(handler.run(ctx)).catch_unwind();
+        let mut attempt = AssertUnwindSafe(handler.run(ctx))
+            .catch_unwind()
+            .instrument(info_span!("run"));
         let mut interrupted = None;
         let result = tokio::select! {
             r = &mut attempt => Some(r),
@@ -541,6 +544,7 @@ impl Worker {
     /// commit is sent again until it lands or the session ends: a claim left standing would hold
     /// the job for the rest of the session. (If the first one had landed, the repeat finds the
     /// job gone and counts as a lost claim; the state in ZooKeeper is right either way.)
+    #[instrument(name = "settle", skip_all)]
     async fn settle(
         &self,
         client: &zk::Client,
