@@ -164,3 +164,50 @@ async fn a_hundred_thousand_jobs_keep_every_child_list_within_the_segment_size()
         "largest list {children} at {path}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_with_one_partition_key_land_in_one_partition_and_others_spread() {
+    let env = Env::new("partition-key");
+    let config = QueueConfig {
+        partitions: 8,
+        ..small_queue()
+    };
+    let producer = env.producer_for("q", &config).await;
+    let keyed: Vec<NewJob> = (0..20)
+        .map(|i| NewJob::new("k", format!("{i}")).partition_key("user-42"))
+        .collect();
+    producer.enqueue_batch("q", keyed).await.unwrap();
+    let client = env.client().await;
+    let per_partition = |client: zkq::zookeeper_client::Client, root: String| async move {
+        let mut counts = Vec::new();
+        for p in 0..8 {
+            let lane = format!("{root}/queues/q/p/{p}/l0");
+            let mut n = 0;
+            for s in client.list_children(&lane).await.unwrap() {
+                n += client
+                    .list_children(&format!("{lane}/{s}"))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|j| j.starts_with("j-"))
+                    .count();
+            }
+            counts.push(n);
+        }
+        counts
+    };
+    let counts = per_partition(client.clone(), env.root.clone()).await;
+    let expected = zkq::producer::partition_of_key("user-42", 8) as usize;
+    assert_eq!(counts[expected], 20, "{counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), 20);
+
+    let unkeyed: Vec<NewJob> = (0..80).map(|i| NewJob::new("k", format!("{i}"))).collect();
+    producer.enqueue_batch("q", unkeyed).await.unwrap();
+    let counts = per_partition(client, env.root.clone()).await;
+    let spread: Vec<usize> = counts
+        .iter()
+        .enumerate()
+        .map(|(p, n)| if p == expected { n - 20 } else { *n })
+        .collect();
+    assert_eq!(spread, vec![10; 8], "round robin spreads evenly: {counts:?}");
+}

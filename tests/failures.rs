@@ -223,3 +223,40 @@ async fn a_second_worker_with_a_live_workers_id_is_refused_with_a_clear_error() 
     );
     drop(stop);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_is_registered_and_its_registration_goes_with_it() {
+    let env = Env::new("registry");
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let config = env.worker_config("q", 3);
+    let id = config.id.clone();
+    let worker = env.worker(config).handle("k", move |_ctx: JobContext| {
+        let _ = started_tx.send(());
+        async { Outcome::Done }
+    });
+    let (stop, handle) = spawn_worker(worker.unwrap());
+    env.producer()
+        .await
+        .enqueue("q", NewJob::new("k", "x"))
+        .await
+        .unwrap();
+    within(started.recv()).await.unwrap();
+
+    let client = env.client().await;
+    let layout = zkq::Layout::new(&env.root).unwrap();
+    let workers = zkq::registry::list(&client, &layout).await.unwrap();
+    assert_eq!(workers.len(), 1);
+    let me = &workers[0];
+    assert_eq!(
+        (me.id.as_str(), me.queues.as_slice(), me.concurrency),
+        (id.as_str(), &["q".to_string()][..], 3)
+    );
+    assert_eq!(me.pid, std::process::id());
+    assert!(!me.host.is_empty() && !me.version.is_empty() && me.started_at_ms > 0);
+    let (_, stat) = client.get_data(&layout.worker(&id)).await.unwrap();
+    assert_ne!(stat.ephemeral_owner, 0, "registration is ephemeral");
+
+    drop(stop);
+    within(handle).await.unwrap().unwrap();
+    assert!(zkq::registry::list(&client, &layout).await.unwrap().is_empty());
+}
