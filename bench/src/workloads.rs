@@ -96,7 +96,7 @@ impl<'a> Workloads<'a> {
             let config = WorkerConfig {
                 queues: vec![QUEUE.to_string()],
                 concurrency: self.args.concurrency,
-                promote: false,
+                scheduler: false,
                 ..WorkerConfig::default()
             };
             let (runs, total, all_done, progress) = (

@@ -49,9 +49,9 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     stop_grace: Duration,
 
-    /// Do not promote due delayed jobs from this worker (another process does it)
+    /// Do not stand for election as the scheduler (which promotes due delayed jobs)
     #[arg(long)]
-    no_promote: bool,
+    no_scheduler: bool,
 
     /// Worker id, unique in the fleet [default: HOST-PID-RANDOM]
     #[arg(long, value_name = "ID")]
@@ -93,7 +93,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         job_timeout: cli.job_timeout,
         shutdown_grace: cli.shutdown_grace,
         stop_grace: cli.stop_grace,
-        promote: !cli.no_promote,
+        scheduler: !cli.no_scheduler,
         ..WorkerConfig::default()
     };
     if let Some(id) = &cli.id {

@@ -183,7 +183,7 @@ fn help_lists_every_option() {
         "--job-timeout",
         "--shutdown-grace",
         "--stop-grace",
-        "--no-promote",
+        "--no-scheduler",
         "--id",
         "--session-timeout",
         "ZKQ_JOB_ID",

@@ -50,6 +50,10 @@ pub enum Error {
     #[error("ZooKeeper session lost: {0}")]
     SessionLost(zk::Error),
 
+    /// A leader-only write failed its epoch check: a newer leader holds the epoch.
+    #[error("fenced: epoch {epoch} is no longer current")]
+    Fenced { epoch: i32 },
+
     /// Any other ZooKeeper error, with the operation and path it happened on.
     #[error("ZooKeeper {op} on {path} failed: {source}")]
     Zk {

@@ -8,6 +8,8 @@
 //! <root>/queues/<queue>/delayed/b-<minute>/<due-ms>-<id> delayed and retry-waiting jobs
 //! <root>/queues/<queue>/dead/<id>                        dead letters
 //! <root>/workers/<worker-id>                             EPHEMERAL worker registrations
+//! <root>/scheduler/candidates/c-<seq>                    EPHEMERAL_SEQUENTIAL scheduler candidates
+//! <root>/scheduler/epoch                                 its data version is the leader's epoch
 //! ```
 
 use crate::error::{Error, Result};
@@ -103,6 +105,11 @@ impl Layout {
 
     pub fn dead_job(&self, queue: &str, id: &str) -> String {
         format!("{}/dead/{id}", self.queue(queue))
+    }
+
+    /// The scheduler election: `candidates/` and `epoch`.
+    pub fn scheduler(&self) -> String {
+        format!("{}/scheduler", self.root)
     }
 
     pub fn workers(&self) -> String {

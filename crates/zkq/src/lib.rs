@@ -32,8 +32,10 @@
 //! - [`claim`]: claim, ack, retry, dead letter, release: the versioned `multi`s.
 //! - [`fetch`](crate::fetch) (private): scanning for ready jobs, watches when idle.
 //! - [`promoter`]: moving due delayed jobs to their lanes.
+//! - [`scheduler`](crate::scheduler) (private): the leader's services, fenced by its epoch.
 //! - [`handler`]: [`Handler`], [`JobContext`], [`Outcome`].
 //! - [`exec`]: [`CommandHandler`], a shell command per job in its own process group.
+//! - [`election`]: leader election with an epoch as fencing token.
 //! - [`registry`]: worker registration (ephemeral znodes).
 //! - [`worker`]: [`Worker`], the run loop, sessions and graceful shutdown.
 //! - [`retry`]: [`RetryPolicy`], exponential backoff with jitter.
@@ -44,6 +46,7 @@ pub mod claim;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod codec;
+pub mod election;
 pub mod error;
 pub mod exec;
 mod fetch;
@@ -55,6 +58,7 @@ pub mod promoter;
 pub mod queue;
 pub mod registry;
 pub mod retry;
+mod scheduler;
 mod segment;
 pub mod telemetry;
 mod txn;

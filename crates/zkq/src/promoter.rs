@@ -1,19 +1,16 @@
 //! Promotion of due delayed jobs (delayed enqueues and retries waiting for their backoff).
 //!
-//! Each due entry moves in one `multi`: `delete(delayed entry, version)` + `create(job)` into a
-//! segment of its lane. Any number of promoters can run at once: the versioned delete lets
-//! exactly one of them move an entry; the others' `multi` fails as a whole and they move on.
-//! Every worker runs one by default; it can be switched off where another process promotes.
+//! Each due entry moves in one `multi`: `check(epoch)` + `delete(delayed entry, version)` +
+//! `create(job)` into a segment of its lane. The elected scheduler runs it
+//! ([`crate::scheduler`]), fenced by its epoch; even without the fence, concurrent promoters
+//! would be safe: the versioned delete lets exactly one of them move an entry.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use zookeeper_client as zk;
 
 use crate::claim;
 use crate::codec;
+use crate::election::Leadership;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, Job, JobId};
 use crate::layout::{self, DELAYED_BUCKET_MS};
@@ -24,31 +21,14 @@ use crate::txn::Op;
 /// Most entries moved in one `multi`.
 const PROMOTE_BATCH: usize = 100;
 
-/// Promotes due jobs of `queues` every `interval` until `stop` is cancelled.
-pub(crate) async fn run(
-    producer: Arc<Producer>,
-    queues: Vec<String>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        for queue in &queues {
-            if let Err(e) = promote_due(&producer, queue).await {
-                if e.is_session_lost() {
-                    return;
-                }
-                warn!(queue, error = %e, "promoting delayed jobs failed; will retry");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
 /// Moves every delayed job of `queue` that is due now to its lane. Returns how many moved.
-pub async fn promote_due(producer: &Producer, queue: &str) -> Result<usize> {
+///
+/// With a `leadership`, every move is fenced by its epoch.
+///
+/// # Errors
+/// [`Error::Fenced`] when a newer leader holds the epoch.
+pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&Leadership>) -> Result<usize> {
+    let fence = leadership.map(|l| (l.fence(), l.epoch()));
     let client = producer.client();
     let layout = producer.layout();
     let config = producer.config(queue).await?;
@@ -121,7 +101,7 @@ pub async fn promote_due(producer: &Producer, queue: &str) -> Result<usize> {
                     }
                 }
             }
-            moved += commit_moves(producer, queue, &config, moves).await?;
+            moved += commit_moves(producer, queue, &config, fence.as_ref(), moves).await?;
         }
     }
     if moved > 0 {
@@ -137,11 +117,16 @@ async fn commit_moves(
     producer: &Producer,
     queue: &str,
     config: &crate::QueueConfig,
+    fence: Option<&(Op, i32)>,
     moves: Vec<(Vec<Op>, Option<Placement>)>,
 ) -> Result<usize> {
     let count = moves.len();
-    let (extra, placements) = flatten(moves.clone());
-    match producer.commit(queue, config, placements, extra).await {
+    let (extra, placements) = flatten(fence, moves.clone());
+    match producer
+        .commit(queue, config, placements, extra)
+        .await
+        .map_err(|e| fenced(e, fence))
+    {
         Ok(()) => return Ok(count),
         Err(Error::Zk {
             source: zk::Error::NoNode | zk::Error::BadVersion,
@@ -151,8 +136,12 @@ async fn commit_moves(
     }
     let mut moved = 0;
     for one in moves {
-        let (extra, placements) = flatten(vec![one]);
-        match producer.commit(queue, config, placements, extra).await {
+        let (extra, placements) = flatten(fence, vec![one]);
+        match producer
+            .commit(queue, config, placements, extra)
+            .await
+            .map_err(|e| fenced(e, fence))
+        {
             Ok(()) => moved += 1,
             Err(Error::Zk {
                 source: zk::Error::NoNode | zk::Error::BadVersion,
@@ -164,14 +153,30 @@ async fn commit_moves(
     Ok(moved)
 }
 
-fn flatten(moves: Vec<(Vec<Op>, Option<Placement>)>) -> (Vec<Op>, Vec<Placement>) {
-    let mut extra = Vec::new();
+/// The fence (if any) first, then every move's ops; the placements in order.
+fn flatten(fence: Option<&(Op, i32)>, moves: Vec<(Vec<Op>, Option<Placement>)>) -> (Vec<Op>, Vec<Placement>) {
+    let mut extra: Vec<Op> = fence.map(|(op, _)| op.clone()).into_iter().collect();
     let mut placements = Vec::new();
     for (ops, placement) in moves {
         extra.extend(ops);
         placements.extend(placement);
     }
     (extra, placements)
+}
+
+/// Turns a failed epoch check into [`Error::Fenced`].
+fn fenced(e: Error, fence: Option<&(Op, i32)>) -> Error {
+    match (fence, &e) {
+        (
+            Some((op, epoch)),
+            Error::Zk {
+                path,
+                source: zk::Error::BadVersion,
+                ..
+            },
+        ) if path == op.path() => Error::Fenced { epoch: *epoch },
+        _ => e,
+    }
 }
 
 /// A dead-letter record for bytes that are not a job: kind `zkq.undecodable`, the raw bytes

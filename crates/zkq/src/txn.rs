@@ -37,12 +37,20 @@ pub(crate) enum Op {
         data: Vec<u8>,
         version: Option<i32>,
     },
+    /// Fails the `multi` unless the znode's data version is `version` (epoch fencing).
+    Check {
+        path: String,
+        version: i32,
+    },
 }
 
 impl Op {
     pub(crate) fn path(&self) -> &str {
         match self {
-            Op::Create { path, .. } | Op::Delete { path, .. } | Op::SetData { path, .. } => path,
+            Op::Create { path, .. }
+            | Op::Delete { path, .. }
+            | Op::SetData { path, .. }
+            | Op::Check { path, .. } => path,
         }
     }
 
@@ -99,6 +107,7 @@ fn build<'a>(client: &'a zk::Client, ops: &[Op]) -> Result<zk::MultiWriter<'a>, 
             ),
             Op::Delete { path, version } => multi.add_delete(path, *version),
             Op::SetData { path, data, version } => multi.add_set_data(path, data, *version),
+            Op::Check { path, version } => multi.add_check_version(path, *version),
         };
         added.map_err(|source| TxnError {
             index: Some(index),

@@ -26,6 +26,7 @@ use tracing::{debug, error, info, info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
 use crate::claim::{self, Claimed, Settled};
+use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::fetch::{Fetcher, Found};
 use crate::handler::{Handler, JobContext, Outcome};
@@ -35,6 +36,7 @@ use crate::producer::{Placement, Producer};
 use crate::promoter;
 use crate::queue::{self, QueueConfig};
 use crate::registry::{self, WorkerInfo};
+use crate::scheduler;
 use crate::telemetry;
 use crate::txn::Op;
 use crate::znode::ZkConfig;
@@ -57,9 +59,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Longest sleep between scans when no watch fires (a safety net). Defaults to 5 s.
     pub poll_interval: Duration,
-    /// Whether this worker promotes due delayed jobs. Defaults to true.
-    pub promote: bool,
-    /// How often due delayed jobs are looked for. Defaults to 250 ms.
+    /// Whether this worker stands for election as the scheduler (which promotes due delayed
+    /// jobs of every queue). Defaults to true.
+    pub scheduler: bool,
+    /// How often the scheduler looks for due delayed jobs. Defaults to 250 ms.
     pub promote_interval: Duration,
     /// Config for queues this worker creates because they did not exist yet.
     pub default_queue_config: QueueConfig,
@@ -76,7 +79,7 @@ impl Default for WorkerConfig {
             stop_grace: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
-            promote: true,
+            scheduler: true,
             promote_interval: Duration::from_millis(250),
             default_queue_config: QueueConfig::default(),
         }
@@ -272,13 +275,14 @@ impl Worker {
         let session_lost = CancellationToken::new();
         let mut background = JoinSet::new();
         background.spawn(watch_session(client.clone(), session_lost.clone()));
-        let promoter_stop = CancellationToken::new();
-        if self.config.promote {
-            background.spawn(promoter::run(
+        let scheduler_stop = CancellationToken::new();
+        if self.config.scheduler {
+            let election = Election::new(client.clone(), self.layout.scheduler(), self.config.id.clone());
+            background.spawn(scheduler::run(
                 producer.clone(),
-                self.config.queues.clone(),
+                election,
                 self.config.promote_interval,
-                promoter_stop.clone(),
+                scheduler_stop.clone(),
             ));
         }
 
@@ -358,7 +362,7 @@ impl Worker {
             }
         };
 
-        promoter_stop.cancel();
+        scheduler_stop.cancel();
         match end {
             SessionEnd::Lost => {
                 // Our claims are gone; other workers may be running these jobs already.

@@ -10,6 +10,8 @@ pub(crate) const PERSISTENT: zk::CreateOptions<'static> =
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
 pub(crate) const PERSISTENT_SEQUENTIAL: zk::CreateOptions<'static> =
     zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+pub(crate) const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
+    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
 pub(crate) const EPHEMERAL: zk::CreateOptions<'static> =
     zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
 

@@ -1,0 +1,148 @@
+//! Leader election: one leader, no herd, epochs that fence deposed leaders.
+
+use std::time::Duration;
+
+use zkq::election::{Election, Leadership};
+use zkq::zookeeper_client as zk;
+use zkq_tests::{within, Env};
+
+async fn candidates(env: &Env, n: usize) -> Vec<(zk::Client, Election)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let client = env.client().await;
+        let election = Election::new(client.clone(), format!("{}/scheduler", env.root), format!("c{i}"));
+        out.push((client, election));
+    }
+    out
+}
+
+/// Starts campaigns one after another, so the line is in index order.
+async fn line_up(
+    env: &Env,
+    elections: &[(zk::Client, Election)],
+) -> Vec<tokio::task::JoinHandle<zkq::Result<Leadership>>> {
+    let client = env.client().await;
+    let dir = format!("{}/scheduler/candidates", env.root);
+    let mut campaigns = Vec::new();
+    for (i, (_, e)) in elections.iter().enumerate() {
+        let e = e.clone();
+        campaigns.push(tokio::spawn(async move { e.campaign().await }));
+        within(async {
+            loop {
+                match client.get_and_watch_children(&dir).await {
+                    Ok((children, _, _)) if children.len() > i => return,
+                    Ok((_, _, watcher)) => {
+                        watcher.changed().await;
+                    }
+                    // The directory is created by the first campaign.
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await;
+    }
+    campaigns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_change_wakes_only_its_successor() {
+    let env = Env::new("no-herd");
+    let elections = candidates(&env, 5).await;
+    let mut campaigns = line_up(&env, &elections).await;
+    let first = within(campaigns.remove(0)).await.unwrap().unwrap();
+    let first_epoch = first.epoch();
+    for c in &campaigns {
+        assert!(!c.is_finished(), "only one leader");
+    }
+
+    // The leader resigns: exactly one other candidate is woken, and it leads.
+    drop(first);
+    let second = within(campaigns.remove(0)).await.unwrap().unwrap();
+    assert!(second.epoch() > first_epoch, "{} > {first_epoch}", second.epoch());
+    let wakeups: Vec<u64> = elections.iter().map(|(_, e)| e.wakeups()).collect();
+    assert_eq!(wakeups, vec![0, 1, 0, 0, 0]);
+
+    // A candidate in the middle leaves: only the one behind it wakes, and it does not lead.
+    campaigns.remove(0).abort();
+    within(async {
+        while elections[3].1.wakeups() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        elections.iter().map(|(_, e)| e.wakeups()).collect::<Vec<_>>(),
+        vec![0, 1, 0, 1, 0]
+    );
+    assert!(!campaigns[0].is_finished() && !campaigns[1].is_finished());
+    drop(second);
+    let third = within(campaigns.remove(0)).await.unwrap().unwrap();
+    assert_eq!(
+        elections.iter().map(|(_, e)| e.wakeups()).collect::<Vec<_>>(),
+        vec![0, 1, 0, 2, 0]
+    );
+    drop(third);
+    within(campaigns.remove(0)).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_epoch_fails_its_guarded_writes() {
+    let env = Env::new("fencing");
+    let elections = candidates(&env, 2).await;
+    let mut campaigns = line_up(&env, &elections).await;
+    let old = within(campaigns.remove(0)).await.unwrap().unwrap();
+    let (old_epoch, epoch_path) = (old.epoch(), old.epoch_path().to_string());
+    let writer = env.client().await;
+    let guarded = |epoch: i32, name: &str| {
+        let mut multi = writer.new_multi_writer();
+        multi.add_check_version(&epoch_path, epoch).unwrap();
+        let path = format!("{}/{name}", env.root);
+        multi
+            .add_create(
+                &path,
+                b"",
+                &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+            )
+            .unwrap();
+        multi.commit()
+    };
+    guarded(old_epoch, "by-old-while-leader")
+        .await
+        .expect("the leader's guarded write lands");
+
+    // The old leader's session is closed (it crashed): the standby takes over in a new epoch.
+    drop(old);
+    drop(elections);
+    let new = within(campaigns.remove(0)).await.unwrap().unwrap();
+    assert!(new.epoch() > old_epoch);
+    let err = guarded(old_epoch, "by-old-after").await.unwrap_err();
+    assert_eq!(zk::Error::from(err), zk::Error::BadVersion);
+    guarded(new.epoch(), "by-new")
+        .await
+        .expect("the new leader's guarded write lands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_lost_as_soon_as_the_connection_is_in_doubt() {
+    // Its own server, so that freezing it affects nobody else.
+    let server = zkq_testkit::Ensemble::standalone().unwrap();
+    let zk = zkq::ZkConfig {
+        address: server.connect_string(),
+        session_timeout: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(10),
+    };
+    let client = zk.connect().await.unwrap();
+    let leadership = within(Election::new(client, "/scheduler", "only").campaign())
+        .await
+        .unwrap();
+    assert!(!leadership.lost().is_cancelled());
+    let frozen_at = std::time::Instant::now();
+    server.member(0).freeze();
+    within(leadership.lost().cancelled()).await;
+    let noticed = frozen_at.elapsed();
+    server.member(0).thaw();
+    assert!(
+        noticed < Duration::from_secs(4),
+        "lost after {noticed:?}, not before the session could expire"
+    );
+}
