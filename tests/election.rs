@@ -77,9 +77,12 @@ async fn a_leader_change_wakes_only_its_successor() {
     assert!(!campaigns[0].is_finished() && !campaigns[1].is_finished());
     drop(second);
     let third = within(campaigns.remove(0)).await.unwrap().unwrap();
-    assert_eq!(
-        elections.iter().map(|(_, e)| e.wakeups()).collect::<Vec<_>>(),
-        vec![0, 1, 0, 2, 0]
+    // Candidate 3 is woken once more, unless the leader was already gone when it re-armed its
+    // watch after the first wake-up; the last candidate is never woken.
+    let wakeups: Vec<u64> = elections.iter().map(|(_, e)| e.wakeups()).collect();
+    assert!(
+        wakeups == [0, 1, 0, 2, 0] || wakeups == [0, 1, 0, 1, 0],
+        "{wakeups:?}"
     );
     drop(third);
     within(campaigns.remove(0)).await.unwrap().unwrap();

@@ -199,19 +199,15 @@ async fn a_second_worker_with_a_live_workers_id_is_refused_with_a_clear_error() 
     let env = Env::new("dup-id");
     let mut config = env.worker_config("q", 1);
     config.id = "twin".into();
-    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
-    let first = env.worker(config.clone()).handle("k", move |_ctx: JobContext| {
-        let _ = started_tx.send(());
-        async { Outcome::Done }
-    });
-    let (stop, _h) = spawn_worker(first.unwrap());
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let (stop, _h) = spawn_worker(env.worker(config.clone()).handle("k", handler).unwrap());
     // The first worker is registered once it runs a job.
     env.producer()
         .await
         .enqueue("q", NewJob::new("k", "x"))
         .await
         .unwrap();
-    within(started.recv()).await.unwrap();
+    take(&mut runs, 1).await;
 
     let (handler, _runs) = recording(|_| Outcome::Done);
     let second = env.worker(config).handle("k", handler).unwrap();
@@ -227,20 +223,17 @@ async fn a_second_worker_with_a_live_workers_id_is_refused_with_a_clear_error() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_worker_is_registered_and_its_registration_goes_with_it() {
     let env = Env::new("registry");
-    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
     let config = env.worker_config("q", 3);
     let id = config.id.clone();
-    let worker = env.worker(config).handle("k", move |_ctx: JobContext| {
-        let _ = started_tx.send(());
-        async { Outcome::Done }
-    });
-    let (stop, handle) = spawn_worker(worker.unwrap());
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let (stop, handle) = spawn_worker(env.worker(config).handle("k", handler).unwrap());
+    // The worker is registered once it runs a job.
     env.producer()
         .await
         .enqueue("q", NewJob::new("k", "x"))
         .await
         .unwrap();
-    within(started.recv()).await.unwrap();
+    take(&mut runs, 1).await;
 
     let client = env.client().await;
     let layout = zkq::Layout::new(&env.root).unwrap();

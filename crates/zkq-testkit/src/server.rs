@@ -134,9 +134,21 @@ impl Member {
         self.signal_and_reap(libc::SIGKILL);
     }
 
-    /// Freezes the process (SIGSTOP): it keeps its sockets but answers nothing.
+    /// Freezes the process (SIGSTOP): it keeps its sockets but answers nothing. Returns once the
+    /// kernel reports the process stopped (signal delivery is asynchronous).
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state is the first field after the parenthesised command name.
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            if matches!(state, Some('T') | Some('t') | None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Resumes a frozen process (SIGCONT).

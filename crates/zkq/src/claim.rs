@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::job::{now_ms, Job, JobId};
 use crate::layout::Layout;
 use crate::txn::{self, NodeKind, Op};
@@ -177,14 +177,7 @@ pub(crate) fn claim<'a>(
             {
                 Ok(None)
             }
-            Err(e) => {
-                let path = e
-                    .index
-                    .and_then(|i| ops.get(i))
-                    .map(|op| op.path().to_string())
-                    .unwrap_or_default();
-                Err(Error::zk("claim", path, e.source))
-            }
+            Err(e) => Err(e.into_error("claim", &ops)),
         }
     }
 }
@@ -194,14 +187,7 @@ pub(crate) async fn settle(client: &zk::Client, what: &'static str, ops: Vec<Op>
     match txn::commit(client, &ops).await {
         Ok(_) => Ok(Settled::Committed),
         Err(e) if matches!(e.source, zk::Error::BadVersion | zk::Error::NoNode) => Ok(Settled::ClaimLost),
-        Err(e) => {
-            let path = e
-                .index
-                .and_then(|i| ops.get(i))
-                .map(|op| op.path().to_string())
-                .unwrap_or_default();
-            Err(Error::zk(what, path, e.source))
-        }
+        Err(e) => Err(e.into_error(what, &ops)),
     }
 }
 

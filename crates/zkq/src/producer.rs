@@ -198,18 +198,19 @@ impl Producer {
             let Err(err) = sent.await else {
                 return Ok(());
             };
-            let failed = err.index.and_then(|i| ops.get(i));
             let in_extra = err.index.is_some_and(|i| i < extra.len());
-            let path = failed.map(|op| op.path().to_string()).unwrap_or_default();
             let markers = self.segments.lock().await.forget(&used);
             self.delete_best_effort(markers);
             // NoNode on our own ops means a segment (or bucket) was removed under us; anything
             // else, or a failure in the caller's ops, is a real conflict.
             let segment_vanished = !in_extra && err.source == zk::Error::NoNode && attempt < SEGMENT_RETRIES;
             if !segment_vanished {
-                return Err(Error::zk("commit jobs", path, err.source));
+                return Err(err.into_error("commit jobs", &ops));
             }
-            debug!(%path, attempt, "segment changed under the batch; retrying into a fresh one");
+            debug!(
+                path = err.path(&ops),
+                attempt, "segment changed under the batch; retrying into a fresh one"
+            );
         }
     }
 

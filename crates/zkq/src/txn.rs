@@ -8,6 +8,8 @@ use std::future::Future;
 
 use zookeeper_client as zk;
 
+use crate::error::Error;
+
 use crate::znode::{EPHEMERAL, PERSISTENT, PERSISTENT_SEQUENTIAL};
 
 /// What kind of znode a create makes.
@@ -70,6 +72,18 @@ pub(crate) struct TxnError {
     /// The operation that failed, when the server named one.
     pub index: Option<usize>,
     pub source: zk::Error,
+}
+
+impl TxnError {
+    /// The path of the operation that failed ("" when the server named none).
+    pub(crate) fn path<'a>(&self, ops: &'a [Op]) -> &'a str {
+        self.index.and_then(|i| ops.get(i)).map(Op::path).unwrap_or("")
+    }
+
+    /// An [`Error`] naming what was done and the path that failed.
+    pub(crate) fn into_error(self, what: &'static str, ops: &[Op]) -> Error {
+        Error::zk(what, self.path(ops), self.source)
+    }
 }
 
 /// Starts committing `ops` as one `multi`. The request is sent before this returns (the client
