@@ -194,20 +194,30 @@ async fn a_garbage_job_znode_is_dead_lettered_and_the_worker_keeps_going() {
     drop(stop);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_worker_with_a_live_workers_id_is_refused_with_a_clear_error() {
-    let env = Env::new("dup-id");
-    let mut config = env.worker_config("q", 1);
-    config.id = "twin".into();
+type Running = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<zkq::Result<zkq::WorkerSummary>>,
+);
+
+/// Starts a worker on queue `q` and returns once it has run a job, so it is surely registered.
+async fn start_registered(env: &Env, config: zkq::WorkerConfig) -> Running {
     let (handler, mut runs) = recording(|_| Outcome::Done);
-    let (stop, _h) = spawn_worker(env.worker(config.clone()).handle("k", handler).unwrap());
-    // The first worker is registered once it runs a job.
+    let running = spawn_worker(env.worker(config).handle("k", handler).unwrap());
     env.producer()
         .await
         .enqueue("q", NewJob::new("k", "x"))
         .await
         .unwrap();
     take(&mut runs, 1).await;
+    running
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_with_a_live_workers_id_is_refused_with_a_clear_error() {
+    let env = Env::new("dup-id");
+    let mut config = env.worker_config("q", 1);
+    config.id = "twin".into();
+    let (stop, _h) = start_registered(&env, config.clone()).await;
 
     let (handler, _runs) = recording(|_| Outcome::Done);
     let second = env.worker(config).handle("k", handler).unwrap();
@@ -225,15 +235,7 @@ async fn a_running_worker_is_registered_and_its_registration_goes_with_it() {
     let env = Env::new("registry");
     let config = env.worker_config("q", 3);
     let id = config.id.clone();
-    let (handler, mut runs) = recording(|_| Outcome::Done);
-    let (stop, handle) = spawn_worker(env.worker(config).handle("k", handler).unwrap());
-    // The worker is registered once it runs a job.
-    env.producer()
-        .await
-        .enqueue("q", NewJob::new("k", "x"))
-        .await
-        .unwrap();
-    take(&mut runs, 1).await;
+    let (stop, handle) = start_registered(&env, config).await;
 
     let client = env.client().await;
     let layout = zkq::Layout::new(&env.root).unwrap();

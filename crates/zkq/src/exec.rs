@@ -6,7 +6,6 @@
 //! future is dropped for any reason.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -116,7 +115,7 @@ async fn run_command(command: &str, ctx: JobContext) -> Outcome {
         _ = ctx.stop.cancelled() => {
             // Ask nicely; the group guard sends SIGKILL when the worker drops this attempt.
             group.signal(libc::SIGTERM);
-            let _ = tokio::time::timeout(Duration::from_secs(3600), child.wait()).await;
+            let _ = child.wait().await;
             group.signal(libc::SIGKILL);
             Outcome::retry("stopped")
         }

@@ -37,13 +37,6 @@ pub(crate) enum Found {
     },
 }
 
-/// What the last scan saw, for arming watches.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Lanes, claim dirs and segments with an active writer.
-    watch: Vec<String>,
-}
-
 type WatchFuture = futures::future::BoxFuture<'static, String>;
 
 /// Scans the worker's queues. Keeps the armed watches between scans.
@@ -52,7 +45,9 @@ pub(crate) struct Fetcher {
     layout: Layout,
     queues: Vec<(String, QueueConfig)>,
     cursor: usize,
-    seen: Seen,
+    /// What the last scan saw that is worth watching: lanes, claims dirs, segments with an
+    /// active writer.
+    seen: Vec<String>,
     armed: HashSet<String>,
     /// Armed watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only touched
     /// through `&mut self`, with `get_mut`, never locked).
@@ -75,7 +70,7 @@ impl Fetcher {
             layout,
             queues,
             cursor: 0,
-            seen: Seen::default(),
+            seen: Vec::new(),
             armed: HashSet::new(),
             fired: std::sync::Mutex::new(FuturesUnordered::new()),
         }
@@ -83,7 +78,7 @@ impl Fetcher {
 
     /// Up to `want` ready, unclaimed jobs with their data, highest priority first.
     pub(crate) async fn scan(&mut self, want: usize) -> Result<Vec<Found>> {
-        self.seen = Seen::default();
+        self.seen.clear();
         self.cursor = self.cursor.wrapping_add(1);
         let mut names = Vec::new();
         for q in 0..self.queues.len() {
@@ -121,7 +116,7 @@ impl Fetcher {
         .into_iter()
         .collect::<Result<HashMap<u32, HashSet<String>>>>()?;
         for p in &partitions {
-            self.seen.watch.push(self.layout.claims(queue, *p));
+            self.seen.push(self.layout.claims(queue, *p));
         }
         for lane in (0..config.priorities).rev() {
             let this = &*self;
@@ -133,7 +128,7 @@ impl Fetcher {
             let mut per_partition = Vec::new();
             for walk in walks {
                 let (found, watch) = walk?;
-                self.seen.watch.extend(watch);
+                self.seen.extend(watch);
                 per_partition.push(found.into_iter());
             }
             // Take from partitions in turn so that no partition starves.
@@ -256,7 +251,7 @@ impl Fetcher {
     pub(crate) async fn arm(&mut self) -> Result<bool> {
         self.drain_fired();
         let mut armed_new = false;
-        for path in std::mem::take(&mut self.seen.watch) {
+        for path in std::mem::take(&mut self.seen) {
             if self.armed.contains(&path) {
                 continue;
             }

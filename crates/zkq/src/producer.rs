@@ -145,13 +145,23 @@ impl Producer {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Buckets must exist before the multi creates entries in them: each one once.
+            let mut buckets: Vec<String> = placements
+                .iter()
+                .filter_map(|p| match p {
+                    Placement::Delayed { due_ms, .. } => Some(layout::delayed_bucket_name(*due_ms)),
+                    Placement::Ready(_) => None,
+                })
+                .collect();
+            buckets.sort();
+            buckets.dedup();
+            futures::future::try_join_all(buckets.iter().map(|b| self.ensure_bucket(queue, b))).await?;
             let mut ops = extra.clone();
             let mut lanes: Vec<(LaneKey, Vec<Vec<u8>>)> = Vec::new();
             for (placement, bytes) in placements.iter().zip(&encoded) {
                 match placement {
                     Placement::Delayed { job, due_ms } => {
                         let bucket = layout::delayed_bucket_name(*due_ms);
-                        self.ensure_bucket(queue, &bucket).await?;
                         let path = format!(
                             "{}/{}",
                             self.layout.delayed_bucket(queue, &bucket),
@@ -225,7 +235,7 @@ impl Producer {
         Ok(config)
     }
 
-    fn cache(&self, queue: &str, config: &QueueConfig) {
+    pub(crate) fn cache(&self, queue: &str, config: &QueueConfig) {
         self.lock_configs().insert(queue.to_string(), config.clone());
     }
 

@@ -269,8 +269,8 @@ impl Worker {
 
         let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));
         for (q, config) in &configs {
-            // Seed the producer's config cache so retries need no extra read.
-            let _ = producer.create_queue(q, config).await;
+            // Retries need the config; the worker has just read it.
+            producer.cache(q, config);
         }
         let session_lost = CancellationToken::new();
         let mut background = JoinSet::new();
