@@ -56,7 +56,7 @@ async fn a_leader_change_wakes_only_its_successor() {
     }
 
     // The leader resigns: exactly one other candidate is woken, and it leads.
-    drop(first);
+    first.resign().await;
     let second = within(campaigns.remove(0)).await.unwrap().unwrap();
     assert!(second.epoch() > first_epoch, "{} > {first_epoch}", second.epoch());
     let wakeups: Vec<u64> = elections.iter().map(|(_, e)| e.wakeups()).collect();
@@ -64,6 +64,7 @@ async fn a_leader_change_wakes_only_its_successor() {
 
     // A candidate in the middle leaves: only the one behind it wakes, and it does not lead.
     campaigns.remove(0).abort();
+    elections[2].1.withdraw().await.unwrap();
     within(async {
         while elections[3].1.wakeups() == 0 {
             tokio::task::yield_now().await;
@@ -75,7 +76,7 @@ async fn a_leader_change_wakes_only_its_successor() {
         vec![0, 1, 0, 1, 0]
     );
     assert!(!campaigns[0].is_finished() && !campaigns[1].is_finished());
-    drop(second);
+    second.resign().await;
     let third = within(campaigns.remove(0)).await.unwrap().unwrap();
     // Candidate 3 is woken once more, unless the leader was already gone when it re-armed its
     // watch after the first wake-up; the last candidate is never woken.
@@ -84,7 +85,7 @@ async fn a_leader_change_wakes_only_its_successor() {
         wakeups == [0, 1, 0, 2, 0] || wakeups == [0, 1, 0, 1, 0],
         "{wakeups:?}"
     );
-    drop(third);
+    third.resign().await;
     within(campaigns.remove(0)).await.unwrap().unwrap();
 }
 
@@ -148,4 +149,42 @@ async fn leadership_is_lost_as_soon_as_the_connection_is_in_doubt() {
         noticed < Duration::from_secs(4),
         "lost after {noticed:?}, not before the session could expire"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_connection_returns_keeps_its_place_in_line() {
+    let server = zkq_testkit::Ensemble::standalone().unwrap();
+    let zk = zkq::ZkConfig {
+        address: server.connect_string(),
+        session_timeout: Duration::from_secs(6),
+        connect_timeout: Duration::from_secs(10),
+    };
+    let (a, b) = (zk.connect().await.unwrap(), zk.connect().await.unwrap());
+    let leader = Election::new(a.clone(), "/scheduler", "a");
+    let standby = Election::new(b.clone(), "/scheduler", "b");
+    let first = within(leader.campaign()).await.unwrap();
+    let waiting = tokio::spawn(async move { standby.campaign().await });
+
+    // Both lose their connection for a moment, well within the session timeout.
+    server.member(0).freeze();
+    within(first.lost().cancelled()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.member(0).thaw();
+
+    // The same session campaigns again: it takes up its own node, still first in line, and
+    // leads in a new epoch; the standby stays a standby and no node is left behind.
+    let again = within(leader.campaign()).await.unwrap();
+    assert!(again.epoch() > first.epoch());
+    if waiting.is_finished() {
+        panic!(
+            "the standby must not lead while the leader's session lives: {:?}",
+            waiting.await.unwrap().map(|l| l.epoch())
+        );
+    }
+    let (line, _) = a.get_children("/scheduler/candidates").await.unwrap();
+    assert_eq!(line.len(), 2, "{line:?}");
+    let resigned_epoch = again.epoch();
+    again.resign().await;
+    let standby_leads = within(waiting).await.unwrap().unwrap();
+    assert!(standby_leads.epoch() > resigned_epoch);
 }

@@ -56,7 +56,11 @@ impl Env {
             queues: vec![queue.to_string()],
             concurrency,
             poll_interval: Duration::from_millis(500),
-            promote_interval: Duration::from_millis(50),
+            scheduling: zkq::SchedulerConfig {
+                promote_interval: Duration::from_millis(50),
+                rebalance_delay: Duration::from_millis(200),
+                ..Default::default()
+            },
             ..WorkerConfig::default()
         }
     }

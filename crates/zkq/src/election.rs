@@ -19,18 +19,21 @@
 //! Leadership is lost as soon as the connection is in doubt (the session state leaves
 //! `SyncConnected`), not only when the session expires: a leader cut off from ZooKeeper stops
 //! acting before a successor can be elected. If the connection comes back with the session
-//! intact, campaigning again re-checks the position and takes a new epoch. A candidate node is
-//! deleted when its guard is dropped, so an abandoned campaign never blocks the line.
+//! intact, campaigning again finds the candidate node this session already holds, keeps its place
+//! in line and takes a new epoch: a short disconnection does not hand leadership to anyone else
+//! (nobody else can win while that node exists), and never leaves a second node of this session
+//! ahead of itself. [`Leadership::resign`] and [`Election::withdraw`] delete the node and let
+//! the successor in; otherwise the node goes with the session.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
-use crate::txn::Op;
+use crate::txn::{self, Op};
 use crate::znode::{self, EPHEMERAL_SEQUENTIAL};
 
 /// A candidate in one election, identified by the directory it runs under.
@@ -45,26 +48,13 @@ pub struct Election {
 /// This process leads, in `epoch`, until `lost` is cancelled.
 #[derive(Debug)]
 pub struct Leadership {
+    client: zk::Client,
+    name: String,
     epoch: i32,
     epoch_path: String,
+    node: String,
     lost: CancellationToken,
-    _candidate: CandidateNode,
     _monitor: tokio::task::JoinHandle<()>,
-}
-
-/// Deletes the candidate node when dropped.
-#[derive(Debug)]
-struct CandidateNode {
-    client: zk::Client,
-    path: String,
-}
-
-impl Drop for CandidateNode {
-    fn drop(&mut self) {
-        // The request is sent now; whether it lands does not matter (the session would take the
-        // node with it anyway).
-        drop(self.client.delete(&self.path, None));
-    }
 }
 
 impl Election {
@@ -95,24 +85,35 @@ impl Election {
     /// Waits until this candidate leads, and returns its leadership.
     ///
     /// # Cancellation safety
-    /// Dropping the future withdraws the candidacy (its node is deleted).
+    /// Dropping the future keeps the candidate node in line: the next campaign on this session
+    /// takes it up again. Call [`Election::withdraw`] to leave the line.
     ///
     /// # Errors
     /// [`Error::SessionLost`] when the session ends while waiting; other ZooKeeper errors.
     pub async fn campaign(&self) -> Result<Leadership> {
+        let mut states = self.client.state_watcher();
+        loop {
+            match self.try_campaign().await {
+                // The connection dropped: once it is back, look again (a node created in the
+                // meantime is found by its owner, so nothing is left behind).
+                Err(Error::OutcomeUnknown { .. }) => {
+                    while states.peek_state() != zk::SessionState::SyncConnected {
+                        let state = states.changed().await;
+                        if state.is_terminated() {
+                            return Err(Error::SessionLost(zk::Error::SessionExpired));
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_campaign(&self) -> Result<Leadership> {
         znode::ensure_path(&self.client, &self.candidates()).await?;
         znode::ensure_path(&self.client, &self.epoch_path()).await?;
-        let prefix = format!("{}/c-", self.candidates());
-        let (_, seq) = self
-            .client
-            .create(&prefix, self.name.as_bytes(), &EPHEMERAL_SEQUENTIAL)
-            .await
-            .map_err(|e| Error::zk("create candidate", &prefix, e))?;
-        let me = format!("c-{seq}");
-        let candidate = CandidateNode {
-            client: self.client.clone(),
-            path: format!("{}/{me}", self.candidates()),
-        };
+        let me = self.own_node().await?;
+        let node = format!("{}/{me}", self.candidates());
         let mut states = self.client.state_watcher();
         loop {
             let mut line = self
@@ -120,28 +121,22 @@ impl Election {
                 .list_children(&self.candidates())
                 .await
                 .map_err(|e| Error::zk("list candidates", self.candidates(), e))?;
-            line.sort_by_key(|n| {
-                n.rsplit_once('-')
-                    .and_then(|(_, s)| s.parse::<i64>().ok())
-                    .unwrap_or(i64::MAX)
-            });
+            line.sort_by_key(|n| sequence_of(n));
             let Some(position) = line.iter().position(|n| *n == me) else {
                 return Err(Error::SessionLost(zk::Error::NoNode));
             };
             if position == 0 {
-                let epoch = self.take_office(&candidate.path).await?;
+                let epoch = self.take_office(&node).await?;
                 info!(candidate = %self.name, epoch, "elected leader");
                 let lost = CancellationToken::new();
-                let monitor = tokio::spawn(watch_office(
-                    self.client.clone(),
-                    candidate.path.clone(),
-                    lost.clone(),
-                ));
+                let monitor = tokio::spawn(watch_office(self.client.clone(), node.clone(), lost.clone()));
                 return Ok(Leadership {
+                    client: self.client.clone(),
+                    name: self.name.clone(),
                     epoch,
                     epoch_path: self.epoch_path(),
+                    node,
                     lost,
-                    _candidate: candidate,
                     _monitor: monitor,
                 });
             }
@@ -162,6 +157,66 @@ impl Election {
                 state = session_ended(&mut states) => return Err(Error::SessionLost(state)),
             }
         }
+    }
+
+    /// Leaves the line: deletes every candidate node this session holds.
+    pub async fn withdraw(&self) -> Result<()> {
+        for node in self.own_nodes().await? {
+            self.delete_candidate(&node).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_candidate(&self, name: &str) -> Result<()> {
+        let path = format!("{}/{name}", self.candidates());
+        match self.client.delete(&path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+            Err(e) => Err(Error::zk("delete candidate", &path, e)),
+        }
+    }
+
+    /// The candidate node this session holds (the oldest one, if an earlier attempt left more),
+    /// or a new one.
+    async fn own_node(&self) -> Result<String> {
+        let mine = self.own_nodes().await?;
+        if let Some((first, rest)) = mine.split_first() {
+            for extra in rest {
+                self.delete_candidate(extra).await?;
+            }
+            return Ok(first.clone());
+        }
+        let prefix = format!("{}/c-", self.candidates());
+        let (_, seq) = self
+            .client
+            .create(&prefix, self.name.as_bytes(), &EPHEMERAL_SEQUENTIAL)
+            .await
+            .map_err(|e| Error::zk("create candidate", &prefix, e))?;
+        Ok(format!("c-{seq}"))
+    }
+
+    /// The candidate nodes owned by this session, oldest first.
+    async fn own_nodes(&self) -> Result<Vec<String>> {
+        let dir = self.candidates();
+        let line = self
+            .client
+            .list_children(&dir)
+            .await
+            .map_err(|e| Error::zk("list candidates", &dir, e))?;
+        let session = self.client.session_id().0;
+        let stats = futures::future::join_all(line.iter().map(|n| {
+            let path = format!("{dir}/{n}");
+            let client = &self.client;
+            async move { client.check_stat(&path).await }
+        }))
+        .await;
+        let mut mine: Vec<String> = line
+            .into_iter()
+            .zip(stats)
+            .filter(|(_, stat)| matches!(stat, Ok(Some(s)) if s.ephemeral_owner == session))
+            .map(|(n, _)| n)
+            .collect();
+        mine.sort_by_key(|n| sequence_of(n));
+        Ok(mine)
     }
 
     /// Confirms the lowest node is ours and bumps the epoch; returns the new epoch.
@@ -208,11 +263,73 @@ impl Leadership {
         &self.epoch_path
     }
 
+    /// Starts a new term of this leadership: bumps the epoch again, from the one this leader
+    /// holds, and returns the new one. Writes fenced by the old epoch fail from now on. The
+    /// batch-job runner takes a new term for every run of its command, so each run has a token
+    /// of its own.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] when another leader has bumped the epoch since.
+    pub async fn next_term(&mut self) -> Result<i32> {
+        match self
+            .client
+            .set_data(&self.epoch_path, self.name.as_bytes(), Some(self.epoch))
+            .await
+        {
+            Ok(stat) => {
+                self.epoch = stat.version;
+                Ok(self.epoch)
+            }
+            Err(zk::Error::BadVersion) => Err(Error::Fenced { epoch: self.epoch }),
+            Err(e) => Err(Error::zk("bump epoch", &self.epoch_path, e)),
+        }
+    }
+
+    /// Steps down: deletes the candidate node so that the successor takes over now rather than
+    /// when the session ends.
+    pub async fn resign(self) {
+        self.lost.cancel();
+        match self.client.delete(&self.node, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => info!(node = %self.node, "resigned"),
+            Err(e) => warn!(node = %self.node, error = %e, "cannot resign; the node goes with the session"),
+        }
+    }
+
     /// The op that makes a `multi` fail unless this epoch is still current.
     pub(crate) fn fence(&self) -> Op {
         Op::Check {
             path: self.epoch_path.clone(),
             version: self.epoch,
+        }
+    }
+
+    /// Commits `ops` as one `multi` behind this epoch's check.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] when a newer leader holds the epoch; the failed op's error otherwise.
+    pub(crate) async fn commit_fenced(&self, what: &'static str, ops: Vec<Op>) -> Result<()> {
+        let mut all = Vec::with_capacity(ops.len() + 1);
+        all.push(self.fence());
+        all.extend(ops);
+        match txn::commit(&self.client, &all).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.index == Some(0) && e.source == zk::Error::BadVersion => {
+                Err(Error::Fenced { epoch: self.epoch })
+            }
+            Err(e) => Err(e.into_error(what, &all)),
+        }
+    }
+
+    /// Turns the failure of a `multi` that carried [`Leadership::fence`] into
+    /// [`Error::Fenced`] when it was the fence that failed.
+    pub(crate) fn fenced(&self, e: Error) -> Error {
+        match &e {
+            Error::Zk {
+                path,
+                source: zk::Error::BadVersion,
+                ..
+            } if *path == self.epoch_path => Error::Fenced { epoch: self.epoch },
+            _ => e,
         }
     }
 
@@ -260,6 +377,13 @@ async fn watch_office(client: zk::Client, node: String, lost: CancellationToken)
     }
     info!(%node, "leadership lost");
     lost.cancel();
+}
+
+/// The sequence number of a candidate node name (`c-<seq>`); unparsable names sort last.
+fn sequence_of(name: &str) -> i64 {
+    name.rsplit_once('-')
+        .and_then(|(_, s)| s.parse::<i64>().ok())
+        .unwrap_or(i64::MAX)
 }
 
 /// Resolves when the session ends for good.

@@ -68,7 +68,11 @@ impl Error {
     /// different handling (unknown outcome, lost session).
     pub(crate) fn zk(op: &'static str, path: impl Into<String>, source: zk::Error) -> Error {
         match source {
-            zk::Error::ConnectionLoss | zk::Error::Timeout => Error::OutcomeUnknown { op, source },
+            // The client reports a connection that broke under a request as a custom error
+            // ("no response from connection", I/O errors): the outcome is unknown just the same.
+            zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_) => {
+                Error::OutcomeUnknown { op, source }
+            }
             zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::SessionMoved => {
                 Error::SessionLost(source)
             }

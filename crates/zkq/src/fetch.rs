@@ -9,6 +9,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use zookeeper_client as zk;
 
+use tokio::sync::watch;
+
+use crate::assignment::Owned;
 use crate::claim::{self, Candidate};
 use crate::codec;
 use crate::error::{Error, Result};
@@ -52,6 +55,8 @@ pub(crate) struct Fetcher {
     /// Armed watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only touched
     /// through `&mut self`, with `get_mut`, never locked).
     fired: std::sync::Mutex<FuturesUnordered<WatchFuture>>,
+    /// The partitions this worker owns, per queue ([`crate::assignment::follow`]).
+    owned: watch::Receiver<Owned>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -64,8 +69,14 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    pub(crate) fn new(client: zk::Client, layout: Layout, queues: Vec<(String, QueueConfig)>) -> Fetcher {
+    pub(crate) fn new(
+        client: zk::Client,
+        layout: Layout,
+        queues: Vec<(String, QueueConfig)>,
+        owned: watch::Receiver<Owned>,
+    ) -> Fetcher {
         Fetcher {
+            owned,
             client,
             layout,
             queues,
@@ -99,9 +110,16 @@ impl Fetcher {
         want: usize,
         out: &mut Vec<Candidate>,
     ) -> Result<()> {
-        let partitions: Vec<u32> = (0..config.partitions)
-            .map(|i| (i + self.cursor as u32) % config.partitions)
-            .collect();
+        let mut partitions: Vec<u32> = match self.owned.borrow_and_update().get(queue) {
+            Some(Some(owned)) => owned.iter().copied().filter(|p| *p < config.partitions).collect(),
+            _ => (0..config.partitions).collect(),
+        };
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        // Start at a different partition each scan so that none is always last.
+        let turn = self.cursor % partitions.len();
+        partitions.rotate_left(turn);
         let client = &self.client;
         let claims = futures::future::join_all(partitions.iter().map(|p| {
             let path = self.layout.claims(queue, *p);
@@ -274,14 +292,23 @@ impl Fetcher {
         Ok(armed_new)
     }
 
-    /// Waits for one watch to fire, up to `fallback`.
+    /// Waits for one watch to fire or the owned partitions to change, up to `fallback`.
     pub(crate) async fn wait(&mut self, fallback: Duration) {
-        if self.fired().is_empty() {
-            tokio::time::sleep(fallback).await;
-            return;
-        }
-        if let Ok(Some(path)) = tokio::time::timeout(fallback, self.fired().next()).await {
-            self.armed.remove(&path);
+        let mut owned = self.owned.clone();
+        let fired = self.fired.get_mut().unwrap_or_else(|p| p.into_inner());
+        let watch = async {
+            if fired.is_empty() {
+                std::future::pending().await
+            } else {
+                fired.next().await
+            }
+        };
+        tokio::select! {
+            Some(path) = watch => {
+                self.armed.remove(&path);
+            }
+            Ok(()) = owned.changed() => {}
+            _ = tokio::time::sleep(fallback) => {}
         }
         self.drain_fired();
     }

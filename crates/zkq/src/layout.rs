@@ -10,6 +10,10 @@
 //! <root>/workers/<worker-id>                             EPHEMERAL worker registrations
 //! <root>/scheduler/candidates/c-<seq>                    EPHEMERAL_SEQUENTIAL scheduler candidates
 //! <root>/scheduler/epoch                                 its data version is the leader's epoch
+//! <root>/scheduler/assignment/<queue>                    partition owners, written by the leader
+//! <root>/cron/<name>                                     periodic job: schedule, template, last tick
+//! <root>/singletons/<name>/candidates/c-<seq>            batch-job master election
+//! <root>/singletons/<name>/epoch                         its version is the fencing token
 //! ```
 
 use crate::error::{Error, Result};
@@ -112,6 +116,29 @@ impl Layout {
         format!("{}/scheduler", self.root)
     }
 
+    /// Partition assignments written by the scheduler, one child per queue.
+    pub fn assignments(&self) -> String {
+        format!("{}/scheduler/assignment", self.root)
+    }
+
+    pub fn assignment(&self, queue: &str) -> String {
+        format!("{}/scheduler/assignment/{queue}", self.root)
+    }
+
+    /// Periodic job schedules, one child per name.
+    pub fn schedules(&self) -> String {
+        format!("{}/cron", self.root)
+    }
+
+    pub fn schedule(&self, name: &str) -> String {
+        format!("{}/cron/{name}", self.root)
+    }
+
+    /// A batch-job master election (`candidates/` and `epoch`), see [`crate::singleton`].
+    pub fn singleton(&self, name: &str) -> String {
+        format!("{}/singletons/{name}", self.root)
+    }
+
     pub fn workers(&self) -> String {
         format!("{}/workers", self.root)
     }
@@ -146,9 +173,15 @@ pub fn parse_delayed_entry(name: &str) -> Option<u64> {
 
 /// Checks a queue name: 1 to 64 characters of `A-Z a-z 0-9 _ - .`, not starting with `.`.
 pub fn validate_queue_name(name: &str) -> Result<()> {
+    validate_name("queue name", name)
+}
+
+/// Checks a name that becomes one znode (queues, schedules, singletons): 1 to 64 characters
+/// from A-Z, a-z, 0-9, '_', '-' and '.', not starting with '.'.
+pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
     let bad = |reason| {
         Err(Error::InvalidName {
-            what: "queue name",
+            what,
             name: name.to_string(),
             reason,
         })

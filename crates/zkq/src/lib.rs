@@ -32,7 +32,10 @@
 //! - [`claim`]: claim, ack, retry, dead letter, release: the versioned `multi`s.
 //! - [`fetch`](crate::fetch) (private): scanning for ready jobs, watches when idle.
 //! - [`promoter`]: moving due delayed jobs to their lanes.
-//! - [`scheduler`](crate::scheduler) (private): the leader's services, fenced by its epoch.
+//! - [`scheduler`]: [`Scheduler`], the elected leader's services, fenced by its epoch.
+//! - [`assignment`]: balanced, sticky partition ownership, written by the leader.
+//! - [`cron`]: [`PeriodicJob`], cron schedules fired once per tick.
+//! - [`trim`](crate::trim) (private): dead letters removed by count and age.
 //! - [`handler`]: [`Handler`], [`JobContext`], [`Outcome`].
 //! - [`exec`]: [`CommandHandler`], a shell command per job in its own process group.
 //! - [`election`]: leader election with an epoch as fencing token.
@@ -42,10 +45,12 @@
 //! - [`telemetry`]: metric names.
 //! - [`error`]: [`Error`], infrastructure errors.
 
+pub mod assignment;
 pub mod claim;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod codec;
+pub mod cron;
 pub mod election;
 pub mod error;
 pub mod exec;
@@ -58,13 +63,15 @@ pub mod promoter;
 pub mod queue;
 pub mod registry;
 pub mod retry;
-mod scheduler;
+pub mod scheduler;
 mod segment;
 pub mod telemetry;
+mod trim;
 mod txn;
 pub mod worker;
 mod znode;
 
+pub use cron::{CatchUp, PeriodicJob};
 pub use error::{Error, Result};
 pub use exec::CommandHandler;
 pub use handler::{Handler, JobContext, Outcome};
@@ -73,6 +80,7 @@ pub use layout::Layout;
 pub use producer::Producer;
 pub use queue::QueueConfig;
 pub use retry::RetryPolicy;
+pub use scheduler::{Scheduler, SchedulerConfig};
 pub use worker::{Worker, WorkerConfig, WorkerSummary};
 pub use znode::ZkConfig;
 

@@ -28,7 +28,6 @@ const PROMOTE_BATCH: usize = 100;
 /// # Errors
 /// [`Error::Fenced`] when a newer leader holds the epoch.
 pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&Leadership>) -> Result<usize> {
-    let fence = leadership.map(|l| (l.fence(), l.epoch()));
     let client = producer.client();
     let layout = producer.layout();
     let config = producer.config(queue).await?;
@@ -101,7 +100,7 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
                     }
                 }
             }
-            moved += commit_moves(producer, queue, &config, fence.as_ref(), moves).await?;
+            moved += commit_moves(producer, queue, &config, leadership, moves).await?;
         }
     }
     if moved > 0 {
@@ -117,15 +116,19 @@ async fn commit_moves(
     producer: &Producer,
     queue: &str,
     config: &crate::QueueConfig,
-    fence: Option<&(Op, i32)>,
+    leadership: Option<&Leadership>,
     moves: Vec<(Vec<Op>, Option<Placement>)>,
 ) -> Result<usize> {
+    let fenced = |e: Error| match leadership {
+        Some(l) => l.fenced(e),
+        None => e,
+    };
     let count = moves.len();
-    let (extra, placements) = flatten(fence, moves.clone());
+    let (extra, placements) = flatten(leadership, moves.clone());
     match producer
         .commit(queue, config, placements, extra)
         .await
-        .map_err(|e| fenced(e, fence))
+        .map_err(fenced)
     {
         Ok(()) => return Ok(count),
         Err(Error::Zk {
@@ -136,11 +139,11 @@ async fn commit_moves(
     }
     let mut moved = 0;
     for one in moves {
-        let (extra, placements) = flatten(fence, vec![one]);
+        let (extra, placements) = flatten(leadership, vec![one]);
         match producer
             .commit(queue, config, placements, extra)
             .await
-            .map_err(|e| fenced(e, fence))
+            .map_err(fenced)
         {
             Ok(()) => moved += 1,
             Err(Error::Zk {
@@ -154,29 +157,17 @@ async fn commit_moves(
 }
 
 /// The fence (if any) first, then every move's ops; the placements in order.
-fn flatten(fence: Option<&(Op, i32)>, moves: Vec<(Vec<Op>, Option<Placement>)>) -> (Vec<Op>, Vec<Placement>) {
-    let mut extra: Vec<Op> = fence.map(|(op, _)| op.clone()).into_iter().collect();
+fn flatten(
+    leadership: Option<&Leadership>,
+    moves: Vec<(Vec<Op>, Option<Placement>)>,
+) -> (Vec<Op>, Vec<Placement>) {
+    let mut extra: Vec<Op> = leadership.map(Leadership::fence).into_iter().collect();
     let mut placements = Vec::new();
     for (ops, placement) in moves {
         extra.extend(ops);
         placements.extend(placement);
     }
     (extra, placements)
-}
-
-/// Turns a failed epoch check into [`Error::Fenced`].
-fn fenced(e: Error, fence: Option<&(Op, i32)>) -> Error {
-    match (fence, &e) {
-        (
-            Some((op, epoch)),
-            Error::Zk {
-                path,
-                source: zk::Error::BadVersion,
-                ..
-            },
-        ) if path == op.path() => Error::Fenced { epoch: *epoch },
-        _ => e,
-    }
 }
 
 /// A dead-letter record for bytes that are not a job: kind `zkq.undecodable`, the raw bytes

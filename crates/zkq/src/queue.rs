@@ -40,6 +40,22 @@ pub struct QueueConfig {
     pub retry: RetryPolicy,
     /// Largest payload accepted. Defaults to 512 KiB.
     pub max_payload_bytes: u32,
+    /// Dead letters kept: the scheduler removes the oldest beyond this many. `None` keeps
+    /// all. Defaults to 10,000.
+    #[serde(default = "default_dead_max")]
+    pub dead_max: Option<u32>,
+    /// How long a dead letter is kept (ms) before the scheduler removes it. `None` keeps them
+    /// forever. Defaults to 14 days.
+    #[serde(default = "default_dead_max_age_ms")]
+    pub dead_max_age_ms: Option<u64>,
+}
+
+fn default_dead_max() -> Option<u32> {
+    Some(10_000)
+}
+
+fn default_dead_max_age_ms() -> Option<u64> {
+    Some(14 * 24 * 3600 * 1000)
 }
 
 impl Record for QueueConfig {
@@ -60,6 +76,8 @@ impl Default for QueueConfig {
             max_attempts: 5,
             retry: RetryPolicy::DEFAULT,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES as u32,
+            dead_max: default_dead_max(),
+            dead_max_age_ms: default_dead_max_age_ms(),
         }
     }
 }

@@ -1,31 +1,140 @@
 //! The scheduler: fleet-wide chores done by the elected leader only, each write fenced by its
 //! epoch.
 //!
-//! Every worker is a candidate by default ([`crate::WorkerConfig::scheduler`]). While leader, a
-//! candidate promotes due delayed and retry-waiting jobs of every queue under the root. When the
-//! leadership is in doubt it stops at once and campaigns again.
+//! Every worker is a candidate by default ([`crate::WorkerConfig::scheduler`]); a
+//! [`Scheduler`] runs the same without taking jobs (scheduler-only mode). While leader, a
+//! candidate runs four services side by side:
+//!
+//! - **promotion** of due delayed and retry-waiting jobs ([`crate::promoter`]);
+//! - **partition assignment** to live workers ([`crate::assignment`]);
+//! - **periodic jobs** from cron schedules, once per tick ([`crate::cron`]);
+//! - **trimming** of dead letters by count and age ([`crate::trim`]).
+//!
+//! When the leadership is in doubt (connection lost) or a write finds a newer epoch, all four
+//! stop at once and the candidate campaigns again.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::election::{Election, Leadership};
-use crate::error::Error;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::producer::Producer;
-use crate::{promoter, queue};
+use crate::znode::ZkConfig;
+use crate::{assignment, cron, promoter, queue, trim};
 
-/// Campaigns and serves as scheduler until `stop` is cancelled or the session ends.
+/// How the scheduler's services pace themselves. Every field has a default.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How often due delayed jobs are looked for. Defaults to 250 ms.
+    pub promote_interval: Duration,
+    /// Quiet time after a worker joins or leaves before partitions are reassigned, so that a
+    /// burst of changes costs one rebalance. Defaults to 1 s.
+    pub rebalance_delay: Duration,
+    /// How often dead letters are trimmed. Defaults to 60 s.
+    pub trim_interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            promote_interval: Duration::from_millis(250),
+            rebalance_delay: Duration::from_secs(1),
+            trim_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A scheduler candidate that takes no jobs: scheduler-only mode.
+#[derive(Debug)]
+pub struct Scheduler {
+    zk: ZkConfig,
+    layout: Layout,
+    id: String,
+    config: SchedulerConfig,
+}
+
+impl Scheduler {
+    /// A candidate named `id` (shown in its election node) under `root`.
+    pub fn new(
+        zk: ZkConfig,
+        root: &str,
+        id: impl Into<String>,
+        config: SchedulerConfig,
+    ) -> Result<Scheduler> {
+        Ok(Scheduler {
+            zk,
+            layout: Layout::new(root)?,
+            id: id.into(),
+            config,
+        })
+    }
+
+    /// Campaigns and, while leader, serves, until `shutdown` resolves; then resigns. A lost
+    /// session is replaced by a new one, which joins the election again.
+    ///
+    /// # Errors
+    /// When the first session cannot be established.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        tokio::pin!(shutdown);
+        let mut first = true;
+        loop {
+            let client = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                c = self.zk.connect() => c,
+            };
+            let client = match client {
+                Ok(c) => c,
+                Err(e) if first => return Err(e),
+                Err(e) => {
+                    warn!(error = %e, "cannot reconnect; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            first = false;
+            let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));
+            let election = Election::new(client.clone(), self.layout.scheduler(), self.id.clone());
+            let stop = CancellationToken::new();
+            let served = run(producer, election, self.config.clone(), stop.clone());
+            tokio::pin!(served);
+            tokio::select! {
+                _ = &mut shutdown => {
+                    stop.cancel();
+                    (&mut served).await;
+                    // The last handle: dropping it closes the session.
+                    drop(client);
+                    return Ok(());
+                }
+                _ = &mut served => warn!(id = %self.id, "session lost; joining the election again with a new one"),
+            }
+        }
+    }
+}
+
+/// Campaigns and serves as scheduler until `stop` is cancelled (then resigns) or the session
+/// ends.
 pub(crate) async fn run(
     producer: Arc<Producer>,
     election: Election,
-    interval: Duration,
+    config: SchedulerConfig,
     stop: CancellationToken,
 ) {
     loop {
         let leadership = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                if let Err(e) = election.withdraw().await {
+                    warn!(error = %e, "cannot withdraw from the scheduler election");
+                }
+                return;
+            }
             l = election.campaign() => l,
         };
         let leadership = match leadership {
@@ -34,47 +143,134 @@ pub(crate) async fn run(
             Err(e) => {
                 warn!(error = %e, "campaign failed; trying again");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => continue,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
-        serve(&producer, &leadership, interval, &stop).await;
+        let leadership = Arc::new(leadership);
+        let session_lost = serve(&producer, &leadership, &config, &stop).await;
         if stop.is_cancelled() {
+            if let Ok(l) = Arc::try_unwrap(leadership) {
+                l.resign().await;
+            }
             return;
+        }
+        if session_lost {
+            return;
+        }
+        // Leadership in doubt or fenced: campaign again (on this session, the candidate
+        // keeps its place in line).
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
 }
 
-/// Runs the leader's services until the leadership is lost or `stop` is cancelled.
-async fn serve(producer: &Producer, leadership: &Leadership, interval: Duration, stop: &CancellationToken) {
-    let lost = leadership.lost();
-    while !lost.is_cancelled() && !stop.is_cancelled() {
+/// Runs the leader's services until the leadership is lost, a service is fenced, or `stop` is
+/// cancelled. Returns whether the session is gone.
+async fn serve(
+    producer: &Arc<Producer>,
+    leadership: &Arc<Leadership>,
+    config: &SchedulerConfig,
+    stop: &CancellationToken,
+) -> bool {
+    let serving = leadership.lost().child_token();
+    let mut services = JoinSet::new();
+    let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
+    let interval = config.promote_interval;
+    spawn_service(&mut services, &serving, "promote", async move {
+        promote_loop(&p, &l, interval, &s).await
+    });
+    let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
+    let delay = config.rebalance_delay;
+    spawn_service(&mut services, &serving, "assign", async move {
+        assignment::serve(p.client(), p.layout(), &l, delay, REFRESH, &s).await
+    });
+    let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
+    spawn_service(&mut services, &serving, "cron", async move {
+        cron::serve(&p, &l, &s).await
+    });
+    let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
+    let interval = config.trim_interval;
+    spawn_service(&mut services, &serving, "trim", async move {
+        trim::serve(p.client(), p.layout(), &l, interval, &s).await
+    });
+    info!(epoch = leadership.epoch(), "scheduler services running");
+    tokio::select! {
+        _ = serving.cancelled() => {}
+        _ = stop.cancelled() => serving.cancel(),
+    }
+    let mut session_lost = false;
+    while let Some(done) = services.join_next().await {
+        if let Ok(Err(e)) = done {
+            session_lost |= e.is_session_lost();
+        }
+    }
+    session_lost
+}
+
+/// How often the assignment is recomputed even without membership changes (to cover queues
+/// created since).
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// Runs one leader service; when it ends, for whatever reason, all of them stop: a leader that
+/// cannot do one of its jobs steps down and campaigns again.
+fn spawn_service(
+    services: &mut JoinSet<Result<()>>,
+    serving: &CancellationToken,
+    name: &'static str,
+    service: impl Future<Output = Result<()>> + Send + 'static,
+) {
+    let serving = serving.clone();
+    services.spawn(async move {
+        let result = service.await;
+        match &result {
+            Ok(()) => {}
+            Err(Error::Fenced { epoch }) => warn!(
+                service = name,
+                epoch, "deposed: a newer scheduler holds the epoch"
+            ),
+            Err(e) if e.is_session_lost() => {}
+            Err(e) => warn!(service = name, error = %e, "scheduler service failed"),
+        }
+        serving.cancel();
+        result
+    });
+}
+
+/// Promotes due delayed jobs of every queue every `interval`.
+async fn promote_loop(
+    producer: &Producer,
+    leadership: &Leadership,
+    interval: Duration,
+    stop: &CancellationToken,
+) -> Result<()> {
+    while !stop.is_cancelled() {
         let queues = match queue::list(producer.client(), producer.layout()).await {
             Ok(q) => q,
+            Err(e) if e.is_session_lost() => return Err(e),
             Err(e) => {
                 warn!(error = %e, "cannot list queues");
                 Vec::new()
             }
         };
         for q in queues {
-            if lost.is_cancelled() {
+            if stop.is_cancelled() {
                 break;
             }
             match promoter::promote_due(producer, &q, Some(leadership)).await {
                 Ok(_) => {}
-                Err(Error::Fenced { epoch }) => {
-                    warn!(epoch, "deposed: a newer scheduler holds the epoch");
-                    return;
-                }
-                Err(e) if e.is_session_lost() => return,
+                Err(e @ Error::Fenced { .. }) => return Err(e),
+                Err(e) if e.is_session_lost() => return Err(e),
                 Err(e) => warn!(queue = %q, error = %e, "promoting delayed jobs failed; will retry"),
             }
         }
         tokio::select! {
-            _ = lost.cancelled() => {}
             _ = stop.cancelled() => {}
             _ = tokio::time::sleep(interval) => {}
         }
     }
+    Ok(())
 }

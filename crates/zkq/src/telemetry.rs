@@ -1,5 +1,5 @@
 //! Metric names. zkq records through the `metrics` facade; attach any exporter (Prometheus,
-//! StatsD, ...) in the binary to publish them. Every metric carries a `queue` label.
+//! StatsD, ...) in the binary to publish them. Job metrics carry a `queue` label.
 
 /// Counter: jobs committed by producers.
 pub const ENQUEUED: &str = "zkq_jobs_enqueued_total";
@@ -19,3 +19,7 @@ pub const LOST: &str = "zkq_jobs_claim_lost_total";
 pub const RUN_SECONDS: &str = "zkq_job_run_seconds";
 /// Histogram: time from ready (enqueue or due) to claim, seconds.
 pub const LATENCY_SECONDS: &str = "zkq_job_start_latency_seconds";
+/// Counter: ticks fired by periodic jobs (label `schedule`).
+pub const CRON_FIRED: &str = "zkq_cron_ticks_fired_total";
+/// Counter: dead letters removed by trimming.
+pub const TRIMMED: &str = "zkq_dead_letters_trimmed_total";

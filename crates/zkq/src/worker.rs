@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
+use crate::assignment;
 use crate::claim::{self, Claimed, Settled};
 use crate::election::Election;
 use crate::error::{Error, Result};
@@ -36,7 +37,7 @@ use crate::producer::{Placement, Producer};
 use crate::promoter;
 use crate::queue::{self, QueueConfig};
 use crate::registry::{self, WorkerInfo};
-use crate::scheduler;
+use crate::scheduler::{self, SchedulerConfig};
 use crate::telemetry;
 use crate::txn::Op;
 use crate::znode::ZkConfig;
@@ -60,10 +61,10 @@ pub struct WorkerConfig {
     /// Longest sleep between scans when no watch fires (a safety net). Defaults to 5 s.
     pub poll_interval: Duration,
     /// Whether this worker stands for election as the scheduler (which promotes due delayed
-    /// jobs of every queue). Defaults to true.
+    /// jobs, assigns partitions, fires periodic jobs and trims dead letters). Defaults to true.
     pub scheduler: bool,
-    /// How often the scheduler looks for due delayed jobs. Defaults to 250 ms.
-    pub promote_interval: Duration,
+    /// How the scheduler paces itself, while this worker leads.
+    pub scheduling: SchedulerConfig,
     /// Config for queues this worker creates because they did not exist yet.
     pub default_queue_config: QueueConfig,
 }
@@ -80,7 +81,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             scheduler: true,
-            promote_interval: Duration::from_millis(250),
+            scheduling: SchedulerConfig::default(),
             default_queue_config: QueueConfig::default(),
         }
     }
@@ -281,7 +282,7 @@ impl Worker {
             background.spawn(scheduler::run(
                 producer.clone(),
                 election,
-                self.config.promote_interval,
+                self.config.scheduling.clone(),
                 scheduler_stop.clone(),
             ));
         }
@@ -289,7 +290,16 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let mut running: JoinSet<Settle> = JoinSet::new();
         let abort_running = CancellationToken::new();
-        let mut fetcher = Fetcher::new(client.clone(), self.layout.clone(), configs);
+        // Partitions this worker owns; every partition until the scheduler says otherwise.
+        let (owned_tx, owned) = watch::channel(assignment::Owned::new());
+        background.spawn(assignment::follow(
+            client.clone(),
+            self.layout.clone(),
+            self.config.id.clone(),
+            self.config.queues.clone(),
+            owned_tx,
+        ));
+        let mut fetcher = Fetcher::new(client.clone(), self.layout.clone(), configs, owned);
         let end = loop {
             while let Some(done) = running.try_join_next() {
                 tally(summary, done);

@@ -117,3 +117,12 @@ pub(crate) async fn ensure_path(client: &zk::Client, path: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether a request failed because the session is gone for good (retrying on this client is
+/// pointless).
+pub(crate) fn is_final(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::NoHosts | zk::Error::AuthFailed
+    )
+}

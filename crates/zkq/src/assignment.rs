@@ -1,0 +1,436 @@
+//! Partition assignment: which worker scans which partitions of a queue.
+//!
+//! The elected scheduler writes one record per queue at `<root>/scheduler/assignment/<queue>`,
+//! fenced by its epoch. It watches the worker registrations (`<root>/workers`) and, after a
+//! quiet period ([`crate::scheduler::SchedulerConfig::rebalance_delay`], so that a burst of
+//! joins and leaves costs one rebalance), gives every partition to one live worker that takes
+//! jobs from the queue:
+//!
+//! - **balanced**: worker loads differ by at most one partition;
+//! - **sticky**: a partition stays with its owner unless that owner left or holds more than
+//!   its share, so a join or leave moves only the partitions it has to.
+//!
+//! Workers follow their queue's record ([`follow`]): they scan only the partitions they own.
+//! A partition handed over mid-flight is safe: correctness comes from the per-job claim (a
+//! versioned `multi`), ownership only keeps workers out of each other's way. So a revoked
+//! partition's running jobs simply finish, and a worker scans every partition of a queue while
+//! no record exists or no scheduler candidate is alive to keep the record current.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use zookeeper_client as zk;
+
+use crate::codec::{self, Record};
+use crate::election::Leadership;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::queue;
+use crate::registry::WorkerInfo;
+use crate::txn::{NodeKind, Op};
+use crate::znode;
+
+/// The owners of one queue's partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub v: u8,
+    /// The epoch of the scheduler that wrote it.
+    pub epoch: i32,
+    /// Owner of each partition (index = partition), `None` while no worker can take it.
+    pub owners: Vec<Option<String>>,
+}
+
+impl Record for Assignment {
+    const WHAT: &'static str = "partition assignment";
+    const VERSION: u8 = 1;
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
+
+impl Assignment {
+    /// The partitions `worker` owns.
+    pub fn owned_by(&self, worker: &str) -> Vec<u32> {
+        (0..self.owners.len() as u32)
+            .filter(|p| self.owners[*p as usize].as_deref() == Some(worker))
+            .collect()
+    }
+}
+
+/// A balanced, sticky assignment of `partitions` to `workers`, starting from `current`.
+///
+/// Each worker's share is `partitions / workers`, and the remainder goes to the workers that
+/// already hold the most (so fewer partitions move). A worker keeps its current partitions up
+/// to its share; the rest are given out, lowest partition first, to the workers below their
+/// share, in id order.
+pub fn balance(partitions: u32, current: &[Option<String>], workers: &[String]) -> Vec<Option<String>> {
+    let mut owners = vec![None; partitions as usize];
+    if workers.is_empty() {
+        return owners;
+    }
+    let mut held: BTreeMap<&str, Vec<usize>> = workers.iter().map(|w| (w.as_str(), Vec::new())).collect();
+    for (p, owner) in current.iter().enumerate().take(partitions as usize) {
+        if let Some(list) = owner.as_deref().and_then(|o| held.get_mut(o)) {
+            list.push(p);
+        }
+    }
+    let mut order: Vec<&str> = held.keys().copied().collect();
+    order.sort_by_key(|w| std::cmp::Reverse(held[w].len()));
+    let base = partitions as usize / workers.len();
+    let extra = partitions as usize % workers.len();
+    let share: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (*w, base + usize::from(i < extra)))
+        .collect();
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for (w, list) in &held {
+        for p in list.iter().take(share[w]) {
+            owners[*p] = Some(w.to_string());
+        }
+        load.insert(w, list.len().min(share[w]));
+    }
+    let free: Vec<usize> = (0..partitions as usize)
+        .filter(|p| owners[*p].is_none())
+        .collect();
+    let mut free = free.into_iter();
+    for w in held.keys() {
+        while load[w] < share[w] {
+            let Some(p) = free.next() else { break };
+            owners[p] = Some(w.to_string());
+            *load.get_mut(w).expect("every worker has a load") += 1;
+        }
+    }
+    owners
+}
+
+/// The leader's assignment service: rebalances every queue whenever membership changes (after
+/// `delay` of quiet) and at least every `refresh` (for queues created since). Returns on
+/// [`Error::Fenced`] or when `stop` is cancelled.
+pub(crate) async fn serve(
+    client: &zk::Client,
+    layout: &Layout,
+    leadership: &Leadership,
+    delay: Duration,
+    refresh: Duration,
+    stop: &CancellationToken,
+) -> Result<()> {
+    znode::ensure_path(client, &layout.assignments()).await?;
+    znode::ensure_path(client, &layout.workers()).await?;
+    loop {
+        let watcher = match rebalance(client, layout, leadership).await {
+            Ok(w) => Some(w),
+            Err(e @ Error::Fenced { .. }) => return Err(e),
+            Err(e) if e.is_session_lost() => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "rebalancing partitions failed; will retry");
+                None
+            }
+        };
+        let changed = async {
+            match watcher {
+                Some(w) => {
+                    w.changed().await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = changed => {
+                // Let a burst of joins and leaves settle into one rebalance.
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            _ = tokio::time::sleep(refresh) => {}
+        }
+    }
+}
+
+/// Reads membership (arming a watch on it) and rewrites every queue's assignment that changed.
+async fn rebalance(
+    client: &zk::Client,
+    layout: &Layout,
+    leadership: &Leadership,
+) -> Result<zk::OneshotWatcher> {
+    let dir = layout.workers();
+    let (ids, _, watcher) = client
+        .get_and_watch_children(&dir)
+        .await
+        .map_err(|e| Error::zk("watch workers", &dir, e))?;
+    let infos = futures::future::join_all(ids.iter().map(|id| {
+        let path = layout.worker(id);
+        async move {
+            match client.get_data(&path).await {
+                Ok((data, _)) => codec::decode::<WorkerInfo>(&path, &data).ok(),
+                Err(_) => None,
+            }
+        }
+    }))
+    .await;
+    let workers: Vec<WorkerInfo> = infos.into_iter().flatten().collect();
+    for q in queue::list(client, layout).await? {
+        let Some(config) = queue::load(client, layout, &q).await? else {
+            continue;
+        };
+        let mut eligible: Vec<String> = workers
+            .iter()
+            .filter(|w| w.queues.contains(&q))
+            .map(|w| w.id.clone())
+            .collect();
+        eligible.sort();
+        let path = layout.assignment(&q);
+        let current = match client.get_data(&path).await {
+            Ok((data, stat)) => Some((codec::decode::<Assignment>(&path, &data).ok(), stat.version)),
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(Error::zk("read assignment", path, e)),
+        };
+        let old = current
+            .as_ref()
+            .and_then(|(a, _)| a.as_ref())
+            .map(|a| a.owners.clone())
+            .unwrap_or_default();
+        let owners = balance(config.partitions, &old, &eligible);
+        if owners == old {
+            continue;
+        }
+        let record = Assignment {
+            v: Assignment::VERSION,
+            epoch: leadership.epoch(),
+            owners,
+        };
+        let data = codec::encode(&record)?;
+        let write = match current {
+            Some((_, version)) => Op::SetData {
+                path: path.clone(),
+                data,
+                version: Some(version),
+            },
+            None => Op::Create {
+                path: path.clone(),
+                data,
+                kind: NodeKind::Persistent,
+            },
+        };
+        match leadership.commit_fenced("assign partitions", vec![write]).await {
+            Ok(()) => {
+                let moved = record
+                    .owners
+                    .iter()
+                    .enumerate()
+                    .filter(|(p, o)| old.get(*p) != Some(*o))
+                    .count();
+                info!(queue = %q, workers = eligible.len(), moved, epoch = record.epoch, "partitions assigned");
+            }
+            // Written meanwhile (by our own earlier, slower write): the next pass sees it.
+            Err(Error::Zk {
+                source: zk::Error::BadVersion | zk::Error::NodeExists,
+                ..
+            }) => debug!(queue = %q, "assignment changed under us; will look again"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(watcher)
+}
+
+/// Which partitions of each queue a worker scans: `None` means every partition.
+pub(crate) type Owned = HashMap<String, Option<Vec<u32>>>;
+
+/// Keeps `owned` current for `worker`: follows each queue's assignment record, and falls back to
+/// every partition while a queue has no record or no scheduler candidate is alive. Runs until
+/// the session ends.
+pub(crate) async fn follow(
+    client: zk::Client,
+    layout: Layout,
+    worker: String,
+    queues: Vec<String>,
+    owned: watch::Sender<Owned>,
+) {
+    let (leaderless_tx, leaderless) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_candidates(client.clone(), layout.clone(), leaderless_tx));
+    for q in queues {
+        let (client, layout, worker, owned, leaderless) = (
+            client.clone(),
+            layout.clone(),
+            worker.clone(),
+            owned.clone(),
+            leaderless.clone(),
+        );
+        tasks.spawn(async move { follow_queue(&client, &layout, &worker, &q, &owned, leaderless).await });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn follow_queue(
+    client: &zk::Client,
+    layout: &Layout,
+    worker: &str,
+    queue: &str,
+    owned: &watch::Sender<Owned>,
+    mut leaderless: watch::Receiver<bool>,
+) {
+    let path = layout.assignment(queue);
+    loop {
+        let (mine, watcher) = match client.get_and_watch_data(&path).await {
+            Ok((data, _, watcher)) => match codec::decode::<Assignment>(&path, &data) {
+                Ok(a) => (Some(a.owned_by(worker)), watcher),
+                Err(e) => {
+                    warn!(error = %e, "unreadable assignment; scanning every partition");
+                    (None, watcher)
+                }
+            },
+            Err(zk::Error::NoNode) => match client.check_and_watch_stat(&path).await {
+                Ok((None, watcher)) => (None, watcher),
+                // Created in between: read it.
+                Ok((Some(_), _)) => continue,
+                Err(e) if znode::is_final(&e) => return,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            Err(e) if znode::is_final(&e) => return,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let effective = if *leaderless.borrow_and_update() {
+            None
+        } else {
+            mine.clone()
+        };
+        publish(owned, queue, effective);
+        let fired = watcher.changed();
+        tokio::pin!(fired);
+        loop {
+            tokio::select! {
+                _ = &mut fired => break,
+                changed = leaderless.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let effective = if *leaderless.borrow_and_update() { None } else { mine.clone() };
+                    publish(owned, queue, effective);
+                }
+            }
+        }
+    }
+}
+
+fn publish(owned: &watch::Sender<Owned>, queue: &str, partitions: Option<Vec<u32>>) {
+    owned.send_if_modified(|map| {
+        if map.get(queue) == Some(&partitions) {
+            return false;
+        }
+        debug!(queue, ?partitions, "owned partitions");
+        map.insert(queue.to_string(), partitions);
+        true
+    });
+}
+
+/// Publishes whether the scheduler election has no candidate at all (nobody to keep the
+/// assignments current).
+async fn watch_candidates(client: zk::Client, layout: Layout, leaderless: watch::Sender<bool>) {
+    let dir = format!("{}/candidates", layout.scheduler());
+    loop {
+        match client.get_and_watch_children(&dir).await {
+            Ok((names, _, watcher)) => {
+                leaderless.send_if_modified(|v| std::mem::replace(v, names.is_empty()) != names.is_empty());
+                watcher.changed().await;
+            }
+            Err(zk::Error::NoNode) => {
+                leaderless.send_if_modified(|v| !std::mem::replace(v, true));
+                match client.check_and_watch_stat(&dir).await {
+                    Ok((None, watcher)) => {
+                        watcher.changed().await;
+                    }
+                    Ok((Some(_), _)) => {}
+                    Err(e) if znode::is_final(&e) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+            Err(e) if znode::is_final(&e) => return,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn loads(owners: &[Option<String>]) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for o in owners.iter().flatten() {
+            *m.entry(o.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    fn moved(a: &[Option<String>], b: &[Option<String>]) -> usize {
+        a.iter().zip(b).filter(|(x, y)| x != y).count()
+    }
+
+    #[test]
+    fn every_partition_gets_an_owner_and_loads_differ_by_at_most_one() {
+        for workers in 1..=7 {
+            let w: Vec<String> = (0..workers).map(|i| format!("w{i}")).collect();
+            let owners = balance(16, &[], &w);
+            assert!(owners.iter().all(Option::is_some));
+            let l = loads(&owners);
+            assert_eq!(l.len(), workers.min(16));
+            let (min, max) = (l.values().min().unwrap(), l.values().max().unwrap());
+            assert!(max - min <= 1, "{workers} workers: {l:?}");
+        }
+    }
+
+    #[test]
+    fn no_workers_means_no_owners() {
+        assert_eq!(balance(4, &vec![Some("gone".to_string()); 4], &[]), vec![None; 4]);
+    }
+
+    #[test]
+    fn a_join_moves_only_what_the_newcomer_takes() {
+        let before = balance(16, &[], &ids(&["a", "b", "c", "d"]));
+        let after = balance(16, &before, &ids(&["a", "b", "c", "d", "e"]));
+        // e's share is 3 (16 = 4+3+3+3+3); nothing else moves.
+        assert_eq!(loads(&after)["e"], 3);
+        assert_eq!(moved(&before, &after), 3);
+    }
+
+    #[test]
+    fn a_leave_moves_only_the_leavers_partitions() {
+        let before = balance(16, &[], &ids(&["a", "b", "c", "d"]));
+        let after = balance(16, &before, &ids(&["a", "b", "d"]));
+        assert_eq!(moved(&before, &after), 4);
+        assert!(after.iter().all(|o| o.as_deref() != Some("c")));
+        let l = loads(&after);
+        assert!(l.values().max().unwrap() - l.values().min().unwrap() <= 1);
+    }
+
+    #[test]
+    fn unchanged_membership_changes_nothing() {
+        let w = ids(&["a", "b", "c"]);
+        let first = balance(8, &[], &w);
+        assert_eq!(balance(8, &first, &w), first);
+    }
+
+    #[test]
+    fn more_workers_than_partitions_leaves_some_idle() {
+        let owners = balance(2, &[], &ids(&["a", "b", "c"]));
+        assert!(owners.iter().all(Option::is_some));
+        assert_eq!(loads(&owners).len(), 2);
+    }
+}

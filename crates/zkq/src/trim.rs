@@ -1,0 +1,135 @@
+//! Trimming of dead letters by count and age, a scheduler service.
+//!
+//! Dead letters are kept for operators, but not forever: every queue says how many it keeps
+//! ([`QueueConfig::dead_max`]) and for how long ([`QueueConfig::dead_max_age_ms`]). The
+//! elected scheduler removes those past either limit, oldest first (by the time the znode was
+//! created, which is when the job died), in fenced `multi`s.
+
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use zookeeper_client as zk;
+
+use crate::election::Leadership;
+use crate::error::{Error, Result};
+use crate::job::now_ms;
+use crate::layout::Layout;
+use crate::queue::{self, QueueConfig};
+use crate::telemetry;
+use crate::txn::Op;
+
+/// Most dead letters removed in one `multi`.
+const DELETE_BATCH: usize = 100;
+/// Stat requests in flight while looking at a queue's dead letters.
+const STATS_IN_FLIGHT: usize = 256;
+
+/// Trims every queue's dead letters every `interval` until `stop` is cancelled.
+///
+/// # Errors
+/// [`Error::Fenced`] when a newer leader holds the epoch; a lost session.
+pub(crate) async fn serve(
+    client: &zk::Client,
+    layout: &Layout,
+    leadership: &Leadership,
+    interval: Duration,
+    stop: &CancellationToken,
+) -> Result<()> {
+    while !stop.is_cancelled() {
+        match trim_all(client, layout, leadership).await {
+            Ok(()) => {}
+            Err(e @ Error::Fenced { .. }) => return Err(e),
+            Err(e) if e.is_session_lost() => return Err(e),
+            Err(e) => warn!(error = %e, "trimming dead letters failed; will retry"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn trim_all(client: &zk::Client, layout: &Layout, leadership: &Leadership) -> Result<()> {
+    for q in queue::list(client, layout).await? {
+        if let Some(config) = queue::load(client, layout, &q).await? {
+            trim_queue(client, layout, leadership, &q, &config).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the dead letters of `queue` past its limits; returns how many.
+pub(crate) async fn trim_queue(
+    client: &zk::Client,
+    layout: &Layout,
+    leadership: &Leadership,
+    queue: &str,
+    config: &QueueConfig,
+) -> Result<usize> {
+    if config.dead_max.is_none() && config.dead_max_age_ms.is_none() {
+        return Ok(0);
+    }
+    let dir = layout.dead(queue);
+    let names = match client.list_children(&dir).await {
+        Ok(n) => n,
+        Err(zk::Error::NoNode) => return Ok(0),
+        Err(e) => return Err(Error::zk("list dead letters", dir, e)),
+    };
+    let over_count = config
+        .dead_max
+        .map(|max| names.len().saturating_sub(max as usize))
+        .unwrap_or(0);
+    if over_count == 0 && config.dead_max_age_ms.is_none() {
+        return Ok(0);
+    }
+    // (created ms, name), oldest first.
+    let mut letters: Vec<(i64, String)> = stream::iter(names)
+        .map(|name| {
+            let path = format!("{dir}/{name}");
+            async move {
+                client
+                    .check_stat(&path)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| (s.ctime, name))
+            }
+        })
+        .buffer_unordered(STATS_IN_FLIGHT)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    letters.sort();
+    let cutoff = config
+        .dead_max_age_ms
+        .map(|age| now_ms().saturating_sub(age) as i64)
+        .unwrap_or(i64::MIN);
+    let expired = letters.iter().take_while(|(ctime, _)| *ctime < cutoff).count();
+    let remove = expired.max(over_count).min(letters.len());
+    let mut removed = 0;
+    for chunk in letters[..remove].chunks(DELETE_BATCH) {
+        let ops: Vec<Op> = chunk
+            .iter()
+            .map(|(_, name)| Op::Delete {
+                path: format!("{dir}/{name}"),
+                version: None,
+            })
+            .collect();
+        match leadership.commit_fenced("trim dead letters", ops).await {
+            Ok(()) => removed += chunk.len(),
+            // An operator removed or retried one meanwhile: the next pass gets the rest.
+            Err(Error::Zk {
+                source: zk::Error::NoNode,
+                ..
+            }) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if removed > 0 {
+        metrics::counter!(telemetry::TRIMMED, "queue" => queue.to_string()).increment(removed as u64);
+        info!(queue, removed, expired, over_count, "dead letters trimmed");
+    }
+    Ok(removed)
+}
