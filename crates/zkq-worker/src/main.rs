@@ -1,12 +1,14 @@
-//! zkq-worker: join a worker fleet, claim jobs and run them as shell commands.
+//! zkq-worker: join a worker fleet, claim jobs and run them as shell commands; or run only the
+//! scheduler; or run a batch job on exactly one of several hosts.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 use zkq::cli::{init_logging, parse_duration, ConnectArgs};
-use zkq::{CommandHandler, Worker, WorkerConfig};
+use zkq::singleton::{Restart, SingletonConfig, SingletonRunner};
+use zkq::{CommandHandler, Scheduler, SchedulerConfig, Worker, WorkerConfig};
 
 /// Join a zkq worker fleet: claim jobs from queues on ZooKeeper and run them.
 ///
@@ -19,12 +21,100 @@ use zkq::{CommandHandler, Worker, WorkerConfig};
 /// SIGINT or SIGTERM shuts down gracefully: no new claims, running jobs get --shutdown-grace
 /// to finish, the rest are stopped and put back without using an attempt. A second signal
 /// stops at once.
+///
+/// Every worker stands for election as the fleet's scheduler unless --no-scheduler is given;
+/// `zkq-worker scheduler` runs only that. `zkq-worker singleton` runs a command on exactly one
+/// of several hosts (batch-job master failover).
 #[derive(Debug, Parser)]
-#[command(name = "zkq-worker", version, max_term_width = 100)]
+#[command(
+    name = "zkq-worker",
+    version,
+    max_term_width = 100,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(flatten)]
     connect: ConnectArgs,
 
+    /// Log only warnings and errors
+    #[arg(long, global = true)]
+    quiet: bool,
+
+    #[command(flatten)]
+    jobs: JobArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run only the scheduler: stand for election and, while leader, promote delayed jobs,
+    /// assign partitions, fire periodic jobs and trim dead letters
+    Scheduler(SchedulerArgs),
+    /// Run COMMAND on exactly one of the processes started with the same --name: the elected
+    /// master runs it, the others stand by and take over when the master crashes, freezes or
+    /// loses ZooKeeper
+    ///
+    /// COMMAND gets ZKQ_FENCING_TOKEN (grows with every run, on any host), ZKQ_EPOCH_PATH (the
+    /// znode whose version it must still be, for guarded writes), ZKQ_SINGLETON and
+    /// ZKQ_WORKER_ID. It runs under a watchdog process that stops it (SIGTERM, then SIGKILL after
+    /// --stop-grace) before ZooKeeper could expire this process's session, even if this process
+    /// is frozen; it is also stopped as soon as the connection to ZooKeeper is in doubt.
+    Singleton(SingletonArgs),
+}
+
+#[derive(Debug, Args)]
+struct SchedulerArgs {
+    /// Candidate id, shown in the election [default: HOST-PID-RANDOM]
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+
+    /// How often due delayed jobs are promoted
+    #[arg(long, default_value = "250ms", value_parser = parse_duration, value_name = "DURATION")]
+    promote_interval: Duration,
+
+    /// Quiet time after workers join or leave before partitions are reassigned
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    rebalance_delay: Duration,
+
+    /// How often dead letters are trimmed (per each queue's count and age limits)
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    trim_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+struct SingletonArgs {
+    /// Name of the singleton: processes with the same name compete to run it
+    #[arg(long, value_name = "NAME")]
+    name: String,
+
+    /// Candidate id [default: HOST-PID-RANDOM]
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+
+    /// When the command exits while this process is master: always restart it, restart it
+    /// on-failure (exit status 0 ends the runner), or never (the runner exits with its status)
+    #[arg(long, default_value = "always", value_name = "POLICY")]
+    restart: Restart,
+
+    /// Wait before a restart; doubles after each run shorter than a minute, up to a minute
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    restart_delay: Duration,
+
+    /// Between SIGTERM and SIGKILL when the command is stopped [default: 40% of the session
+    /// timeout, at most 5s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    stop_grace: Option<Duration>,
+
+    /// The command and its arguments, after --
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// Taking jobs (the default mode).
+#[derive(Debug, Args)]
+struct JobArgs {
     /// Queue to take jobs from (repeatable)
     #[arg(long, short, required = true, value_name = "QUEUE")]
     queue: Vec<String>,
@@ -56,10 +146,6 @@ struct Cli {
     /// Worker id, unique in the fleet [default: HOST-PID-RANDOM]
     #[arg(long, value_name = "ID")]
     id: Option<String>,
-
-    /// Log only warnings and errors
-    #[arg(long)]
-    quiet: bool,
 }
 
 fn parse_exec(s: &str) -> Result<(String, String), String> {
@@ -73,12 +159,28 @@ fn parse_exec(s: &str) -> Result<(String, String), String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // A watchdog process (started by `singleton` for its command) runs here and exits, before
+    // any runtime or thread exists.
+    zkq::watchdog::run_if_requested();
     let cli = Cli::parse();
     init_logging(cli.quiet);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            None => run_jobs(&cli.connect, cli.jobs).await.map(|()| 0),
+            Some(Command::Scheduler(args)) => run_scheduler(&cli.connect, args).await.map(|()| 0),
+            Some(Command::Singleton(args)) => run_singleton(&cli.connect, args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -86,7 +188,37 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run_scheduler(connect: &ConnectArgs, args: SchedulerArgs) -> Result<(), String> {
+    let config = SchedulerConfig {
+        promote_interval: args.promote_interval,
+        rebalance_delay: args.rebalance_delay,
+        trim_interval: args.trim_interval,
+    };
+    let id = args.id.unwrap_or_else(|| WorkerConfig::default().id);
+    info!(%id, "scheduler-only mode: standing for election");
+    Scheduler::new(connect.zk_config(), &connect.root, id, config)
+        .map_err(|e| e.to_string())?
+        .run(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_singleton(connect: &ConnectArgs, args: SingletonArgs) -> Result<i32, String> {
+    let id = args.id.unwrap_or_else(|| WorkerConfig::default().id);
+    let config = SingletonConfig {
+        restart: args.restart,
+        restart_delay: args.restart_delay,
+        stop_grace: args.stop_grace,
+        ..SingletonConfig::new(args.name, id)
+    };
+    SingletonRunner::new(connect.zk_config(), &connect.root, config, args.command)
+        .map_err(|e| e.to_string())?
+        .run(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> Result<(), String> {
     let mut config = WorkerConfig {
         queues: cli.queue.clone(),
         concurrency: cli.concurrency as usize,
@@ -99,8 +231,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     if let Some(id) = &cli.id {
         config.id = id.clone();
     }
-    let mut worker =
-        Worker::new(cli.connect.zk_config(), &cli.connect.root, config).map_err(|e| e.to_string())?;
+    let mut worker = Worker::new(connect.zk_config(), &connect.root, config).map_err(|e| e.to_string())?;
     for (kind, command) in &cli.exec {
         worker = if kind == "*" {
             worker.handle_any(CommandHandler::new(command.clone()))

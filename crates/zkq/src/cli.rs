@@ -11,6 +11,7 @@ pub struct ConnectArgs {
     /// ZooKeeper connect string, host:port[,host:port...]
     #[arg(
         long,
+        global = true,
         env = "ZKQ_ZK",
         default_value = "127.0.0.1:2181",
         value_name = "HOST:PORT"
@@ -18,15 +19,21 @@ pub struct ConnectArgs {
     pub zk: String,
 
     /// Root znode under which zkq keeps everything
-    #[arg(long, env = "ZKQ_ROOT", default_value = "/zkq", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZKQ_ROOT",
+        default_value = "/zkq",
+        value_name = "PATH"
+    )]
     pub root: String,
 
     /// ZooKeeper session timeout: how long a silent process keeps its claims
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub session_timeout: Duration,
 
     /// How long to keep trying to reach ZooKeeper before giving up
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
 }
 

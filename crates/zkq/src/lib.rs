@@ -39,6 +39,8 @@
 //! - [`handler`]: [`Handler`], [`JobContext`], [`Outcome`].
 //! - [`exec`]: [`CommandHandler`], a shell command per job in its own process group.
 //! - [`election`]: leader election with an epoch as fencing token.
+//! - [`singleton`]: batch-job master failover, [`singleton::SingletonRunner`].
+//! - [`watchdog`]: the dead man's switch that stops a command its frozen runner cannot stop.
 //! - [`registry`]: worker registration (ephemeral znodes).
 //! - [`worker`]: [`Worker`], the run loop, sessions and graceful shutdown.
 //! - [`retry`]: [`RetryPolicy`], exponential backoff with jitter.
@@ -65,9 +67,11 @@ pub mod registry;
 pub mod retry;
 pub mod scheduler;
 mod segment;
+pub mod singleton;
 pub mod telemetry;
 mod trim;
 mod txn;
+pub mod watchdog;
 pub mod worker;
 mod znode;
 
