@@ -188,3 +188,94 @@ async fn a_leader_whose_connection_returns_keeps_its_place_in_line() {
     let standby_leads = within(waiting).await.unwrap().unwrap();
     assert!(standby_leads.epoch() > resigned_epoch);
 }
+
+/// One term of leadership as its holder saw it.
+#[derive(Debug, Clone)]
+struct Term {
+    candidate: usize,
+    epoch: i32,
+    start: std::time::Instant,
+    end: Option<std::time::Instant>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_zookeeper_leader_does_not_create_a_second_leader() {
+    use std::sync::{Arc, Mutex};
+    let ensemble = zkq_testkit::Ensemble::quorum(3).unwrap();
+    let zk = zkq::ZkConfig {
+        address: ensemble.connect_string(),
+        session_timeout: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(30),
+    };
+    let terms: Arc<Mutex<Vec<Term>>> = Arc::default();
+    let mut candidates = Vec::new();
+    for candidate in 0..3 {
+        let (zk, terms) = (zk.clone(), terms.clone());
+        candidates.push(tokio::spawn(async move {
+            loop {
+                let Ok(client) = zk.connect().await else { continue };
+                let election = Election::new(client, "/scheduler", format!("c{candidate}"));
+                loop {
+                    let Ok(leadership) = election.campaign().await else {
+                        break;
+                    };
+                    let index = {
+                        let mut terms = terms.lock().unwrap();
+                        terms.push(Term {
+                            candidate,
+                            epoch: leadership.epoch(),
+                            start: std::time::Instant::now(),
+                            end: None,
+                        });
+                        terms.len() - 1
+                    };
+                    leadership.lost().cancelled().await;
+                    terms.lock().unwrap()[index].end = Some(std::time::Instant::now());
+                }
+            }
+        }));
+    }
+    let first_term = || async {
+        within(async {
+            while terms.lock().unwrap().iter().all(|t| t.end.is_some()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    };
+    first_term().await;
+    for _ in 0..2 {
+        let zk_leader = ensemble.leader().expect("the ensemble has a leader");
+        ensemble.member(zk_leader).kill();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensemble.member(zk_leader).restart().unwrap();
+        ensemble.wait_ready(Duration::from_secs(30)).unwrap();
+        // A leader again, after the ensemble recovered.
+        first_term().await;
+    }
+    for c in &candidates {
+        c.abort();
+    }
+    let mut terms = terms.lock().unwrap().clone();
+    terms.sort_by_key(|t| t.start);
+    let origin = terms[0].start;
+    for t in &terms {
+        eprintln!(
+            "c{} led in epoch {} from {:?} to {:?}",
+            t.candidate,
+            t.epoch,
+            t.start - origin,
+            t.end.map(|e| e - origin)
+        );
+    }
+    assert!(
+        terms.len() >= 2,
+        "leadership was in doubt at least once: {terms:?}"
+    );
+    for pair in terms.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let a_end = a.end.expect("an earlier term ended before a later one began");
+        assert!(a_end <= b.start, "two leaders at once: {a:?} and {b:?}");
+        assert!(a.epoch < b.epoch, "epochs grow: {a:?} then {b:?}");
+    }
+}

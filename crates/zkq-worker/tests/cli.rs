@@ -193,3 +193,56 @@ fn help_lists_every_option() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn subcommands_explain_themselves_and_refuse_bad_input() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_zkq-worker"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    assert!(top.contains("scheduler") && top.contains("singleton"), "{top}");
+    let singleton = help(&["singleton", "--help"]);
+    for flag in [
+        "--name",
+        "--restart",
+        "--restart-delay",
+        "--stop-grace",
+        "ZKQ_FENCING_TOKEN",
+        "--zk",
+    ] {
+        assert!(singleton.contains(flag), "singleton --help lacks {flag}");
+    }
+    let scheduler = help(&["scheduler", "--help"]);
+    for flag in [
+        "--promote-interval",
+        "--rebalance-delay",
+        "--trim-interval",
+        "--id",
+    ] {
+        assert!(scheduler.contains(flag), "scheduler --help lacks {flag}");
+    }
+
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_zkq-worker"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // No command after --.
+    let out = run(&["singleton", "--name", "n"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("<COMMAND>"));
+    // A bad restart policy.
+    let out = run(&["singleton", "--name", "n", "--restart", "sometimes", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected always, on-failure or never"));
+    // A bad singleton name, before any connection is tried.
+    let out = run(&["--zk", "127.0.0.1:1", "singleton", "--name", "a/b", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid singleton name \"a/b\""));
+}

@@ -61,6 +61,16 @@ impl Assignment {
     }
 }
 
+/// The current assignment of `queue`, if the scheduler has written one.
+pub async fn read(client: &zk::Client, layout: &Layout, queue: &str) -> Result<Option<Assignment>> {
+    let path = layout.assignment(queue);
+    match client.get_data(&path).await {
+        Ok((data, _)) => codec::decode(&path, &data).map(Some),
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(e) => Err(Error::zk("read assignment", path, e)),
+    }
+}
+
 /// A balanced, sticky assignment of `partitions` to `workers`, starting from `current`.
 ///
 /// Each worker's share is `partitions / workers`, and the remainder goes to the workers that

@@ -84,8 +84,9 @@ pub(crate) async fn trim_queue(
     if over_count == 0 && config.dead_max_age_ms.is_none() {
         return Ok(0);
     }
-    // (created ms, name), oldest first.
-    let mut letters: Vec<(i64, String)> = stream::iter(names)
+    // (creation zxid, created ms, name), oldest first: the zxid orders deaths exactly, the
+    // time says how old they are.
+    let mut letters: Vec<(i64, i64, String)> = stream::iter(names)
         .map(|name| {
             let path = format!("{dir}/{name}");
             async move {
@@ -94,7 +95,7 @@ pub(crate) async fn trim_queue(
                     .await
                     .ok()
                     .flatten()
-                    .map(|s| (s.ctime, name))
+                    .map(|s| (s.czxid, s.ctime, name))
             }
         })
         .buffer_unordered(STATS_IN_FLIGHT)
@@ -106,13 +107,18 @@ pub(crate) async fn trim_queue(
         .dead_max_age_ms
         .map(|age| now_ms().saturating_sub(age) as i64)
         .unwrap_or(i64::MIN);
-    let expired = letters.iter().take_while(|(ctime, _)| *ctime < cutoff).count();
-    let remove = expired.max(over_count).min(letters.len());
+    let expired = letters.iter().filter(|(_, ctime, _)| *ctime < cutoff).count();
+    let doomed: Vec<&String> = letters
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, ctime, _))| *i < over_count || *ctime < cutoff)
+        .map(|(_, (_, _, name))| name)
+        .collect();
     let mut removed = 0;
-    for chunk in letters[..remove].chunks(DELETE_BATCH) {
+    for chunk in doomed.chunks(DELETE_BATCH) {
         let ops: Vec<Op> = chunk
             .iter()
-            .map(|(_, name)| Op::Delete {
+            .map(|name| Op::Delete {
                 path: format!("{dir}/{name}"),
                 version: None,
             })
