@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use zkq::cli::{init_logging, parse_duration, ConnectArgs};
-use zkq::{NewJob, Producer, QueueConfig, RetryPolicy};
+use zkq::{CatchUp, NewJob, PeriodicJob, Producer, QueueConfig, RetryPolicy};
 
 use crate::input::Payloads;
 
@@ -37,6 +37,70 @@ enum Command {
     Enqueue(EnqueueArgs),
     /// Create a queue with explicit settings (an existing queue keeps its own)
     CreateQueue(CreateQueueArgs),
+    /// Periodic jobs: enqueue a job at every tick of a cron schedule, exactly once per tick
+    #[command(subcommand)]
+    Cron(CronCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CronCommand {
+    /// Create or replace a periodic job (a replaced one keeps its last fired tick)
+    ///
+    /// The elected scheduler enqueues the job at every tick, once, even across scheduler
+    /// failovers. Ticks missed while no scheduler ran fire per --catch-up: latest fires only the
+    /// most recent one, all fires each (oldest first). Each job carries the headers zkq-cron
+    /// and zkq-cron-tick (Unix ms).
+    Set(CronSetArgs),
+    /// Remove a periodic job
+    Delete {
+        /// Name of the periodic job
+        name: String,
+    },
+    /// List periodic jobs, one JSON object per line
+    List,
+}
+
+#[derive(Debug, Args)]
+struct CronSetArgs {
+    /// Name of the periodic job: 1-64 of A-Z a-z 0-9 _ - .
+    name: String,
+
+    /// Cron expression, seconds first, in UTC: 'SEC MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK
+    /// [YEAR]', e.g. '0 */5 * * * *' for every five minutes
+    #[arg(long, value_name = "EXPR")]
+    cron: String,
+
+    /// Queue to enqueue into
+    #[arg(long, short)]
+    queue: String,
+
+    /// Job kind: selects the handler on the worker
+    #[arg(long, short)]
+    kind: String,
+
+    /// Payload of each job: the text itself, @PATH for a file's bytes, or - for all of stdin
+    #[arg(value_name = "PAYLOAD", default_value = "")]
+    payload: String,
+
+    /// Priority level, 0 lowest
+    #[arg(long, short, default_value_t = 0)]
+    priority: u8,
+
+    /// Attempts before a job goes to the dead letters [default: the queue's]
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+
+    /// Run time limit per attempt [default: the worker's]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
+
+    /// Header added to each job, KEY=VALUE (repeatable)
+    #[arg(long = "header", value_parser = parse_header, value_name = "KEY=VALUE")]
+    headers: Vec<(String, String)>,
+
+    /// Which ticks missed while no scheduler ran fire: latest or all
+    #[arg(long, default_value = "latest", value_name = "POLICY")]
+    catch_up: CatchUp,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +191,14 @@ struct CreateQueueArgs {
     /// Largest payload accepted, in bytes
     #[arg(long, default_value_t = QueueConfig::default().max_payload_bytes)]
     max_payload_bytes: u32,
+
+    /// Dead letters kept; the scheduler removes the oldest beyond this many (0 keeps all)
+    #[arg(long, default_value = "10000", value_name = "N")]
+    dead_max: u32,
+
+    /// How long dead letters are kept (0s keeps them forever)
+    #[arg(long, default_value = "14days", value_parser = parse_duration, value_name = "DURATION")]
+    dead_max_age: Duration,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -143,6 +215,7 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Enqueue(args) => enqueue(&cli, args).await,
         Command::CreateQueue(args) => create_queue(&cli, args).await,
+        Command::Cron(command) => cron(&cli, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,6 +238,8 @@ async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), String> {
             ..RetryPolicy::DEFAULT
         },
         max_payload_bytes: args.max_payload_bytes,
+        dead_max: Some(args.dead_max).filter(|n| *n > 0),
+        dead_max_age_ms: Some(args.dead_max_age.as_millis() as u64).filter(|ms| *ms > 0),
         ..QueueConfig::default()
     };
     config.validate().map_err(|e| e.to_string())?;
@@ -183,6 +258,69 @@ async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), String> {
     }
     producer.close().await;
     Ok(())
+}
+
+async fn cron(cli: &Cli, command: &CronCommand) -> Result<(), String> {
+    // Check what can be checked before connecting.
+    let periodic = match command {
+        CronCommand::Set(args) => Some(periodic_job(args)?),
+        _ => None,
+    };
+    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = match (command, periodic) {
+        (CronCommand::Set(args), Some(job)) => producer
+            .schedule(&args.name, job)
+            .await
+            .map_err(|e| e.to_string()),
+        (CronCommand::Delete { name }, _) => match producer.unschedule(name).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("no periodic job named {name:?}")),
+            Err(e) => Err(e.to_string()),
+        },
+        (CronCommand::List, _) => producer.schedules().await.map_err(|e| e.to_string()).map(|all| {
+            for (name, job) in all {
+                let line = serde_json::json!({
+                    "name": name,
+                    "cron": job.cron,
+                    "queue": job.queue,
+                    "kind": job.kind,
+                    "payload_bytes": job.payload.len(),
+                    "priority": job.priority,
+                    "catch_up": job.catch_up,
+                    "last_tick_ms": job.last_tick_ms,
+                });
+                println!("{line}");
+            }
+        }),
+        _ => Ok(()),
+    };
+    producer.close().await;
+    result
+}
+
+fn periodic_job(args: &CronSetArgs) -> Result<PeriodicJob, String> {
+    let payload = Payloads::read(Some(&args.payload), None)?
+        .into_batches(1)
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap_or_default();
+    let mut job = PeriodicJob::new(args.queue.clone(), args.cron.clone(), args.kind.clone(), payload)
+        .map_err(|e| e.to_string())?
+        .priority(args.priority)
+        .catch_up(args.catch_up);
+    if let Some(n) = args.max_attempts {
+        job = job.max_attempts(n);
+    }
+    if let Some(t) = args.timeout {
+        job = job.timeout(t);
+    }
+    for (k, v) in &args.headers {
+        job = job.header(k.clone(), v.clone());
+    }
+    Ok(job)
 }
 
 fn job_for(args: &EnqueueArgs, payload: Vec<u8>) -> NewJob {

@@ -269,3 +269,87 @@ fn help_lists_every_option() {
         assert!(help.contains(word), "--help lacks {word}");
     }
 }
+
+#[test]
+fn cron_set_list_and_delete_manage_periodic_jobs() {
+    let root = zkq_testkit::unique_root("cli-cron");
+    let out = producer(
+        &root,
+        &[
+            "cron",
+            "set",
+            "nightly",
+            "--cron",
+            "0 30 2 * * *",
+            "-q",
+            "reports",
+            "-k",
+            "report",
+            "full",
+            "--catch-up",
+            "all",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Replacing keeps one entry.
+    let out = producer(
+        &root,
+        &[
+            "cron",
+            "set",
+            "nightly",
+            "--cron",
+            "0 0 3 * * *",
+            "-q",
+            "reports",
+            "-k",
+            "report",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = producer(&root, &["cron", "list"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "nightly");
+    assert_eq!(listed[0]["cron"], "0 0 3 * * *");
+    assert_eq!(listed[0]["queue"], "reports");
+
+    let out = producer(&root, &["cron", "delete", "nightly"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = producer(&root, &["cron", "delete", "nightly"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no periodic job named \"nightly\""));
+    assert!(text(&producer(&root, &["cron", "list"], None).stdout).is_empty());
+}
+
+#[test]
+fn a_bad_cron_expression_is_refused_before_connecting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_zkq-producer"))
+        .args([
+            "--zk",
+            "127.0.0.1:1",
+            "cron",
+            "set",
+            "n",
+            "--cron",
+            "every day",
+            "-q",
+            "q",
+            "-k",
+            "k",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("bad cron expression \"every day\"") && stderr.contains("seconds first"),
+        "{stderr}"
+    );
+}
