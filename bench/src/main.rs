@@ -3,7 +3,9 @@
 //! Starts its own standalone ZooKeeper (fsync on) unless `--zk` is given, then runs, in order:
 //! raw pipelined creates, raw creates and deletes inside `multi`s of 100, zkq single and batch
 //! enqueue, and a drain by `--workers` workers (each its own session) with a no-op handler,
-//! counting completions per job to report duplicates. Prints a progress line every 2 s, a table,
+//! counting completions per job to report duplicates; then delayed jobs due over a few seconds,
+//! reporting how late each started after its due time (promotion by the elected scheduler plus
+//! the claim). Prints a progress line every 2 s, a table,
 //! and last a JSON line with every figure.
 
 mod progress;
@@ -115,6 +117,12 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("drain_per_s", drain.per_s);
     figures.insert("drain_duplicates", drain.duplicates as f64);
     figures.insert("drain_jobs", drain.completed as f64);
+    let late = w
+        .delayed(if args.quick { 1_000 } else { 5_000 }, Duration::from_secs(4))
+        .await?;
+    figures.insert("delayed_start_late_p50_ms", late.p50_ms);
+    figures.insert("delayed_start_late_p99_ms", late.p99_ms);
+    figures.insert("delayed_start_late_max_ms", late.max_ms);
     progress.stop();
 
     println!("\n{:<28} {:>14}", "figure", "value");

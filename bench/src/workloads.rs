@@ -23,6 +23,14 @@ pub struct Workloads<'a> {
     producer: Producer,
 }
 
+/// How late delayed jobs started, in ms past their due time.
+#[derive(Debug)]
+pub struct Lateness {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 /// What a drain measured.
 #[derive(Debug)]
 pub struct Drain {
@@ -137,6 +145,60 @@ impl<'a> Workloads<'a> {
             per_s,
             completed,
             duplicates,
+        })
+    }
+
+    /// `n` delayed jobs due over the next `spread`, run by one worker that is also the elected
+    /// scheduler (promoting every 250 ms, the default): how late each starts after its due time.
+    pub async fn delayed(&self, n: usize, spread: std::time::Duration) -> Result<Lateness, String> {
+        let late: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let all_done = Arc::new(Notify::new());
+        let config = WorkerConfig {
+            queues: vec![QUEUE.to_string()],
+            concurrency: self.args.concurrency,
+            ..WorkerConfig::default()
+        };
+        let (recorded, done, progress) = (late.clone(), all_done.clone(), self.progress.clone());
+        let worker = Worker::new(self.zk.clone(), ROOT, config)
+            .map_err(|e| e.to_string())?
+            .handle_any(move |ctx: JobContext| {
+                let mut late = recorded.lock().unwrap_or_else(|p| p.into_inner());
+                late.push(zkq::job::now_ms().saturating_sub(ctx.job.ready_at_ms));
+                progress.add(1);
+                if late.len() == n {
+                    done.notify_one();
+                }
+                async { Outcome::Done }
+            });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run(async move {
+            let _ = stopped.await;
+        }));
+        let started = self.progress.phase("delayed");
+        let lead = std::time::Duration::from_secs(1);
+        let jobs: Vec<NewJob> = (0..n)
+            .map(|i| self.job().delay(lead + spread.mul_f64(i as f64 / n as f64)))
+            .collect();
+        for chunk in jobs.chunks(100) {
+            self.producer
+                .enqueue_batch(QUEUE, chunk.to_vec())
+                .await
+                .map_err(|e| format!("enqueue delayed: {e}"))?;
+        }
+        all_done.notified().await;
+        rate("delayed", n, started);
+        let _ = stop.send(());
+        running
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut late = late.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        late.sort_unstable();
+        let at = |q: f64| late[((late.len() - 1) as f64 * q).round() as usize] as f64;
+        Ok(Lateness {
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
         })
     }
 }
