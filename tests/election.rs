@@ -46,7 +46,8 @@ async fn line_up(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_change_wakes_only_its_successor() {
-    let env = Env::new("no-herd");
+    let ensemble = zkq_testkit::Ensemble::quorum(3).unwrap();
+    let env = Env::on(&ensemble, "no-herd");
     let elections = candidates(&env, 5).await;
     let mut campaigns = line_up(&env, &elections).await;
     let first = within(campaigns.remove(0)).await.unwrap().unwrap();

@@ -45,7 +45,8 @@ async fn converged(client: &zk::Client, env: &Env, workers: &[&str]) -> Assignme
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_assignment_converges_and_workers_follow_it() {
-    let env = Env::new("assignment");
+    let ensemble = zkq_testkit::Ensemble::quorum(3).unwrap();
+    let env = Env::on(&ensemble, "assignment");
     let config = QueueConfig {
         partitions: PARTITIONS,
         ..QueueConfig::default()
@@ -72,7 +73,9 @@ async fn partition_assignment_converges_and_workers_follow_it() {
     sizes.sort();
     assert_eq!(sizes, vec![2, 3, 3]);
 
-    // Workers take jobs only from the partitions they own.
+    // Workers take jobs only from the partitions they own. The record is in ZooKeeper; give
+    // the workers' watches a moment to deliver it (they scanned every partition before).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
     for key in &keys {
         producer

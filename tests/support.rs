@@ -34,6 +34,18 @@ impl Env {
         }
     }
 
+    /// A fresh root on `ensemble` (for tests that need a 3-node ensemble), sessions as in
+    /// [`Env::new`].
+    pub fn on(ensemble: &zkq_testkit::Ensemble, name: &str) -> Env {
+        Env {
+            zk: ZkConfig {
+                address: ensemble.connect_string(),
+                ..Env::new(name).zk
+            },
+            root: zkq_testkit::unique_root(name),
+        }
+    }
+
     pub async fn producer(&self) -> Producer {
         Producer::connect(&self.zk, &self.root)
             .await
