@@ -82,11 +82,22 @@ struct CronSetArgs {
     #[arg(value_name = "PAYLOAD", default_value = "")]
     payload: String,
 
-    /// Priority level, 0 lowest
+    #[command(flatten)]
+    options: JobOptions,
+
+    /// Which ticks missed while no scheduler ran fire: latest or all
+    #[arg(long, default_value = "latest", value_name = "POLICY")]
+    catch_up: CatchUp,
+}
+
+/// What a job asks for, whether enqueued once or at every tick of a schedule.
+#[derive(Debug, Args)]
+struct JobOptions {
+    /// Priority level, 0 lowest; higher levels run first
     #[arg(long, short, default_value_t = 0)]
     priority: u8,
 
-    /// Attempts before a job goes to the dead letters [default: the queue's]
+    /// Attempts before the job goes to the dead letters [default: the queue's]
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,
 
@@ -94,13 +105,9 @@ struct CronSetArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     timeout: Option<Duration>,
 
-    /// Header added to each job, KEY=VALUE (repeatable)
+    /// Header for the handler, KEY=VALUE (repeatable)
     #[arg(long = "header", value_parser = parse_header, value_name = "KEY=VALUE")]
     headers: Vec<(String, String)>,
-
-    /// Which ticks missed while no scheduler ran fire: latest or all
-    #[arg(long, default_value = "latest", value_name = "POLICY")]
-    catch_up: CatchUp,
 }
 
 #[derive(Debug, Args)]
@@ -121,9 +128,8 @@ struct EnqueueArgs {
     #[arg(long, short, value_name = "PATH")]
     file: Option<String>,
 
-    /// Priority level, 0 lowest; higher levels run first
-    #[arg(long, short, default_value_t = 0)]
-    priority: u8,
+    #[command(flatten)]
+    options: JobOptions,
 
     /// Run no sooner than this from now (e.g. 30s, 5m)
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -136,18 +142,6 @@ struct EnqueueArgs {
     /// Lock key recorded on the job (for exclusion between jobs sharing it)
     #[arg(long, value_name = "KEY")]
     lock_key: Option<String>,
-
-    /// Attempts before the job goes to the dead letters [default: the queue's]
-    #[arg(long, value_name = "N")]
-    max_attempts: Option<u32>,
-
-    /// Run time limit per attempt [default: the worker's]
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    timeout: Option<Duration>,
-
-    /// Header for the handler, KEY=VALUE (repeatable)
-    #[arg(long = "header", value_parser = parse_header, value_name = "KEY=VALUE")]
-    headers: Vec<(String, String)>,
 
     /// Most jobs per batch (one ZooKeeper multi each) with --file
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -307,24 +301,31 @@ fn periodic_job(args: &CronSetArgs) -> Result<PeriodicJob, String> {
         .flatten()
         .next()
         .unwrap_or_default();
-    let mut job = PeriodicJob::new(args.queue.clone(), args.cron.clone(), args.kind.clone(), payload)
-        .map_err(|e| e.to_string())?
-        .priority(args.priority)
-        .catch_up(args.catch_up);
-    if let Some(n) = args.max_attempts {
-        job = job.max_attempts(n);
+    let job = args.options.apply(NewJob::new(args.kind.clone(), payload));
+    PeriodicJob::new(args.queue.clone(), args.cron.clone(), job)
+        .map(|p| p.catch_up(args.catch_up))
+        .map_err(|e| e.to_string())
+}
+
+impl JobOptions {
+    /// `job` with these options.
+    fn apply(&self, mut job: NewJob) -> NewJob {
+        job = job.priority(self.priority);
+        if let Some(n) = self.max_attempts {
+            job = job.max_attempts(n);
+        }
+        if let Some(t) = self.timeout {
+            job = job.timeout(t);
+        }
+        for (k, v) in &self.headers {
+            job = job.header(k.clone(), v.clone());
+        }
+        job
     }
-    if let Some(t) = args.timeout {
-        job = job.timeout(t);
-    }
-    for (k, v) in &args.headers {
-        job = job.header(k.clone(), v.clone());
-    }
-    Ok(job)
 }
 
 fn job_for(args: &EnqueueArgs, payload: Vec<u8>) -> NewJob {
-    let mut job = NewJob::new(args.kind.clone(), payload).priority(args.priority);
+    let mut job = args.options.apply(NewJob::new(args.kind.clone(), payload));
     if let Some(d) = args.delay {
         job = job.delay(d);
     }
@@ -333,15 +334,6 @@ fn job_for(args: &EnqueueArgs, payload: Vec<u8>) -> NewJob {
     }
     if let Some(k) = &args.lock_key {
         job = job.lock_key(k.clone());
-    }
-    if let Some(n) = args.max_attempts {
-        job = job.max_attempts(n);
-    }
-    if let Some(t) = args.timeout {
-        job = job.timeout(t);
-    }
-    for (k, v) in &args.headers {
-        job = job.header(k.clone(), v.clone());
     }
     job
 }

@@ -71,7 +71,7 @@ async fn scheduler_failover_is_timely_fenced_and_never_fires_a_tick_twice() {
     producer
         .schedule(
             "every-second",
-            PeriodicJob::new("work", "* * * * * *", "tick", b"".to_vec()).unwrap(),
+            PeriodicJob::new("work", "* * * * * *", NewJob::new("tick", b"".to_vec())).unwrap(),
         )
         .await
         .unwrap();

@@ -82,6 +82,10 @@ pub struct PeriodicJob {
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u64>,
     pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub lock_key: Option<String>,
+    #[serde(default)]
+    pub partition_key: Option<String>,
     pub catch_up: CatchUp,
     pub created_at_ms: u64,
     /// The last tick fired (Unix ms), set by the scheduler.
@@ -97,55 +101,39 @@ impl Record for PeriodicJob {
 }
 
 impl PeriodicJob {
-    /// A job of `kind` with `payload`, enqueued into `queue` at every tick of `cron`.
+    /// Enqueues a copy of `job` into `queue` at every tick of `cron` (each copy with an id of
+    /// its own).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an expression that does not parse; [`Error::InvalidName`]
-    /// for a bad queue name or kind.
-    pub fn new(
-        queue: impl Into<String>,
-        cron: impl Into<String>,
-        kind: impl Into<String>,
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<PeriodicJob> {
-        let job = PeriodicJob {
+    /// for a bad queue name or kind; [`Error::InvalidJob`] for a job with a delay (the schedule
+    /// says when it runs).
+    pub fn new(queue: impl Into<String>, cron: impl Into<String>, job: NewJob) -> Result<PeriodicJob> {
+        if job.run_at_ms.is_some() {
+            return Err(Error::InvalidJob(
+                "a periodic job cannot have a delay: its schedule says when it runs".into(),
+            ));
+        }
+        let periodic = PeriodicJob {
             v: Self::VERSION,
             queue: queue.into(),
             cron: cron.into(),
-            kind: kind.into(),
-            payload: payload.into(),
-            priority: 0,
-            max_attempts: None,
-            timeout_ms: None,
-            headers: BTreeMap::new(),
+            kind: job.kind,
+            payload: job.payload,
+            priority: job.priority,
+            max_attempts: job.max_attempts,
+            timeout_ms: job.timeout.map(|t| t.as_millis() as u64),
+            headers: job.headers,
+            lock_key: job.lock_key,
+            partition_key: job.partition_key,
             catch_up: CatchUp::default(),
             created_at_ms: now_ms(),
             last_tick_ms: None,
         };
-        layout::validate_queue_name(&job.queue)?;
-        layout::validate_kind(&job.kind)?;
-        parse(&job.cron)?;
-        Ok(job)
-    }
-
-    pub fn priority(mut self, priority: u8) -> PeriodicJob {
-        self.priority = priority;
-        self
-    }
-
-    pub fn max_attempts(mut self, attempts: u32) -> PeriodicJob {
-        self.max_attempts = Some(attempts);
-        self
-    }
-
-    pub fn timeout(mut self, timeout: Duration) -> PeriodicJob {
-        self.timeout_ms = Some(timeout.as_millis() as u64);
-        self
-    }
-
-    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> PeriodicJob {
-        self.headers.insert(key.into(), value.into());
-        self
+        layout::validate_queue_name(&periodic.queue)?;
+        layout::validate_kind(&periodic.kind)?;
+        parse(&periodic.cron)?;
+        Ok(periodic)
     }
 
     pub fn catch_up(mut self, catch_up: CatchUp) -> PeriodicJob {
@@ -202,6 +190,12 @@ impl PeriodicJob {
         }
         if let Some(ms) = self.timeout_ms {
             job = job.timeout(Duration::from_millis(ms));
+        }
+        if let Some(key) = &self.lock_key {
+            job = job.lock_key(key.clone());
+        }
+        if let Some(key) = &self.partition_key {
+            job = job.partition_key(key.clone());
         }
         for (k, v) in &self.headers {
             job = job.header(k.clone(), v.clone());
@@ -461,7 +455,7 @@ mod tests {
     use super::*;
 
     fn every_second(created: u64, last: Option<u64>, catch_up: CatchUp) -> PeriodicJob {
-        let mut job = PeriodicJob::new("q", "* * * * * *", "tick", b"".to_vec())
+        let mut job = PeriodicJob::new("q", "* * * * * *", NewJob::new("tick", b"".to_vec()))
             .unwrap()
             .catch_up(catch_up);
         job.created_at_ms = created;
@@ -503,8 +497,15 @@ mod tests {
 
     #[test]
     fn bad_expressions_are_refused_with_the_format() {
-        let e = PeriodicJob::new("q", "every minute", "k", b"".to_vec()).unwrap_err();
+        let e = PeriodicJob::new("q", "every minute", NewJob::new("k", b"".to_vec())).unwrap_err();
         assert!(e.to_string().contains("seconds first"), "{e}");
+    }
+
+    #[test]
+    fn a_delayed_template_is_refused() {
+        let job = NewJob::new("k", b"".to_vec()).delay(Duration::from_secs(5));
+        let e = PeriodicJob::new("q", "* * * * * *", job).unwrap_err();
+        assert!(e.to_string().contains("cannot have a delay"), "{e}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::election::{Election, Leadership};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::producer::Producer;
-use crate::znode::ZkConfig;
+use crate::znode::{self, ZkConfig};
 use crate::{assignment, cron, promoter, queue, trim};
 
 /// How the scheduler's services pace themselves. Every field has a default.
@@ -86,18 +86,7 @@ impl Scheduler {
         loop {
             let client = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                c = self.zk.connect() => c,
-            };
-            let client = match client {
-                Ok(c) => c,
-                Err(e) if first => return Err(e),
-                Err(e) => {
-                    warn!(error = %e, "cannot reconnect; retrying");
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
+                c = znode::reconnect(&self.zk, first) => c?,
             };
             first = false;
             let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));

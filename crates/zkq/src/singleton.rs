@@ -34,7 +34,7 @@ use crate::election::{Election, Leadership};
 use crate::error::{Error, Result};
 use crate::layout::{self, Layout};
 use crate::watchdog::{monotonic_ns, Watchdog};
-use crate::znode::ZkConfig;
+use crate::znode::{self, ZkConfig};
 
 /// The election for singleton `name` under `layout`, for a candidate named `candidate`.
 ///
@@ -149,18 +149,7 @@ impl SingletonRunner {
         loop {
             let client = tokio::select! {
                 _ = &mut shutdown => return Ok(0),
-                c = self.zk.connect() => c,
-            };
-            let client = match client {
-                Ok(c) => c,
-                Err(e) if first => return Err(e),
-                Err(e) => {
-                    warn!(error = %e, "cannot reconnect; retrying");
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(0),
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
+                c = znode::reconnect(&self.zk, first) => c?,
             };
             first = false;
             let election = election(client.clone(), &self.layout, &self.config.name, &self.config.id)?;

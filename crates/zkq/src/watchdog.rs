@@ -28,7 +28,6 @@
 
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -77,18 +76,6 @@ impl Watchdog {
         let exe = std::env::current_exe().map_err(|e| {
             Error::InvalidConfig(format!("cannot find this executable to run the watchdog: {e}"))
         })?;
-        Self::spawn_with(exe, program, args, env, grace, kill_at_ns)
-    }
-
-    /// [`Watchdog::spawn`] with the watchdog executable given.
-    pub fn spawn_with(
-        exe: PathBuf,
-        program: &str,
-        args: &[String],
-        env: &[(String, String)],
-        grace: Duration,
-        kill_at_ns: u64,
-    ) -> Result<Watchdog> {
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg(ARG)
             .arg(grace.as_millis().to_string())

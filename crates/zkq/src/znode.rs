@@ -126,3 +126,18 @@ pub(crate) fn is_final(e: &zk::Error) -> bool {
         zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::NoHosts | zk::Error::AuthFailed
     )
 }
+
+/// A new session for a process that runs session after session: the first failure to connect
+/// is returned (a wrong address should fail fast), later ones are retried every second.
+pub(crate) async fn reconnect(zk: &ZkConfig, first: bool) -> Result<zk::Client> {
+    loop {
+        match zk.connect().await {
+            Ok(client) => return Ok(client),
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reconnect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
