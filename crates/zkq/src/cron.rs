@@ -302,26 +302,16 @@ async fn read_all(client: &zk::Client, dir: &str) -> Result<Vec<(String, Result<
         Err(e) => return Err(Error::zk("list schedules", dir, e)),
     };
     names.sort();
-    let mut out = Vec::with_capacity(names.len());
-    for chunk in names.chunks(64) {
-        let mut reader = client.new_multi_reader();
-        for name in chunk {
-            let path = format!("{dir}/{name}");
-            reader
-                .add_get_data(&path)
-                .map_err(|e| Error::zk("read schedule", path, e))?;
-        }
-        let results = reader
-            .commit()
-            .await
-            .map_err(|e| Error::zk("read schedules", dir, e))?;
-        for (name, result) in chunk.iter().zip(results) {
-            if let zk::MultiReadResult::Data { data, stat } = result {
-                let path = format!("{dir}/{name}");
-                out.push((name.clone(), codec::decode(&path, &data), stat.version));
-            }
-        }
-    }
+    let paths: Vec<String> = names.iter().map(|n| format!("{dir}/{n}")).collect();
+    let results = znode::get_many(client, "read schedule", &paths).await?;
+    let out = names
+        .into_iter()
+        .zip(paths)
+        .zip(results)
+        .filter_map(|((name, path), r)| {
+            r.map(|(data, stat)| (name, codec::decode(&path, &data), stat.version))
+        })
+        .collect();
     Ok(out)
 }
 

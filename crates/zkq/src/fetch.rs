@@ -18,9 +18,7 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::layout::{Layout, OPEN_MARKER};
 use crate::queue::QueueConfig;
-
-/// Most job znodes read in one multi-read.
-const READ_BATCH: usize = 64;
+use crate::znode;
 
 /// A candidate with its data as read.
 #[derive(Debug)]
@@ -225,39 +223,25 @@ impl Fetcher {
 
     /// Reads the data of `candidates` in multi-reads, in order.
     async fn read(&self, candidates: Vec<Candidate>) -> Result<Vec<Found>> {
+        let paths: Vec<String> = candidates.iter().map(|c| c.path(&self.layout)).collect();
+        let results = znode::get_many(&self.client, "read jobs", &paths).await?;
         let mut out = Vec::with_capacity(candidates.len());
-        for chunk in candidates.chunks(READ_BATCH) {
-            let mut reader = self.client.new_multi_reader();
-            for c in chunk {
-                let path = c.path(&self.layout);
-                reader
-                    .add_get_data(&path)
-                    .map_err(|e| Error::zk("read job", path, e))?;
-            }
-            let results = reader.commit().await.map_err(|e| Error::zk("read jobs", "", e))?;
-            for (candidate, result) in chunk.iter().cloned().zip(results) {
-                match result {
-                    zk::MultiReadResult::Data { data, stat } => {
-                        let path = candidate.path(&self.layout);
-                        out.push(match codec::decode::<Job>(&path, &data) {
-                            Ok(job) => Found::Job {
-                                candidate,
-                                job,
-                                version: stat.version,
-                            },
-                            Err(e) => Found::Garbage {
-                                candidate,
-                                data,
-                                version: stat.version,
-                                reason: e.to_string(),
-                            },
-                        });
-                    }
-                    // Taken and finished by another worker since the listing.
-                    zk::MultiReadResult::Error { .. } => {}
-                    _ => {}
-                }
-            }
+        for ((candidate, path), result) in candidates.into_iter().zip(paths).zip(results) {
+            // None: taken and finished by another worker since the listing.
+            let Some((data, stat)) = result else { continue };
+            out.push(match codec::decode::<Job>(&path, &data) {
+                Ok(job) => Found::Job {
+                    candidate,
+                    job,
+                    version: stat.version,
+                },
+                Err(e) => Found::Garbage {
+                    candidate,
+                    data,
+                    version: stat.version,
+                    reason: e.to_string(),
+                },
+            });
         }
         Ok(out)
     }

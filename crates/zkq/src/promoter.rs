@@ -17,6 +17,7 @@ use crate::layout::{self, DELAYED_BUCKET_MS};
 use crate::producer::{Placement, Producer};
 use crate::telemetry;
 use crate::txn::Op;
+use crate::znode;
 
 /// Most entries moved in one `multi`.
 const PROMOTE_BATCH: usize = 100;
@@ -67,20 +68,14 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
             .take_while(|(_, at)| *at <= now)
             .collect();
         for chunk in due.chunks(PROMOTE_BATCH) {
-            let mut reader = client.new_multi_reader();
-            for (entry, _) in chunk {
-                let path = format!("{bucket_path}/{entry}");
-                reader
-                    .add_get_data(&path)
-                    .map_err(|e| Error::zk("read delayed", path, e))?;
-            }
-            let results = reader
-                .commit()
-                .await
-                .map_err(|e| Error::zk("read delayed", &bucket_path, e))?;
+            let paths: Vec<String> = chunk
+                .iter()
+                .map(|(entry, _)| format!("{bucket_path}/{entry}"))
+                .collect();
+            let results = znode::get_many(client, "read delayed", &paths).await?;
             let mut moves = Vec::new();
             for ((entry, due_ms), result) in chunk.iter().zip(results) {
-                let zk::MultiReadResult::Data { data, stat } = result else {
+                let Some((data, stat)) = result else {
                     continue;
                 };
                 let path = format!("{bucket_path}/{entry}");
