@@ -104,7 +104,8 @@ impl<'a> Workloads<'a> {
             let config = WorkerConfig {
                 queues: vec![QUEUE.to_string()],
                 concurrency: self.args.concurrency,
-                scheduler: false,
+                // As deployed: every worker a scheduler candidate, so the leader assigns each
+                // worker its own partitions.
                 ..WorkerConfig::default()
             };
             let (runs, total, all_done, progress) = (
