@@ -119,20 +119,20 @@ pub fn balance(partitions: u32, current: &[Option<String>], workers: &[String]) 
 }
 
 /// The leader's assignment service: rebalances every queue whenever membership changes (after
-/// `delay` of quiet) and at least every `refresh` (for queues created since). Returns on
+/// `delay` of quiet) and whenever a queue is created. Returns on
 /// [`Error::Fenced`] or when `stop` is cancelled.
 pub(crate) async fn serve(
     client: &zk::Client,
     layout: &Layout,
     leadership: &Leadership,
     delay: Duration,
-    refresh: Duration,
     stop: &CancellationToken,
 ) -> Result<()> {
     znode::ensure_path(client, &layout.assignments()).await?;
     znode::ensure_path(client, &layout.workers()).await?;
+    znode::ensure_path(client, &layout.queues()).await?;
     loop {
-        let watcher = match rebalance(client, layout, leadership).await {
+        let watchers = match rebalance(client, layout, leadership).await {
             Ok(w) => Some(w),
             Err(e @ Error::Fenced { .. }) => return Err(e),
             Err(e) if e.is_session_lost() => return Err(e),
@@ -142,9 +142,12 @@ pub(crate) async fn serve(
             }
         };
         let changed = async {
-            match watcher {
-                Some(w) => {
-                    w.changed().await;
+            match watchers {
+                Some((workers, queues)) => {
+                    tokio::select! {
+                        _ = workers.changed() => {}
+                        _ = queues.changed() => {}
+                    }
                 }
                 None => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -158,17 +161,17 @@ pub(crate) async fn serve(
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
-            _ = tokio::time::sleep(refresh) => {}
         }
     }
 }
 
-/// Reads membership (arming a watch on it) and rewrites every queue's assignment that changed.
+/// Reads membership and the queues (arming a watch on each) and rewrites every queue's
+/// assignment that changed. Returns the watches: (workers, queues).
 async fn rebalance(
     client: &zk::Client,
     layout: &Layout,
     leadership: &Leadership,
-) -> Result<zk::OneshotWatcher> {
+) -> Result<(zk::OneshotWatcher, zk::OneshotWatcher)> {
     let dir = layout.workers();
     let (ids, _, watcher) = client
         .get_and_watch_children(&dir)
@@ -185,7 +188,13 @@ async fn rebalance(
     }))
     .await;
     let workers: Vec<WorkerInfo> = infos.into_iter().flatten().collect();
-    for q in queue::list(client, layout).await? {
+    let queues_dir = layout.queues();
+    let (mut queues, _, queues_watcher) = client
+        .get_and_watch_children(&queues_dir)
+        .await
+        .map_err(|e| Error::zk("watch queues", &queues_dir, e))?;
+    queues.sort();
+    for q in queues {
         let Some(config) = queue::load(client, layout, &q).await? else {
             continue;
         };
@@ -246,7 +255,7 @@ async fn rebalance(
             Err(e) => return Err(e),
         }
     }
-    Ok(watcher)
+    Ok((watcher, queues_watcher))
 }
 
 /// Which partitions of each queue a worker scans: `None` means every partition.

@@ -175,7 +175,7 @@ async fn serve(
     let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
     let delay = config.rebalance_delay;
     spawn_service(&mut services, &serving, "assign", async move {
-        assignment::serve(p.client(), p.layout(), &l, delay, REFRESH, &s).await
+        assignment::serve(p.client(), p.layout(), &l, delay, &s).await
     });
     let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
     spawn_service(&mut services, &serving, "cron", async move {
@@ -199,10 +199,6 @@ async fn serve(
     }
     session_lost
 }
-
-/// How often the assignment is recomputed even without membership changes (to cover queues
-/// created since).
-const REFRESH: Duration = Duration::from_secs(5);
 
 /// Runs one leader service; when it ends, for whatever reason, all of them stop: a leader that
 /// cannot do one of its jobs steps down and campaigns again.

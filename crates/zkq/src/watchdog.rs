@@ -26,7 +26,7 @@
 //! [`run_if_requested`] first thing in `main`, and [`Watchdog::spawn`] starts the same
 //! executable with [`ARG`].
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -241,7 +241,6 @@ fn listen() -> mpsc::Receiver<Message> {
                 break;
             }
         }
-        let _ = std::io::stderr().flush();
     });
     rx
 }
