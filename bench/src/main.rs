@@ -1,45 +1,60 @@
-//! zkq-bench: ZooKeeper's raw ceiling and zkq's throughput, measured in one run.
+//! zkq-bench: ZooKeeper's raw ceiling and zkq's throughput and latency, measured in one run.
 //!
-//! Starts its own standalone ZooKeeper (fsync on) unless `--zk` is given, then runs, in order:
-//! raw pipelined creates, raw creates and deletes inside `multi`s of 100, zkq single and batch
-//! enqueue, and a drain by `--workers` workers (each its own session) with a no-op handler,
-//! counting completions per job to report duplicates; then delayed jobs due over a few seconds,
-//! reporting how late each started after its due time (promotion by the elected scheduler plus
-//! the claim). Prints a progress line every 2 s, a table,
-//! and last a JSON line with every figure.
+//! Starts its own standalone ZooKeeper (fsync on) unless `--zk` is given, warms it up, then
+//! runs in order:
+//! 1. raw ZooKeeper: pipelined single creates; creates, then deletes, inside `multi`s of 100;
+//! 2. enqueue through the single-job API (pipelined) and through the batch API;
+//! 3. drain: `--workers` worker processes, each its own session, run the enqueued jobs with a
+//!    no-op handler; runs are counted per job to report duplicates;
+//! 4. continuous: jobs offered at `--rate` per second while the same fleet runs; enqueue-to-start
+//!    latency percentiles;
+//! 5. delayed jobs due over a few seconds: how late each started after its due time;
+//! 6. backlog: `--backlog` jobs enqueued, the largest child count of any znode, then a fresh
+//!    fleet drains them; the workers' peak RSS.
+//!
+//! Prints a progress line every 2 s, a table, and last one JSON line with every figure.
 
+mod fleet;
 mod progress;
 mod raw;
+mod stamp;
 mod workloads;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::progress::Progress;
 
-/// Measure ZooKeeper's raw ceiling and zkq's enqueue and drain rates.
+/// Measure ZooKeeper's raw ceiling and zkq's enqueue, drain and latency figures.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "zkq-bench", version, max_term_width = 100)]
 pub struct Args {
+    #[command(subcommand)]
+    role: Option<Role>,
+
     /// Use this ZooKeeper instead of starting a fresh standalone one
     #[arg(long, value_name = "HOST:PORT")]
     zk: Option<String>,
 
-    /// Jobs per zkq workload (and znodes per raw workload)
+    /// Jobs per enqueue and drain workload (and znodes per raw workload)
     #[arg(long, default_value_t = 100_000)]
     jobs: usize,
 
-    /// Worker sessions draining the queue
+    /// Jobs in the backlog workload (0 skips it)
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: usize,
+
+    /// Worker processes, each with its own ZooKeeper session
     #[arg(long, default_value_t = 4)]
     workers: usize,
 
     /// Jobs each worker runs at once
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 512)]
     concurrency: usize,
 
-    /// Partitions of the benchmark queue
+    /// Partitions of the benchmark queues
     #[arg(long, default_value_t = 16)]
     partitions: u32,
 
@@ -47,20 +62,62 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     payload: usize,
 
+    /// Jobs per second offered in the continuous workload
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+
+    /// Length of the continuous workload
+    #[arg(long, value_parser = zkq::cli::parse_duration, default_value = "20s")]
+    duration: Duration,
+
     /// Requests in flight for pipelined single-request workloads
     #[arg(long, default_value_t = 1000)]
     window: usize,
 
-    /// A reduced run (10,000 jobs) that finishes in well under a minute
+    /// A reduced run (10,000 jobs, a 20,000-job backlog, 5 s of continuous load) that finishes
+    /// in under a minute
     #[arg(long)]
     quick: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum Role {
+    /// One worker process of the bench's fleet (started by the bench itself)
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        zk: String,
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        concurrency: usize,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
+    if let Some(Role::Worker {
+        zk,
+        root,
+        queue,
+        concurrency,
+    }) = args.role.take()
+    {
+        return match fleet::serve(zk, root, queue, concurrency).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("worker: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if args.quick {
         args.jobs = args.jobs.min(10_000);
+        args.backlog = args.backlog.min(20_000);
+        args.duration = args.duration.min(Duration::from_secs(5));
     }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -81,13 +138,20 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     println!(
-        "zkq-bench: {} jobs, {} B payloads, {} workers x {}, {} partitions, ZooKeeper at {address}",
-        args.jobs, args.payload, args.workers, args.concurrency, args.partitions
+        "zkq-bench: {} jobs, {}-job backlog, {} B payloads, {} worker processes x {}, {} partitions, \
+         {}/s offered for {:?}, ZooKeeper at {address}",
+        args.jobs,
+        args.backlog,
+        args.payload,
+        args.workers,
+        args.concurrency,
+        args.partitions,
+        args.rate,
+        args.duration
     );
     let zk = zkq::ZkConfig {
-        address,
         session_timeout: Duration::from_secs(10),
-        ..zkq::ZkConfig::default()
+        ..zkq::ZkConfig::new(address)
     };
     let progress = Progress::start();
     let mut figures: BTreeMap<&'static str, f64> = BTreeMap::new();
@@ -99,6 +163,7 @@ async fn run(args: Args) -> Result<(), String> {
         payload: vec![b'x'; args.payload],
         window: args.window,
     };
+    raw.warm_up(args.jobs.min(20_000)).await?;
     figures.insert(
         "raw_single_create_per_s",
         raw.single_creates(args.jobs.min(50_000)).await?,
@@ -108,26 +173,50 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("raw_multi_delete_per_s", delete);
 
     let w = workloads::Workloads::new(&zk, &args, &progress).await?;
-    figures.insert("enqueue_single_per_s", w.enqueue_single(args.jobs / 2).await?);
+    let queue = "bench";
+    w.create_queue(queue).await?;
+    figures.insert(
+        "enqueue_single_per_s",
+        w.enqueue_single(queue, args.jobs / 2).await?,
+    );
     figures.insert(
         "enqueue_batch_per_s",
-        w.enqueue_batch(args.jobs - args.jobs / 2).await?,
+        w.enqueue_batch("enqueue batch", queue, args.jobs - args.jobs / 2)
+            .await?,
     );
-    let drain = w.drain(args.jobs).await?;
+
+    let fleet = w.fleet(queue)?;
+    let drain = w.drain("drain", &fleet, args.jobs).await?;
     figures.insert("drain_per_s", drain.per_s);
     figures.insert("drain_duplicates", drain.duplicates as f64);
     figures.insert("drain_jobs", drain.completed as f64);
-    let late = w
-        .delayed(if args.quick { 1_000 } else { 5_000 }, Duration::from_secs(4))
-        .await?;
-    figures.insert("delayed_start_late_p50_ms", late.p50_ms);
-    figures.insert("delayed_start_late_p99_ms", late.p99_ms);
-    figures.insert("delayed_start_late_max_ms", late.max_ms);
+    let latency = w.continuous(queue, &fleet, args.rate, args.duration).await?;
+    figures.insert("latency_p50_ms", latency.p50);
+    figures.insert("latency_p95_ms", latency.p95);
+    figures.insert("latency_p99_ms", latency.p99);
+    figures.insert("latency_max_ms", latency.max);
+    let delayed = if args.quick { 1_000 } else { 5_000 };
+    let late = w.delayed(queue, &fleet, delayed, Duration::from_secs(4)).await?;
+    figures.insert("delayed_start_late_p50_ms", late.p50);
+    figures.insert("delayed_start_late_p99_ms", late.p99);
+    figures.insert("delayed_start_late_max_ms", late.max);
+    let mut peak_rss_mb = fleet.stop().await?;
+
+    if args.backlog > 0 {
+        let backlog = w.backlog("backlog", args.backlog).await?;
+        figures.insert("backlog_jobs", backlog.jobs as f64);
+        figures.insert("backlog_enqueue_per_s", backlog.enqueue_per_s);
+        figures.insert("backlog_drain_per_s", backlog.drain.per_s);
+        figures.insert("backlog_duplicates", backlog.drain.duplicates as f64);
+        figures.insert("backlog_max_children", backlog.max_children as f64);
+        peak_rss_mb = peak_rss_mb.max(backlog.peak_rss_mb);
+    }
+    figures.insert("worker_peak_rss_mb", peak_rss_mb);
     progress.stop();
 
     println!("\n{:<28} {:>14}", "figure", "value");
     for (name, value) in &figures {
-        println!("{name:<28} {value:>14.0}");
+        println!("{name:<28} {value:>14.1}");
     }
     let json: serde_json::Map<String, serde_json::Value> = figures
         .iter()

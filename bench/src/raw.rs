@@ -45,11 +45,21 @@ impl Raw<'_> {
         format!("{}/n-{i}", parents[i / PER_PARENT])
     }
 
+    /// Single creates that are not measured: the server's JIT compiles its request path first,
+    /// so that the ceiling is that of a warm server.
+    pub async fn warm_up(&self, n: usize) -> Result<(), String> {
+        self.creates("warm-up", "raw warm-up", n).await.map(drop)
+    }
+
     /// Single creates, `window` in flight.
     pub async fn single_creates(&self, n: usize) -> Result<f64, String> {
-        let parents = self.parents("single", n).await?;
+        self.creates("single", "raw single create", n).await
+    }
+
+    async fn creates(&self, base: &str, phase: &str, n: usize) -> Result<f64, String> {
+        let parents = self.parents(base, n).await?;
         let paths: Vec<String> = (0..n).map(|i| Self::node(&parents, i)).collect();
-        let started = self.progress.phase("raw single create");
+        let started = self.progress.phase(phase);
         let mut results = futures::stream::iter(paths.iter())
             .map(|path| self.client.create(path, &self.payload, &PERSISTENT))
             .buffer_unordered(self.window);
@@ -57,7 +67,7 @@ impl Raw<'_> {
             r.map_err(|e| format!("raw create: {e}"))?;
             self.progress.add(1);
         }
-        Ok(rate("raw single create", n, started))
+        Ok(rate(phase, n, started))
     }
 
     /// Creates inside multis of 100, then deletes of the same nodes inside multis of 100.

@@ -1,18 +1,21 @@
-//! zkq's own workloads: enqueue through both APIs, then drain with a fleet of workers.
+//! zkq's own workloads: enqueue through both APIs, drain with a fleet of worker processes, a
+//! steady offered rate, a large backlog, and delayed jobs.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Notify;
-use zkq::{JobContext, JobId, NewJob, Outcome, Producer, QueueConfig, Worker, WorkerConfig, ZkConfig};
+use zkq::{NewJob, Producer, QueueConfig, ZkConfig};
 
+use crate::fleet::{Fleet, FleetConfig, Tally};
 use crate::progress::{rate, Progress};
-use crate::Args;
+use crate::{stamp, Args};
 
-const QUEUE: &str = "bench";
 const ROOT: &str = "/zkq-bench";
+/// Jobs per `enqueue_batch` call.
+const BATCH: usize = 100;
+/// Batches in flight when enqueueing through the batch API.
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// The producer and settings shared by the workloads.
 #[derive(Debug)]
@@ -20,15 +23,7 @@ pub struct Workloads<'a> {
     zk: ZkConfig,
     args: &'a Args,
     progress: &'a Progress,
-    producer: Producer,
-}
-
-/// How late delayed jobs started, in ms past their due time.
-#[derive(Debug)]
-pub struct Lateness {
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    producer: Arc<Producer>,
 }
 
 /// What a drain measured.
@@ -39,34 +34,72 @@ pub struct Drain {
     pub duplicates: u64,
 }
 
+/// Percentiles of a distribution, in ms.
+#[derive(Debug)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// What the backlog workload measured.
+#[derive(Debug)]
+pub struct Backlog {
+    pub jobs: usize,
+    pub enqueue_per_s: f64,
+    pub drain: Drain,
+    pub max_children: u64,
+    pub peak_rss_mb: f64,
+}
+
 impl<'a> Workloads<'a> {
     pub async fn new(zk: &ZkConfig, args: &'a Args, progress: &'a Progress) -> Result<Workloads<'a>, String> {
         let producer = Producer::connect(zk, ROOT).await.map_err(|e| e.to_string())?;
-        let config = QueueConfig {
-            partitions: args.partitions,
-            ..QueueConfig::default()
-        };
-        producer
-            .create_queue(QUEUE, &config)
-            .await
-            .map_err(|e| e.to_string())?;
         Ok(Workloads {
             zk: zk.clone(),
             args,
             progress,
-            producer,
+            producer: Arc::new(producer),
         })
     }
 
-    fn job(&self) -> NewJob {
-        NewJob::new("noop", vec![b'x'; self.args.payload])
+    /// Creates `queue` with the bench's partitions.
+    pub async fn create_queue(&self, queue: &str) -> Result<(), String> {
+        let config = QueueConfig {
+            partitions: self.args.partitions,
+            ..QueueConfig::default()
+        };
+        self.producer
+            .create_queue(queue, &config)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
-    /// `n` jobs through the single-job API, `window` calls in flight on one producer.
-    pub async fn enqueue_single(&self, n: usize) -> Result<f64, String> {
+    fn job(&self) -> NewJob {
+        NewJob::new("noop", stamp::payload(self.args.payload))
+    }
+
+    /// A fleet of `--workers` worker processes on `queue`.
+    pub fn fleet(&self, queue: &str) -> Result<Fleet, String> {
+        Fleet::start(
+            &FleetConfig {
+                zk: self.zk.address.clone(),
+                root: ROOT.to_string(),
+                queue: queue.to_string(),
+                workers: self.args.workers,
+                concurrency: self.args.concurrency,
+            },
+            self.progress,
+        )
+    }
+
+    /// `n` jobs through the single-job API, `--window` calls in flight on one producer.
+    pub async fn enqueue_single(&self, queue: &str, n: usize) -> Result<f64, String> {
         let started = self.progress.phase("enqueue single");
         let mut results = futures::stream::iter(0..n)
-            .map(|_| self.producer.enqueue(QUEUE, self.job()))
+            .map(|_| self.producer.enqueue(queue, self.job()))
             .buffer_unordered(self.args.window);
         while let Some(r) = results.next().await {
             r.map_err(|e| format!("enqueue: {e}"))?;
@@ -75,131 +108,188 @@ impl<'a> Workloads<'a> {
         Ok(rate("enqueue single", n, started))
     }
 
-    /// `n` jobs through the batch API, 100 per batch, 8 batches in flight.
-    pub async fn enqueue_batch(&self, n: usize) -> Result<f64, String> {
-        let started = self.progress.phase("enqueue batch");
-        let sizes: Vec<usize> = (0..n).step_by(100).map(|i| (n - i).min(100)).collect();
+    /// `n` jobs through the batch API, [`BATCH`] per call, a few calls in flight.
+    pub async fn enqueue_batch(&self, phase: &str, queue: &str, n: usize) -> Result<f64, String> {
+        let started = self.progress.phase(phase);
+        let sizes: Vec<usize> = (0..n).step_by(BATCH).map(|i| (n - i).min(BATCH)).collect();
         let mut results = futures::stream::iter(sizes)
             .map(|size| {
                 self.producer
-                    .enqueue_batch(QUEUE, (0..size).map(|_| self.job()).collect())
+                    .enqueue_batch(queue, (0..size).map(|_| self.job()).collect())
             })
-            .buffer_unordered(8);
+            .buffer_unordered(BATCHES_IN_FLIGHT);
         while let Some(r) = results.next().await {
             self.progress
                 .add(r.map_err(|e| format!("enqueue batch: {e}"))?.len() as u64);
         }
-        Ok(rate("enqueue batch", n, started))
+        Ok(rate(phase, n, started))
     }
 
-    /// Drains `n` ready jobs with `workers` worker sessions and a no-op handler.
-    pub async fn drain(&self, n: usize) -> Result<Drain, String> {
-        let runs: Arc<Mutex<HashMap<JobId, u32>>> = Arc::new(Mutex::new(HashMap::with_capacity(n)));
-        let total = Arc::new(AtomicUsize::new(0));
-        let all_done = Arc::new(Notify::new());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let started = self.progress.phase("drain");
-        let mut fleet = tokio::task::JoinSet::new();
-        for _ in 0..self.args.workers {
-            let config = WorkerConfig {
-                queues: vec![QUEUE.to_string()],
-                concurrency: self.args.concurrency,
-                // As deployed: every worker a scheduler candidate, so the leader assigns each
-                // worker its own partitions.
-                ..WorkerConfig::default()
-            };
-            let (runs, total, all_done, progress) = (
-                runs.clone(),
-                total.clone(),
-                all_done.clone(),
-                self.progress.clone(),
-            );
-            let worker = Worker::new(self.zk.clone(), ROOT, config)
-                .map_err(|e| e.to_string())?
-                .handle_any(move |ctx: JobContext| {
-                    *runs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(ctx.job.id)
-                        .or_default() += 1;
-                    progress.add(1);
-                    if total.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                        all_done.notify_one();
-                    }
-                    async { Outcome::Done }
-                });
-            let mut stopped = stopped.clone();
-            fleet.spawn(worker.run(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            }));
-        }
-        all_done.notified().await;
-        let per_s = rate("drain", n, started);
-        let _ = stop.send(true);
-        while let Some(r) = fleet.join_next().await {
-            r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-        }
-        let runs = runs.lock().unwrap_or_else(|p| p.into_inner());
-        let completed: u64 = runs.values().map(|c| u64::from(*c)).sum();
-        let duplicates = runs.values().map(|c| u64::from(c.saturating_sub(1))).sum();
+    /// Starts `fleet` on `n` ready jobs and waits until each has started: the rate from the
+    /// first start to the last (the fleet's own start-up, connecting and electing, is not
+    /// counted) and the runs per job.
+    pub async fn drain(&self, phase: &str, fleet: &Fleet, n: usize) -> Result<Drain, String> {
+        let started = self.progress.phase(phase);
+        fleet.wait_for(n as u64).await;
+        // Let a duplicate, if any, show before counting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let tally = fleet.take();
+        let secs = match (tally.first, tally.last) {
+            (Some(first), Some(last)) => (last - first).as_secs_f64(),
+            _ => started.elapsed().as_secs_f64(),
+        };
+        let per_s = n as f64 / secs.max(1e-9);
+        println!(
+            "{phase}: {n} in {secs:.2}s from first start to last = {per_s:.0}/s ({:.2}s with fleet start-up)",
+            started.elapsed().as_secs_f64()
+        );
         Ok(Drain {
             per_s,
-            completed,
-            duplicates,
+            completed: tally.runs.values().map(|c| u64::from(*c)).sum(),
+            duplicates: duplicates(&tally),
         })
     }
 
-    /// `n` delayed jobs due over the next `spread`, run by one worker that is also the elected
-    /// scheduler (promoting every 250 ms, the default): how late each starts after its due time.
-    pub async fn delayed(&self, n: usize, spread: std::time::Duration) -> Result<Lateness, String> {
-        let late: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
-        let all_done = Arc::new(Notify::new());
-        let config = WorkerConfig {
-            queues: vec![QUEUE.to_string()],
-            concurrency: self.args.concurrency,
-            ..WorkerConfig::default()
-        };
-        let (recorded, done, progress) = (late.clone(), all_done.clone(), self.progress.clone());
-        let worker = Worker::new(self.zk.clone(), ROOT, config)
-            .map_err(|e| e.to_string())?
-            .handle_any(move |ctx: JobContext| {
-                let mut late = recorded.lock().unwrap_or_else(|p| p.into_inner());
-                late.push(zkq::job::now_ms().saturating_sub(ctx.job.ready_at_ms));
-                progress.add(1);
-                if late.len() == n {
-                    done.notify_one();
-                }
-                async { Outcome::Done }
-            });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(worker.run(async move {
-            let _ = stopped.await;
-        }));
+    /// Jobs offered at `rate` per second for `duration` through the single-job API while
+    /// `fleet` runs: enqueue-to-start latency of each.
+    pub async fn continuous(
+        &self,
+        queue: &str,
+        fleet: &Fleet,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<Percentiles, String> {
+        fleet.take();
+        let before = fleet.started();
+        let started = self.progress.phase("continuous");
+        let total = (rate * duration.as_secs_f64()).round() as usize;
+        let mut sent = 0;
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while sent < total {
+            tick.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
+            while sent < due {
+                let (producer, queue, job) = (self.producer.clone(), queue.to_string(), self.job());
+                in_flight.spawn(async move { producer.enqueue(&queue, job).await });
+                sent += 1;
+            }
+            while let Some(done) = in_flight.try_join_next() {
+                done.map_err(|e| e.to_string())?
+                    .map_err(|e| format!("enqueue: {e}"))?;
+            }
+        }
+        while let Some(done) = in_flight.join_next().await {
+            done.map_err(|e| e.to_string())?
+                .map_err(|e| format!("enqueue: {e}"))?;
+        }
+        fleet.wait_for(before + total as u64).await;
+        let offered = total as f64 / started.elapsed().as_secs_f64();
+        let mut tally = fleet.take();
+        let latency = percentiles(&mut tally.latency_us, 1000.0);
+        println!(
+            "continuous: {total} jobs offered at {rate:.0}/s (achieved {offered:.0}/s); enqueue-to-start \
+             p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latency.p50, latency.p95, latency.p99, latency.max
+        );
+        Ok(latency)
+    }
+
+    /// `n` jobs enqueued through the batch API, the largest child count of any znode at that
+    /// point, then a fresh fleet drains them: rate, runs per job, peak RSS of the workers.
+    pub async fn backlog(&self, queue: &str, n: usize) -> Result<Backlog, String> {
+        self.create_queue(queue).await?;
+        let enqueue_per_s = self.enqueue_batch("backlog enqueue", queue, n).await?;
+        self.progress.phase("backlog walk");
+        let (max_children, max_children_path) = largest_child_count(self.producer.client(), ROOT).await?;
+        println!("backlog: the largest child count is {max_children}, at {max_children_path}");
+        let fleet = self.fleet(queue)?;
+        let drain = self.drain("backlog drain", &fleet, n).await?;
+        let peak_rss_mb = fleet.stop().await?;
+        Ok(Backlog {
+            jobs: n,
+            enqueue_per_s,
+            drain,
+            max_children,
+            peak_rss_mb,
+        })
+    }
+
+    /// `n` delayed jobs due over the next `spread`, run by `fleet` (whose elected scheduler
+    /// promotes them): how late each started after its due time, in ms.
+    pub async fn delayed(
+        &self,
+        queue: &str,
+        fleet: &Fleet,
+        n: usize,
+        spread: Duration,
+    ) -> Result<Percentiles, String> {
+        fleet.take();
+        let before = fleet.started();
         let started = self.progress.phase("delayed");
-        let lead = std::time::Duration::from_secs(1);
+        let lead = Duration::from_secs(1);
         let jobs: Vec<NewJob> = (0..n)
             .map(|i| self.job().delay(lead + spread.mul_f64(i as f64 / n as f64)))
             .collect();
-        for chunk in jobs.chunks(100) {
+        for chunk in jobs.chunks(BATCH) {
             self.producer
-                .enqueue_batch(QUEUE, chunk.to_vec())
+                .enqueue_batch(queue, chunk.to_vec())
                 .await
                 .map_err(|e| format!("enqueue delayed: {e}"))?;
         }
-        all_done.notified().await;
+        fleet.wait_for(before + n as u64).await;
         rate("delayed", n, started);
-        let _ = stop.send(());
-        running
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let mut late = late.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        late.sort_unstable();
-        let at = |q: f64| late[((late.len() - 1) as f64 * q).round() as usize] as f64;
-        Ok(Lateness {
-            p50_ms: at(0.5),
-            p99_ms: at(0.99),
-            max_ms: at(1.0),
-        })
+        let mut tally = fleet.take();
+        Ok(percentiles(&mut tally.late_ms, 1.0))
     }
+}
+
+/// Runs beyond the first, over all jobs.
+fn duplicates(tally: &Tally) -> u64 {
+    tally.runs.values().map(|c| u64::from(c.saturating_sub(1))).sum()
+}
+
+/// Percentiles of `values`, divided by `per_ms` to give ms.
+fn percentiles(values: &mut [u64], per_ms: f64) -> Percentiles {
+    values.sort_unstable();
+    let at = |q: f64| {
+        if values.is_empty() {
+            return 0.0;
+        }
+        values[((values.len() - 1) as f64 * q).round() as usize] as f64 / per_ms
+    };
+    Percentiles {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+/// The largest child count of any znode under `root`, and where. Job znodes are leaves and are
+/// not listed themselves.
+async fn largest_child_count(
+    client: &zkq::zookeeper_client::Client,
+    root: &str,
+) -> Result<(u64, String), String> {
+    let mut largest = (0, root.to_string());
+    let mut stack = vec![root.to_string()];
+    while let Some(path) = stack.pop() {
+        let (children, stat) = match client.get_children(&path).await {
+            Ok(listed) => listed,
+            Err(zkq::zookeeper_client::Error::NoNode) => continue,
+            Err(e) => return Err(format!("list {path}: {e}")),
+        };
+        if stat.num_children as u64 > largest.0 {
+            largest = (stat.num_children as u64, path.clone());
+        }
+        let base = if path == "/" { String::new() } else { path };
+        stack.extend(
+            children
+                .into_iter()
+                .filter(|c| !c.starts_with("j-"))
+                .map(|c| format!("{base}/{c}")),
+        );
+    }
+    Ok(largest)
 }

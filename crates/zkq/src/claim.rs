@@ -4,10 +4,12 @@
 //! A ready job znode stays where it is while it runs; what marks it running is its claim, an
 //! EPHEMERAL znode `p/<partition>/claims/<lane>.<segment>.<job>` owned by the worker's session.
 //!
-//! - **claim**: `set_data(job, attempt + 1, expected_version)` + `create(claim)` in one `multi`.
+//! - **claim**: `set_data(job, attempt + 1, expected_version)` + `create(claim)`, batched: the
+//!   claims found by one scan go out in one `multi`.
 //!   The version check makes a double claim impossible (the winner's write bumps the version),
 //!   and counting the attempt at claim time makes crash loops count toward `max_attempts`.
-//! - **ack**: `delete(job, version)` + `delete(claim)`.
+//! - **ack**: `delete(job, version)` + `delete(claim)`, group-committed with other attempts'
+//!   acks ([`crate::batcher`]).
 //! - **retry**: `delete(job, version)` + `delete(claim)` + `create(delayed entry)`.
 //! - **dead**: `delete(job, version)` + `delete(claim)` + `create(dead/<id>)`.
 //! - **release** (shutdown before the attempt ended): `set_data(job, attempt - 1, version)` +
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{now_ms, Job, JobId};
 use crate::layout::Layout;
 use crate::txn::{self, NodeKind, Op};
@@ -36,6 +38,45 @@ pub(crate) struct Candidate {
     pub lane: u8,
     pub segment: String,
     pub node: String,
+    /// Set once the fetcher hands the job out: it is in this worker's hands from then on,
+    /// until the candidate (and any claim made from it) is dropped.
+    pub held: Option<std::sync::Arc<Held>>,
+}
+
+/// Jobs this worker has handed out to claim or run, by path. A claim in flight is not in the
+/// claims directory yet, so a listing must not offer its job again.
+pub(crate) type Holding = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// One job in [`Holding`], for as long as this lives.
+#[derive(Debug)]
+pub(crate) struct Held {
+    holding: Holding,
+    path: String,
+}
+
+impl Held {
+    pub(crate) fn new(holding: &Holding, path: String) -> Held {
+        lock(holding).insert(path.clone());
+        Held {
+            holding: holding.clone(),
+            path,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&self.holding).remove(&self.path);
+    }
+}
+
+/// Whether the job at `path` is in this worker's hands.
+pub(crate) fn is_held(holding: &Holding, path: &str) -> bool {
+    lock(holding).contains(path)
+}
+
+fn lock(holding: &Holding) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    holding.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Candidate {
@@ -115,80 +156,149 @@ impl Claimed {
     }
 }
 
-/// Starts a claim of `job` (read at `version`). The request is sent before this returns, so
-/// claims started in a row are pipelined. Resolves to `None` when another worker won.
-pub(crate) fn claim<'a>(
-    client: &'a zk::Client,
-    layout: &Layout,
-    worker: &str,
-    candidate: Candidate,
-    mut job: Job,
-    version: i32,
-) -> impl std::future::Future<Output = Result<Option<Claimed>>> + Send + 'a {
-    job.attempt += 1;
-    let job_path = candidate.path(layout);
-    let claim_path = candidate.claim_path(layout);
-    let record = ClaimRecord {
-        v: ClaimRecord::VERSION,
-        worker: worker.to_string(),
-        job: job.id,
-        attempt: job.attempt,
-        at_ms: now_ms(),
-    };
-    let ops = match (codec::encode(&job), codec::encode(&record)) {
-        (Ok(job_data), Ok(claim_data)) => Ok(vec![
+/// Most jobs claimed in one `multi` (two operations each).
+const CLAIM_BATCH: usize = 64;
+
+/// After this many lost races in one batch, the rest of it is claimed job by job: somebody else
+/// is working the same jobs, and one lost race would fail a whole `multi` again.
+const BATCH_RACES: usize = 2;
+
+/// A claim ready to be sent: the claimed state it leads to and the operations that make it.
+struct Prepared {
+    claimed: Claimed,
+    ops: [Op; 2],
+}
+
+impl Prepared {
+    fn new(
+        layout: &Layout,
+        worker: &str,
+        candidate: Candidate,
+        mut job: Job,
+        version: i32,
+    ) -> Result<Prepared> {
+        job.attempt += 1;
+        let job_path = candidate.path(layout);
+        let claim_path = candidate.claim_path(layout);
+        let record = ClaimRecord {
+            v: ClaimRecord::VERSION,
+            worker: worker.to_string(),
+            job: job.id,
+            attempt: job.attempt,
+            at_ms: now_ms(),
+        };
+        let ops = [
             Op::SetData {
                 path: job_path.clone(),
-                data: job_data,
+                data: codec::encode(&job)?,
                 version: Some(version),
             },
             Op::Create {
                 path: claim_path.clone(),
-                data: claim_data,
+                data: codec::encode(&record)?,
                 kind: NodeKind::Ephemeral,
             },
-        ]),
-        (Err(e), _) | (_, Err(e)) => Err(e),
-    };
-    let sent = ops.as_ref().ok().map(|ops| txn::commit(client, ops));
-    async move {
-        let ops = ops?;
-        let Some(sent) = sent else { return Ok(None) };
-        match sent.await {
-            Ok(results) => {
-                let version = match results.first() {
-                    Some(zk::MultiWriteResult::SetData { stat }) => stat.version,
-                    _ => version + 1,
-                };
-                Ok(Some(Claimed {
-                    candidate,
-                    job,
-                    version,
-                    job_path,
-                    claim_path,
-                }))
-            }
-            // Another worker claimed, finished or re-claimed it first.
-            Err(e)
-                if matches!(
-                    e.source,
-                    zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e.into_error("claim", &ops)),
+        ];
+        Ok(Prepared {
+            claimed: Claimed {
+                candidate,
+                job,
+                // The claim's set_data bumps the version by one.
+                version: version + 1,
+                job_path,
+                claim_path,
+            },
+            ops,
+        })
+    }
+}
+
+/// A race lost to another worker (it claimed, finished or re-claimed the job first).
+fn lost_race(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists
+    )
+}
+
+/// Claims `jobs` (each read at its version): up to [`CLAIM_BATCH`] per `multi`, all `multi`s
+/// sent at once. A job another worker took first is skipped; since a `multi` is all or nothing,
+/// the rest of its batch is sent again without it. Returns the claims won and the errors that
+/// were not lost races.
+pub(crate) async fn claim_many(
+    client: &zk::Client,
+    layout: &Layout,
+    worker: &str,
+    jobs: Vec<(Candidate, Job, i32)>,
+) -> (Vec<Claimed>, Vec<Error>) {
+    let mut errors = Vec::new();
+    let mut prepared = Vec::with_capacity(jobs.len());
+    for (candidate, job, version) in jobs {
+        match Prepared::new(layout, worker, candidate, job, version) {
+            Ok(p) => prepared.push(p),
+            Err(e) => errors.push(e),
         }
     }
+    let mut batches = Vec::new();
+    while !prepared.is_empty() {
+        let rest = prepared.split_off(prepared.len().min(CLAIM_BATCH));
+        batches.push(std::mem::replace(&mut prepared, rest));
+    }
+    let mut won = Vec::new();
+    for (claims, errs) in futures::future::join_all(batches.into_iter().map(|b| claim_batch(client, b))).await
+    {
+        won.extend(claims);
+        errors.extend(errs);
+    }
+    (won, errors)
+}
+
+async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Claimed>, Vec<Error>) {
+    let mut races = 0;
+    while !batch.is_empty() && races <= BATCH_RACES {
+        let ops: Vec<Op> = batch.iter().flat_map(|p| p.ops.iter().cloned()).collect();
+        match txn::commit(client, &ops).await {
+            Ok(_) => return (batch.into_iter().map(|p| p.claimed).collect(), Vec::new()),
+            Err(e) if lost_race(&e.source) => {
+                races += 1;
+                match e.index.map(|i| i / 2).filter(|i| *i < batch.len()) {
+                    Some(i) => drop(batch.remove(i)),
+                    None => break,
+                }
+            }
+            Err(e) => return (Vec::new(), vec![e.into_error("claim", &ops)]),
+        }
+    }
+    // Contended: one `multi` per job, so that each race costs only its own job.
+    let singles = batch.into_iter().map(|p| {
+        let sent = txn::commit(client, &p.ops);
+        async move { (p, sent.await) }
+    });
+    let mut won = Vec::new();
+    let mut errors = Vec::new();
+    for (p, result) in futures::future::join_all(singles).await {
+        match result {
+            Ok(_) => won.push(p.claimed),
+            Err(e) if lost_race(&e.source) => {}
+            Err(e) => errors.push(e.into_error("claim", &p.ops)),
+        }
+    }
+    (won, errors)
 }
 
 /// Commits `ops` that settle a claim, telling a lost claim apart from other errors.
 pub(crate) async fn settle(client: &zk::Client, what: &'static str, ops: Vec<Op>) -> Result<Settled> {
     match txn::commit(client, &ops).await {
         Ok(_) => Ok(Settled::Committed),
-        Err(e) if matches!(e.source, zk::Error::BadVersion | zk::Error::NoNode) => Ok(Settled::ClaimLost),
+        Err(e) if claim_lost(&e.source) => Ok(Settled::ClaimLost),
         Err(e) => Err(e.into_error(what, &ops)),
     }
+}
+
+/// Whether a settle step failed because the claim was gone (its checks found another version,
+/// or no job).
+pub(crate) fn claim_lost(e: &zk::Error) -> bool {
+    matches!(e, zk::Error::BadVersion | zk::Error::NoNode)
 }
 
 /// How settling a claim went.

@@ -1,18 +1,37 @@
-//! Finding ready jobs: scans lanes (highest priority first) across partitions, skips claimed
-//! jobs, reads job data in batches, and cleans up drained segments. When nothing is ready it arms
-//! one-shot watches (re-armed only after they fire) so the worker sleeps until something changes.
+//! Finding ready jobs: scans lanes (highest priority first) across the partitions this worker
+//! owns, skips claimed jobs, reads job data in batches, and cleans up drained segments.
+//!
+//! # Listing cache
+//! Listing a segment returns all of its children in one reply, so a lane is listed once and the
+//! unclaimed jobs seen are kept in a per-lane cache that the following scans hand out; the lane
+//! is listed again only when its cache runs dry. Jobs that become ready again without being new
+//! (a claim released on shutdown, or gone with a crashed worker's session) show up in that next
+//! listing. A cached job may have been taken meanwhile by another worker: reading it (gone) or
+//! claiming it (the version moved, or the claim exists) tells, and it is skipped. Partition
+//! ownership makes that rare. Jobs this worker already holds (handed out, claims in flight or
+//! running) are never offered again, although a claim in flight is not in the claims directory
+//! yet.
+//!
+//! # Quiet lanes
+//! A lane whose listing found nothing gets one-shot watches: on the lane (a new segment), on each
+//! of its segments a producer is still appending to (a new job), and, when another worker holds
+//! claims on some of its jobs, on its partition's claims (a claim that vanishes makes a job ready
+//! again; this worker's own claims end through its own hands and need no watch). Once those are armed and a listing still finds
+//! nothing, the lane is quiet: scans skip it until one of its watches fires or the worker has
+//! slept a whole poll interval (a safety net). Watches are re-armed only after they fire, so an
+//! idle worker costs ZooKeeper nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
+use tokio::sync::watch;
 use zookeeper_client as zk;
 
-use tokio::sync::watch;
-
 use crate::assignment::Owned;
-use crate::claim::{self, Candidate};
+use crate::claim::{self, Candidate, Held, Holding};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::job::Job;
@@ -38,29 +57,83 @@ pub(crate) enum Found {
     },
 }
 
+/// One lane of one partition of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LaneId {
+    queue: String,
+    partition: u32,
+    lane: u8,
+}
+
+/// What the fetcher knows about a lane between scans.
+#[derive(Debug, Default)]
+struct LaneCache {
+    /// Listed, unclaimed at listing time, not handed out yet; oldest first.
+    ready: VecDeque<Candidate>,
+    /// Nothing to find until one of the lane's watches fires.
+    quiet: bool,
+    /// Segments a producer was still appending to at the last listing: listed again together
+    /// with the lane itself, since that is where new jobs arrive.
+    open: Vec<String>,
+}
+
+/// Segments of one lane listed at once.
+const SEGMENTS_AT_ONCE: usize = 4;
+
+/// What a listing of one lane found.
+#[derive(Debug)]
+struct Listed {
+    lane: u8,
+    /// Unclaimed jobs, oldest first.
+    jobs: Vec<Candidate>,
+    /// Segments a producer may still append to.
+    open: Vec<String>,
+    /// What to watch if there were no jobs.
+    watch: Vec<String>,
+}
+
+/// One lane being listed, and what was listed for it already.
+struct Walk<'a> {
+    queue: &'a str,
+    partition: u32,
+    lane: u8,
+    lane_path: &'a str,
+    /// The partition's claims.
+    claims: &'a HashSet<String>,
+    /// Segments listed already, by path.
+    listed: &'a HashMap<String, std::result::Result<Vec<String>, zk::Error>>,
+}
+
+/// A watch path and the partition whose lanes it wakes.
+type Wakes = (String, (String, u32));
+
 type WatchFuture = futures::future::BoxFuture<'static, String>;
 
-/// Scans the worker's queues. Keeps the armed watches between scans.
+/// Scans the worker's queues. Keeps listings and armed watches between scans.
 pub(crate) struct Fetcher {
     client: zk::Client,
     layout: Layout,
     queues: Vec<(String, QueueConfig)>,
     cursor: usize,
-    /// What the last scan saw that is worth watching: lanes, claims dirs, segments with an
-    /// active writer.
-    seen: Vec<String>,
-    armed: HashSet<String>,
+    lanes: HashMap<LaneId, LaneCache>,
+    /// Armed watches: path -> the (queue, partition) whose lanes it wakes.
+    armed: HashMap<String, (String, u32)>,
+    /// Whether the last scan armed watches that were not armed before.
+    armed_new: bool,
     /// Armed watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only touched
     /// through `&mut self`, with `get_mut`, never locked).
     fired: std::sync::Mutex<FuturesUnordered<WatchFuture>>,
     /// The partitions this worker owns, per queue ([`crate::assignment::follow`]).
     owned: watch::Receiver<Owned>,
+    /// Jobs handed out and not let go of yet.
+    holding: Holding,
 }
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetcher")
             .field("queues", &self.queues.len())
+            .field("lanes", &self.lanes.len())
             .field("armed", &self.armed.len())
             .finish()
     }
@@ -79,26 +152,36 @@ impl Fetcher {
             layout,
             queues,
             cursor: 0,
-            seen: Vec::new(),
-            armed: HashSet::new(),
+            lanes: HashMap::new(),
+            armed: HashMap::new(),
+            armed_new: false,
             fired: std::sync::Mutex::new(FuturesUnordered::new()),
+            holding: Holding::default(),
         }
     }
 
     /// Up to `want` ready, unclaimed jobs with their data, highest priority first.
     pub(crate) async fn scan(&mut self, want: usize) -> Result<Vec<Found>> {
-        self.seen.clear();
+        self.drain_fired();
         self.cursor = self.cursor.wrapping_add(1);
-        let mut names = Vec::new();
+        let mut to_arm = Vec::new();
+        let mut found = Vec::new();
         for q in 0..self.queues.len() {
             let (queue, config) = self.queues[(q + self.cursor) % self.queues.len()].clone();
-            self.scan_queue(&queue, &config, want - names.len(), &mut names)
+            self.scan_queue(&queue, &config, want - found.len(), &mut found, &mut to_arm)
                 .await?;
-            if names.len() >= want {
+            if found.len() >= want {
                 break;
             }
         }
-        self.read(names).await
+        self.armed_new = self.arm(to_arm).await?;
+        self.read(found).await
+    }
+
+    /// Whether the last scan armed new watches: a scan that found nothing should then be
+    /// repeated before sleeping, in case something arrived between the listing and the watch.
+    pub(crate) fn armed_new(&self) -> bool {
+        self.armed_new
     }
 
     async fn scan_queue(
@@ -107,121 +190,224 @@ impl Fetcher {
         config: &QueueConfig,
         want: usize,
         out: &mut Vec<Candidate>,
+        to_arm: &mut Vec<Wakes>,
     ) -> Result<()> {
         let mut partitions: Vec<u32> = match self.owned.borrow_and_update().get(queue) {
             Some(Some(owned)) => owned.iter().copied().filter(|p| *p < config.partitions).collect(),
             _ => (0..config.partitions).collect(),
         };
+        // Forget lanes of partitions given away: their jobs are another worker's now.
+        self.lanes
+            .retain(|id, _| id.queue != queue || partitions.contains(&id.partition));
         if partitions.is_empty() {
             return Ok(());
         }
         // Start at a different partition each scan so that none is always last.
         let turn = self.cursor % partitions.len();
         partitions.rotate_left(turn);
-        let client = &self.client;
-        let claims = futures::future::join_all(partitions.iter().map(|p| {
-            let path = self.layout.claims(queue, *p);
-            async move {
-                match client.list_children(&path).await {
-                    Ok(names) => Ok((*p, names.into_iter().collect::<HashSet<String>>())),
-                    Err(e) => Err(Error::zk("list claims", path, e)),
+        let id = |partition: u32, lane: u8| LaneId {
+            queue: queue.to_string(),
+            partition,
+            lane,
+        };
+        // List every lane worth listing, all partitions at once.
+        let stale: Vec<(u32, Vec<(u8, Vec<String>)>)> = partitions
+            .iter()
+            .map(|p| {
+                let lanes = (0..config.priorities)
+                    .filter_map(|lane| match self.lanes.get(&id(*p, lane)) {
+                        None => Some((lane, Vec::new())),
+                        Some(c) if c.ready.is_empty() && !c.quiet => Some((lane, c.open.clone())),
+                        Some(_) => None,
+                    })
+                    .collect::<Vec<_>>();
+                (*p, lanes)
+            })
+            .filter(|(_, lanes)| !lanes.is_empty())
+            .collect();
+        let this = &*self;
+        let listed = futures::future::join_all(
+            stale
+                .iter()
+                .map(|(p, lanes)| this.list_partition(queue, *p, lanes, want)),
+        )
+        .await;
+        for ((p, _), listing) in stale.iter().zip(listed) {
+            for Listed {
+                lane,
+                jobs,
+                open,
+                watch,
+            } in listing?
+            {
+                let all_armed = watch.iter().all(|w| self.armed.contains_key(w));
+                let cache = self.lanes.entry(id(*p, lane)).or_default();
+                cache.open = open;
+                cache.quiet = jobs.is_empty() && all_armed;
+                if jobs.is_empty() && !all_armed {
+                    to_arm.extend(watch.into_iter().map(|w| (w, (queue.to_string(), *p))));
                 }
+                cache.ready.extend(jobs);
             }
-        }))
-        .await
-        .into_iter()
-        .collect::<Result<HashMap<u32, HashSet<String>>>>()?;
-        for p in &partitions {
-            self.seen.push(self.layout.claims(queue, *p));
         }
+        // Highest lane first; within a lane, take from partitions in turn so none starves.
         for lane in (0..config.priorities).rev() {
-            let this = &*self;
-            let walks = futures::future::join_all(partitions.iter().map(|p| {
-                let claimed = &claims[p];
-                this.walk_lane(queue, *p, lane, claimed, want)
-            }))
-            .await;
-            let mut per_partition = Vec::new();
-            for walk in walks {
-                let (found, watch) = walk?;
-                self.seen.extend(watch);
-                per_partition.push(found.into_iter());
-            }
-            // Take from partitions in turn so that no partition starves.
             let mut progress = true;
             while out.len() < want && progress {
                 progress = false;
-                for found in per_partition.iter_mut() {
+                for p in &partitions {
                     if out.len() >= want {
                         break;
                     }
-                    if let Some(c) = found.next() {
+                    let next = self
+                        .lanes
+                        .get_mut(&id(*p, lane))
+                        .and_then(|c| c.ready.pop_front());
+                    if let Some(mut c) = next {
+                        c.held = Some(Arc::new(Held::new(&self.holding, c.path(&self.layout))));
                         out.push(c);
                         progress = true;
                     }
                 }
             }
-            if out.len() >= want {
-                break;
-            }
         }
         Ok(())
     }
 
-    /// Unclaimed jobs of one lane of one partition, oldest first, and the paths worth watching.
-    async fn walk_lane(
+    /// Lists `lanes` (each with the segments that were open at its last listing) of one
+    /// partition: for each, its unclaimed jobs (at least `want` if there are that many).
+    async fn list_partition(
         &self,
         queue: &str,
         partition: u32,
-        lane: u8,
-        claimed: &HashSet<String>,
+        lanes: &[(u8, Vec<String>)],
         want: usize,
-    ) -> Result<(Vec<Candidate>, Vec<String>)> {
-        let lane_path = self.layout.lane(queue, partition, lane);
-        let mut segments = match self.client.list_children(&lane_path).await {
-            Ok(s) => s,
-            Err(zk::Error::NoNode) => return Ok((Vec::new(), Vec::new())),
-            Err(e) => return Err(Error::zk("list segments", lane_path, e)),
+    ) -> Result<Vec<Listed>> {
+        let claims_path = self.layout.claims(queue, partition);
+        let lane_paths: Vec<String> = lanes
+            .iter()
+            .map(|(lane, _)| self.layout.lane(queue, partition, *lane))
+            .collect();
+        let open: Vec<&String> = lanes.iter().flat_map(|(_, open)| open).collect();
+        // The claims, the lanes' segments and the segments that were open, in one round trip.
+        let (claims, segments, open_listed) = futures::future::join3(
+            self.client.list_children(&claims_path),
+            futures::future::join_all(lane_paths.iter().map(|l| self.client.list_children(l))),
+            futures::future::join_all(open.iter().map(|s| self.client.list_children(s))),
+        )
+        .await;
+        let claims: HashSet<String> = match claims {
+            Ok(names) => names.into_iter().collect(),
+            Err(zk::Error::NoNode) => HashSet::new(),
+            Err(e) => return Err(Error::zk("list claims", claims_path, e)),
         };
-        segments.sort();
-        let mut watch = vec![lane_path.clone()];
-        let mut found = Vec::new();
-        for segment in segments {
-            let path = format!("{lane_path}/{segment}");
-            let mut children = match self.client.list_children(&path).await {
-                Ok(c) => c,
-                Err(zk::Error::NoNode) => continue,
-                Err(e) => return Err(Error::zk("list jobs", path, e)),
-            };
-            if children.is_empty() {
-                // Drained and nobody writing: remove it. Fails harmlessly if a job just arrived.
-                drop(self.client.delete(&path, None));
-                continue;
-            }
-            children.sort();
-            if children.iter().any(|c| c == OPEN_MARKER) {
-                watch.push(path.clone());
-            }
-            for node in children.into_iter().filter(|c| c.starts_with("j-")) {
-                if claimed.contains(&claim::claim_name(lane, &segment, &node)) {
-                    continue;
+        let listed: HashMap<String, std::result::Result<Vec<String>, zk::Error>> =
+            open.into_iter().cloned().zip(open_listed).collect();
+        let walks = lanes
+            .iter()
+            .zip(&lane_paths)
+            .zip(segments)
+            .map(|(((lane, _), path), segments)| {
+                let (claims, claims_path, listed) = (&claims, &claims_path, &listed);
+                async move {
+                    let segments = match segments {
+                        Ok(s) => s,
+                        Err(zk::Error::NoNode) => Vec::new(),
+                        Err(e) => return Err(Error::zk("list segments", path.clone(), e)),
+                    };
+                    let walk = Walk {
+                        queue,
+                        partition,
+                        lane: *lane,
+                        lane_path: path,
+                        claims,
+                        listed,
+                    };
+                    let (jobs, open, foreign) = self.walk_lane(&walk, segments, want).await?;
+                    let mut watch = vec![path.clone()];
+                    watch.extend(open.iter().cloned());
+                    if foreign {
+                        watch.push(claims_path.clone());
+                    }
+                    Ok(Listed {
+                        lane: *lane,
+                        jobs,
+                        open,
+                        watch,
+                    })
                 }
-                found.push(Candidate {
-                    queue: queue.to_string(),
-                    partition,
-                    lane,
-                    segment: segment.clone(),
-                    node,
-                });
-                if found.len() >= want {
-                    return Ok((found, watch));
-                }
-            }
-        }
-        Ok((found, watch))
+            });
+        futures::future::join_all(walks).await.into_iter().collect()
     }
 
-    /// Reads the data of `candidates` in multi-reads, in order.
+    /// Unclaimed jobs of one lane, oldest first, listing its segments a few at a time (unless
+    /// already listed) until it has at least `want`; the open segments; and whether some job
+    /// was skipped because another worker holds its claim (whose end would make it ready
+    /// again).
+    async fn walk_lane(
+        &self,
+        walk: &Walk<'_>,
+        mut segments: Vec<String>,
+        want: usize,
+    ) -> Result<(Vec<Candidate>, Vec<String>, bool)> {
+        segments.sort();
+        let mut open = Vec::new();
+        let mut found = Vec::new();
+        let mut foreign = false;
+        for group in segments.chunks(SEGMENTS_AT_ONCE) {
+            let paths: Vec<String> = group.iter().map(|s| format!("{}/{s}", walk.lane_path)).collect();
+            let listed = futures::future::join_all(paths.iter().map(|p| async move {
+                match walk.listed.get(p) {
+                    Some(listed) => listed.clone(),
+                    None => self.client.list_children(p).await,
+                }
+            }))
+            .await;
+            for ((segment, path), children) in group.iter().zip(paths).zip(listed) {
+                let mut children = match children {
+                    Ok(c) => c,
+                    Err(zk::Error::NoNode) => continue,
+                    Err(e) => return Err(Error::zk("list jobs", path, e)),
+                };
+                if children.is_empty() {
+                    // Drained and nobody writing: remove it. Fails harmlessly if a job just
+                    // arrived.
+                    drop(self.client.delete(&path, None));
+                    continue;
+                }
+                children.sort();
+                if children.iter().any(|c| c == OPEN_MARKER) {
+                    open.push(path.clone());
+                }
+                for node in children.into_iter().filter(|c| c.starts_with("j-")) {
+                    if claim::is_held(&self.holding, &format!("{path}/{node}")) {
+                        continue;
+                    }
+                    if walk
+                        .claims
+                        .contains(&claim::claim_name(walk.lane, segment, &node))
+                    {
+                        foreign = true;
+                        continue;
+                    }
+                    found.push(Candidate {
+                        queue: walk.queue.to_string(),
+                        partition: walk.partition,
+                        lane: walk.lane,
+                        segment: segment.clone(),
+                        node,
+                        held: None,
+                    });
+                }
+            }
+            if found.len() >= want {
+                break;
+            }
+        }
+        Ok((found, open, foreign))
+    }
+
+    /// Reads the data of `candidates` in pipelined multi-reads, in order.
     async fn read(&self, candidates: Vec<Candidate>) -> Result<Vec<Found>> {
         let paths: Vec<String> = candidates.iter().map(|c| c.path(&self.layout)).collect();
         let results = znode::get_many(&self.client, "read jobs", &paths).await?;
@@ -246,20 +432,24 @@ impl Fetcher {
         Ok(out)
     }
 
-    /// Sleeps until a watched lane, segment or claim dir changes, or `fallback` passes.
-    ///
-    /// Arms watches on what the last (empty) scan saw. Returns `true` if it armed new ones:
-    /// the caller should scan again before sleeping, in case something arrived meanwhile.
-    pub(crate) async fn arm(&mut self) -> Result<bool> {
-        self.drain_fired();
+    /// Arms one-shot watches on `paths` that are not armed yet, all at once. Returns whether it
+    /// armed any.
+    async fn arm(&mut self, mut paths: Vec<Wakes>) -> Result<bool> {
+        paths.retain(|(path, _)| !self.armed.contains_key(path));
+        paths.sort_by(|a, b| a.0.cmp(&b.0));
+        paths.dedup_by(|a, b| a.0 == b.0);
+        if paths.is_empty() {
+            return Ok(false);
+        }
+        let client = &self.client;
+        let results =
+            futures::future::join_all(paths.iter().map(|(path, _)| client.get_and_watch_children(path)))
+                .await;
         let mut armed_new = false;
-        for path in std::mem::take(&mut self.seen) {
-            if self.armed.contains(&path) {
-                continue;
-            }
-            match self.client.get_and_watch_children(&path).await {
+        for ((path, wakes), result) in paths.into_iter().zip(results) {
+            match result {
                 Ok((_, _, watcher)) => {
-                    self.armed.insert(path.clone());
+                    self.armed.insert(path.clone(), wakes);
                     self.fired().push(
                         async move {
                             watcher.changed().await;
@@ -269,6 +459,7 @@ impl Fetcher {
                     );
                     armed_new = true;
                 }
+                // Gone (a drained segment): the lane watch covers what comes next.
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(Error::zk("watch", path, e)),
             }
@@ -276,7 +467,8 @@ impl Fetcher {
         Ok(armed_new)
     }
 
-    /// Waits for one watch to fire or the owned partitions to change, up to `fallback`.
+    /// Sleeps until a watch fires, the owned partitions change, or `fallback` passes (after
+    /// which every lane is listed again).
     pub(crate) async fn wait(&mut self, fallback: Duration) {
         let mut owned = self.owned.clone();
         let fired = self.fired.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -288,18 +480,31 @@ impl Fetcher {
             }
         };
         tokio::select! {
-            Some(path) = watch => {
-                self.armed.remove(&path);
-            }
+            Some(path) = watch => self.woken(&path),
             Ok(()) = owned.changed() => {}
-            _ = tokio::time::sleep(fallback) => {}
+            _ = tokio::time::sleep(fallback) => {
+                for cache in self.lanes.values_mut() {
+                    cache.quiet = false;
+                }
+            }
         }
         self.drain_fired();
     }
 
     fn drain_fired(&mut self) {
         while let Some(Some(path)) = self.fired().next().now_or_never() {
-            self.armed.remove(&path);
+            self.woken(&path);
+        }
+    }
+
+    /// A watch on `path` fired: the lanes it covers are worth listing again.
+    fn woken(&mut self, path: &str) {
+        if let Some((queue, partition)) = self.armed.remove(path) {
+            for (id, cache) in self.lanes.iter_mut() {
+                if id.partition == partition && id.queue == queue {
+                    cache.quiet = false;
+                }
+            }
         }
     }
 

@@ -48,6 +48,7 @@
 //! - [`error`]: [`Error`], infrastructure errors.
 
 pub mod assignment;
+mod batcher;
 pub mod claim;
 #[cfg(feature = "cli")]
 pub mod cli;

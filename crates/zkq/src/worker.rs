@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
 use crate::assignment;
-use crate::claim::{self, Claimed, Settled};
+use crate::batcher::Batcher;
+use crate::claim::{self, Candidate, Claimed, Settled};
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::fetch::{Fetcher, Found};
@@ -41,6 +42,9 @@ use crate::scheduler::{self, SchedulerConfig};
 use crate::telemetry;
 use crate::txn::Op;
 use crate::znode::ZkConfig;
+
+/// Claim batches in flight at once; more found jobs wait for the next scan.
+const CLAIMS_IN_FLIGHT: usize = 4;
 
 /// How a worker runs. Every field has a default.
 #[derive(Debug, Clone)]
@@ -127,6 +131,27 @@ enum Settle {
     Dead,
     Released,
     Lost,
+}
+
+/// What an attempt needs from the session it runs in.
+#[derive(Clone)]
+struct Session {
+    client: zk::Client,
+    producer: Arc<Producer>,
+    /// Group commit of acks.
+    acks: Batcher,
+    /// Cancelled to stop every running attempt (shutdown past its grace period, session lost).
+    abort: CancellationToken,
+    /// Cancelled when the session ends.
+    lost: CancellationToken,
+}
+
+/// Claims won by one batch, and the slots taken for the whole batch.
+struct Claims {
+    won: Vec<Claimed>,
+    /// Claims that failed with an error rather than a lost race.
+    failures: usize,
+    slots: OwnedSemaphorePermit,
 }
 
 /// Why a session's run ended.
@@ -276,6 +301,8 @@ impl Worker {
         let session_lost = CancellationToken::new();
         let mut background = JoinSet::new();
         background.spawn(watch_session(client.clone(), session_lost.clone()));
+        let (acks, committing) = Batcher::new(client.clone());
+        background.spawn(committing);
         let scheduler_stop = CancellationToken::new();
         if self.config.scheduler {
             let election = Election::new(client.clone(), self.layout.scheduler(), self.config.id.clone());
@@ -288,7 +315,7 @@ impl Worker {
         }
 
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
-        let mut running: JoinSet<Settle> = JoinSet::new();
+        let mut running: JoinSet<Vec<Settle>> = JoinSet::new();
         let abort_running = CancellationToken::new();
         // Partitions this worker owns; every partition until the scheduler says otherwise.
         let (owned_tx, owned) = watch::channel(assignment::Owned::new());
@@ -300,6 +327,16 @@ impl Worker {
             owned_tx,
         ));
         let mut fetcher = Fetcher::new(client.clone(), self.layout.clone(), configs, owned);
+        let session = Session {
+            client: client.clone(),
+            producer: producer.clone(),
+            acks,
+            abort: abort_running.clone(),
+            lost: session_lost.clone(),
+        };
+        // Claim batches in flight: scans go on while earlier claims wait for their commit.
+        let claim_turns = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
+        let batch = (self.config.concurrency / 8).max(1);
         let end = loop {
             while let Some(done) = running.try_join_next() {
                 tally(summary, done);
@@ -311,14 +348,20 @@ impl Worker {
                 break SessionEnd::Lost;
             }
             let free = slots.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = session_lost.cancelled() => {}
-                    Some(done) = running.join_next() => tally(summary, done),
+            let claiming = claim_turns.available_permits() < CLAIMS_IN_FLIGHT;
+            // With claims in flight, wait for a worthwhile batch of free slots: fewer, larger
+            // requests.
+            let turn = match claim_turns.clone().try_acquire_owned() {
+                Ok(turn) if free > 0 && (!claiming || free >= batch) => turn,
+                _ => {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = session_lost.cancelled() => {}
+                        Some(done) = running.join_next() => tally(summary, done),
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let found = tokio::select! {
                 _ = stop.cancelled() => continue,
                 _ = session_lost.cancelled() => continue,
@@ -334,42 +377,26 @@ impl Worker {
                 }
             };
             if found.is_empty() {
-                match fetcher.arm().await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "arming watches failed"),
+                drop(turn);
+                if fetcher.armed_new() {
+                    continue;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     _ = session_lost.cancelled() => {}
                     _ = fetcher.wait(self.config.poll_interval) => {}
+                    Some(done) = running.join_next() => tally(summary, done),
                 }
                 continue;
             }
-            let (claims, failures) = self.claim_all(&client, found).await;
-            if claims.is_empty() && failures > 0 {
-                // Not a lost race but errors: do not spin on them.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            for claimed in claims {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let this = self.clone();
-                let client = client.clone();
-                let producer = producer.clone();
-                let abort = abort_running.child_token();
-                let lost = session_lost.clone();
-                let span = info_span!("job", queue = claimed.queue(), id = %claimed.job.id, kind = %claimed.job.kind, attempt = claimed.job.attempt);
-                running.spawn(
-                    async move {
-                        let settle = this.run_attempt(&client, &producer, claimed, abort, lost).await;
-                        drop(permit);
-                        settle
-                    }
-                    .instrument(span),
-                );
-            }
+            // Only this loop takes slots, so the `free` ones are still there.
+            let Ok(permits) = slots.clone().try_acquire_many_owned(found.len() as u32) else {
+                continue;
+            };
+            running.spawn(
+                self.clone()
+                    .run_batch(session.clone(), found, permits, turn, stop.clone()),
+            );
         };
 
         scheduler_stop.cancel();
@@ -411,84 +438,137 @@ impl Worker {
         Ok(end)
     }
 
-    /// Claims everything found, pipelined; dead-letters garbage. Returns the claims won and how
-    /// many claims failed with an error (rather than losing a race).
+    /// Claims everything found, in batches, holding a slot per job; dead-letters garbage.
     #[instrument(name = "claim", skip_all, fields(candidates = found.len()))]
-    async fn claim_all(&self, client: &zk::Client, found: Vec<Found>) -> (Vec<Claimed>, usize) {
-        let mut pending = Vec::new();
+    async fn claim_all(&self, client: zk::Client, found: Vec<Found>, slots: OwnedSemaphorePermit) -> Claims {
+        let client = &client;
+        let mut jobs = Vec::with_capacity(found.len());
         for f in found {
             match f {
                 Found::Job {
                     candidate,
                     job,
                     version,
-                } => {
-                    pending.push(claim::claim(
-                        client,
-                        &self.layout,
-                        &self.config.id,
-                        candidate,
-                        job,
-                        version,
-                    ));
-                }
+                } => jobs.push((candidate, job, version)),
                 Found::Garbage {
                     candidate,
                     data,
                     version,
                     reason,
                 } => {
-                    let path = candidate.path(&self.layout);
-                    warn!(%path, %reason, "undecodable job moved to dead letters");
-                    let dead = promoter::undecodable_job(data, &reason);
-                    let ops = match claim::dead_letter_op(&self.layout, &candidate.queue, &dead) {
-                        Ok(op) => vec![
-                            Op::Delete {
-                                path: path.clone(),
-                                version: Some(version),
-                            },
-                            op,
-                        ],
-                        Err(_) => continue,
-                    };
-                    if let Err(e) = claim::settle(client, "dead-letter garbage", ops).await {
-                        warn!(%path, error = %e, "cannot dead-letter undecodable job");
-                    } else {
-                        metrics::counter!(telemetry::DEAD, "queue" => candidate.queue.clone()).increment(1);
-                    }
+                    self.dead_letter_garbage(client, candidate, data, version, &reason)
+                        .await
                 }
             }
         }
-        let mut won = Vec::new();
-        let mut failures = 0;
-        for result in futures::future::join_all(pending).await {
-            match result {
-                Ok(Some(c)) => {
-                    let latency = now_ms().saturating_sub(c.job.ready_at_ms) as f64 / 1000.0;
-                    metrics::counter!(telemetry::CLAIMED, "queue" => c.queue().to_string()).increment(1);
-                    metrics::histogram!(telemetry::LATENCY_SECONDS, "queue" => c.queue().to_string())
-                        .record(latency);
-                    won.push(c);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    failures += 1;
-                    warn!(error = %e, "claim failed");
-                }
-            }
+        let (won, errors) = claim::claim_many(client, &self.layout, &self.config.id, jobs).await;
+        for e in &errors {
+            warn!(error = %e, "claim failed");
         }
-        (won, failures)
+        for c in &won {
+            let latency = now_ms().saturating_sub(c.job.ready_at_ms) as f64 / 1000.0;
+            metrics::counter!(telemetry::CLAIMED, "queue" => c.queue().to_string()).increment(1);
+            metrics::histogram!(telemetry::LATENCY_SECONDS, "queue" => c.queue().to_string()).record(latency);
+        }
+        Claims {
+            won,
+            failures: errors.len(),
+            slots,
+        }
+    }
+
+    /// Claims a batch of found jobs and runs an attempt of each claim won, each in its own task
+    /// with one of the batch's slots (the slots of lost races are free again at once). `turn`
+    /// is the batch's place among the claims in flight, given back once the claims landed.
+    async fn run_batch(
+        self: Arc<Self>,
+        session: Session,
+        found: Vec<Found>,
+        slots: OwnedSemaphorePermit,
+        turn: OwnedSemaphorePermit,
+        stopping: CancellationToken,
+    ) -> Vec<Settle> {
+        let mut claims = self.claim_all(session.client.clone(), found, slots).await;
+        if claims.won.is_empty() && claims.failures > 0 {
+            // Not a lost race but errors: keep the turn a while rather than spin on them.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        drop(turn);
+        if session.lost.is_cancelled() {
+            return claims.won.iter().map(|_| Settle::Lost).collect();
+        }
+        if stopping.is_cancelled() {
+            // Claimed while shutting down: put them back unstarted.
+            let mut settles = Vec::new();
+            for claimed in &claims.won {
+                settles.push(match claim::release(&session.client, claimed).await {
+                    Ok(Settled::Committed) => Settle::Released,
+                    _ => Settle::Lost,
+                });
+            }
+            return settles;
+        }
+        let mut attempts = JoinSet::new();
+        for claimed in claims.won {
+            let Some(slot) = claims.slots.split(1) else { break };
+            let this = self.clone();
+            let session = session.clone();
+            let abort = session.abort.child_token();
+            let span = info_span!("job", queue = claimed.queue(), id = %claimed.job.id, kind = %claimed.job.kind, attempt = claimed.job.attempt);
+            attempts.spawn(
+                async move {
+                    let settle = this.run_attempt(&session, claimed, abort).await;
+                    drop(slot);
+                    settle
+                }
+                .instrument(span),
+            );
+        }
+        let mut settles = Vec::with_capacity(attempts.len());
+        while let Some(done) = attempts.join_next().await {
+            settles.push(done.unwrap_or(Settle::Lost));
+        }
+        settles
+    }
+
+    /// Moves a job znode zkq cannot read to the dead letters, as found at `version`.
+    async fn dead_letter_garbage(
+        &self,
+        client: &zk::Client,
+        candidate: Candidate,
+        data: Vec<u8>,
+        version: i32,
+        reason: &str,
+    ) {
+        let path = candidate.path(&self.layout);
+        warn!(%path, %reason, "undecodable job moved to dead letters");
+        let dead = promoter::undecodable_job(data, reason);
+        let Ok(op) = claim::dead_letter_op(&self.layout, &candidate.queue, &dead) else {
+            return;
+        };
+        let ops = vec![
+            Op::Delete {
+                path: path.clone(),
+                version: Some(version),
+            },
+            op,
+        ];
+        if let Err(e) = claim::settle(client, "dead-letter garbage", ops).await {
+            warn!(%path, error = %e, "cannot dead-letter undecodable job");
+        } else {
+            metrics::counter!(telemetry::DEAD, "queue" => candidate.queue.clone()).increment(1);
+        }
     }
 
     /// Runs one claimed attempt to its end and settles it.
-    async fn run_attempt(
-        &self,
-        client: &zk::Client,
-        producer: &Producer,
-        claimed: Claimed,
-        abort: CancellationToken,
-        session_lost: CancellationToken,
-    ) -> Settle {
+    async fn run_attempt(&self, session: &Session, claimed: Claimed, abort: CancellationToken) -> Settle {
+        let Session {
+            client,
+            producer,
+            acks,
+            lost: session_lost,
+            ..
+        } = session;
         let kind = claimed.job.kind.clone();
         let handler = self
             .handlers
@@ -498,7 +578,7 @@ impl Worker {
         let Some(handler) = handler else {
             let error = format!("no handler for job kind {kind:?} on worker {}", self.config.id);
             return self
-                .settle(client, producer, &claimed, Outcome::dead(error))
+                .settle(client, producer, acks, &claimed, Outcome::dead(error))
                 .await;
         };
         let timeout = claimed
@@ -551,7 +631,7 @@ impl Worker {
         };
         metrics::histogram!(telemetry::RUN_SECONDS, "queue" => claimed.queue().to_string())
             .record(started.elapsed().as_secs_f64());
-        self.settle(client, producer, &claimed, outcome).await
+        self.settle(client, producer, acks, &claimed, outcome).await
     }
 
     /// Commits an attempt's outcome. When the connection drops with the commit in flight, the
@@ -563,12 +643,16 @@ impl Worker {
         &self,
         client: &zk::Client,
         producer: &Producer,
+        acks: &Batcher,
         claimed: &Claimed,
         outcome: Outcome,
     ) -> Settle {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.settle_once(client, producer, claimed, outcome.clone()).await {
+            match self
+                .settle_once(client, producer, acks, claimed, outcome.clone())
+                .await
+            {
                 Err(Error::OutcomeUnknown { .. }) if !client.state().is_terminated() => {
                     warn!(?delay, "connection lost while settling; sending again");
                     tokio::time::sleep(delay).await;
@@ -584,16 +668,22 @@ impl Worker {
         &self,
         client: &zk::Client,
         producer: &Producer,
+        acks: &Batcher,
         claimed: &Claimed,
         outcome: Outcome,
     ) -> Result<Settle> {
         let queue = claimed.queue().to_string();
         let mut job = claimed.job.clone();
         let (result, settle) = match outcome {
-            Outcome::Done => (
-                claim::settle(client, "ack", claimed.remove_ops()).await,
-                Settle::Done,
-            ),
+            Outcome::Done => {
+                let ops = claimed.remove_ops();
+                let result = match acks.commit(ops.clone()).await {
+                    Ok(()) => Ok(Settled::Committed),
+                    Err(e) if claim::claim_lost(&e.source) => Ok(Settled::ClaimLost),
+                    Err(e) => Err(e.into_error("ack", &ops)),
+                };
+                (result, Settle::Done)
+            }
             Outcome::Retry { error, after } if job.has_attempts_left() => {
                 job.record_error(&error);
                 let config = producer.config(&queue).await?;
@@ -655,13 +745,15 @@ enum Interrupt {
     SessionLost,
 }
 
-fn tally(summary: &mut WorkerSummary, done: std::result::Result<Settle, tokio::task::JoinError>) {
-    match done {
-        Ok(Settle::Done) => summary.done += 1,
-        Ok(Settle::Retried) => summary.retried += 1,
-        Ok(Settle::Dead) => summary.dead += 1,
-        Ok(Settle::Released) => summary.released += 1,
-        Ok(Settle::Lost) | Err(_) => summary.lost += 1,
+fn tally(summary: &mut WorkerSummary, done: std::result::Result<Vec<Settle>, tokio::task::JoinError>) {
+    for settle in done.unwrap_or_else(|_| vec![Settle::Lost]) {
+        match settle {
+            Settle::Done => summary.done += 1,
+            Settle::Retried => summary.retried += 1,
+            Settle::Dead => summary.dead += 1,
+            Settle::Released => summary.released += 1,
+            Settle::Lost => summary.lost += 1,
+        }
     }
 }
 

@@ -145,24 +145,26 @@ pub(crate) async fn reconnect(zk: &ZkConfig, first: bool) -> Result<zk::Client> 
 /// Most reads in one multi-read.
 const READ_BATCH: usize = 64;
 
-/// The data and stat of each of `paths`, in order, read in multi-reads; `None` for a znode that
-/// is gone.
+/// The data and stat of each of `paths`, in order, read in multi-reads that are all sent at once;
+/// `None` for a znode that is gone.
 pub(crate) async fn get_many(
     client: &zk::Client,
     what: &'static str,
     paths: &[String],
 ) -> Result<Vec<Option<(Vec<u8>, zk::Stat)>>> {
-    let mut out = Vec::with_capacity(paths.len());
+    let mut sent = Vec::new();
     for chunk in paths.chunks(READ_BATCH) {
         let mut reader = client.new_multi_reader();
         for path in chunk {
             reader.add_get_data(path).map_err(|e| Error::zk(what, path, e))?;
         }
-        let results = reader
-            .commit()
-            .await
-            .map_err(|e| Error::zk(what, chunk.first().cloned().unwrap_or_default(), e))?;
-        out.extend(results.into_iter().map(|r| match r {
+        let first = chunk.first().cloned().unwrap_or_default();
+        let reply = reader.commit();
+        sent.push(async move { reply.await.map_err(|e| Error::zk(what, first, e)) });
+    }
+    let mut out = Vec::with_capacity(paths.len());
+    for results in futures::future::join_all(sent).await {
+        out.extend(results?.into_iter().map(|r| match r {
             zk::MultiReadResult::Data { data, stat } => Some((data, stat)),
             _ => None,
         }));

@@ -1,0 +1,228 @@
+//! A fleet of worker processes, each with its own ZooKeeper session, as deployed.
+//!
+//! The bench runs itself again as `zkq-bench worker ...`: a process that runs a zkq worker with
+//! a no-op handler and reports each attempt it starts on stdout, one line per attempt:
+//! `<job id as 32 hex digits> <µs since the job's enqueue stamp> <ms since the job was due>`.
+//! Closing its stdin stops it; its last line is `rss <peak resident KiB>`. The parent counts the
+//! runs of each job (duplicates), keeps the latencies, and takes the largest peak RSS.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use zkq::{JobContext, Outcome, Worker, WorkerConfig, ZkConfig};
+
+use crate::progress::Progress;
+
+/// What the fleet's workers reported, shared by the readers of their output.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Runs per job id.
+    pub runs: HashMap<u128, u32>,
+    /// Enqueue-to-start latency per run, µs, for jobs stamped with their enqueue time.
+    pub latency_us: Vec<u64>,
+    /// How long after its due time each run started, ms.
+    pub late_ms: Vec<u64>,
+    /// When the first and the last run started.
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+}
+
+/// Worker processes draining one queue.
+#[derive(Debug)]
+pub struct Fleet {
+    children: Vec<Child>,
+    readers: Vec<tokio::task::JoinHandle<Option<u64>>>,
+    tally: Arc<Mutex<Tally>>,
+    started: Arc<AtomicU64>,
+}
+
+/// How to start a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub zk: String,
+    pub root: String,
+    pub queue: String,
+    pub workers: usize,
+    pub concurrency: usize,
+}
+
+impl Fleet {
+    /// Starts `config.workers` worker processes.
+    pub fn start(config: &FleetConfig, progress: &Progress) -> Result<Fleet, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench executable: {e}"))?;
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let started = Arc::new(AtomicU64::new(0));
+        let mut children = Vec::new();
+        let mut readers = Vec::new();
+        for _ in 0..config.workers {
+            let mut child = Command::new(&exe)
+                .args([
+                    "worker",
+                    "--zk",
+                    &config.zk,
+                    "--root",
+                    &config.root,
+                    "--queue",
+                    &config.queue,
+                ])
+                .args(["--concurrency", &config.concurrency.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start a worker process: {e}"))?;
+            let stdout = child.stdout.take().ok_or("worker without stdout")?;
+            readers.push(tokio::spawn(read_reports(
+                stdout,
+                tally.clone(),
+                started.clone(),
+                progress.clone(),
+            )));
+            children.push(child);
+        }
+        Ok(Fleet {
+            children,
+            readers,
+            tally,
+            started,
+        })
+    }
+
+    /// Runs started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` runs have started in all.
+    pub async fn wait_for(&self, n: u64) {
+        while self.started() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Takes what was reported so far, leaving an empty tally.
+    pub fn take(&self) -> Tally {
+        std::mem::take(&mut *self.tally.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Stops every worker (gracefully) and returns the largest peak RSS among them, in MiB.
+    pub async fn stop(mut self) -> Result<f64, String> {
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+        let mut peak_kib = 0;
+        for (child, reader) in self.children.iter_mut().zip(self.readers.drain(..)) {
+            let status = child.wait().await.map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("a worker process failed: {status}"));
+            }
+            peak_kib = peak_kib.max(reader.await.map_err(|e| e.to_string())?.unwrap_or(0));
+        }
+        Ok(peak_kib as f64 / 1024.0)
+    }
+}
+
+/// Reads one worker's reports until it exits; returns its peak RSS in KiB.
+async fn read_reports(
+    stdout: tokio::process::ChildStdout,
+    tally: Arc<Mutex<Tally>>,
+    started: Arc<AtomicU64>,
+    progress: Progress,
+) -> Option<u64> {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut rss = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut fields = line.split(' ');
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some("rss"), Some(kib), None) => rss = kib.parse().ok(),
+            (Some(id), Some(latency), Some(late)) => {
+                let Ok(id) = u128::from_str_radix(id, 16) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                *t.runs.entry(id).or_default() += 1;
+                if let Ok(us) = latency.parse() {
+                    t.latency_us.push(us);
+                }
+                if let Ok(ms) = late.parse() {
+                    t.late_ms.push(ms);
+                }
+                t.first.get_or_insert(now);
+                t.last = Some(now);
+                drop(t);
+                started.fetch_add(1, Ordering::Relaxed);
+                progress.add(1);
+            }
+            _ => {}
+        }
+    }
+    rss
+}
+
+/// The worker process: runs until its stdin closes.
+pub async fn serve(zk: String, root: String, queue: String, concurrency: usize) -> Result<(), String> {
+    let zk = ZkConfig {
+        session_timeout: Duration::from_secs(10),
+        ..ZkConfig::new(zk)
+    };
+    let config = WorkerConfig {
+        queues: vec![queue],
+        concurrency,
+        ..WorkerConfig::default()
+    };
+    let out = Arc::new(Mutex::new(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stdout(),
+    )));
+    let reports = out.clone();
+    let worker = Worker::new(zk, &root, config)
+        .map_err(|e| e.to_string())?
+        .handle_any(move |ctx: JobContext| {
+            let latency = crate::stamp::read(&ctx.job.payload)
+                .map(|t| crate::stamp::now_us().saturating_sub(t).to_string())
+                .unwrap_or_else(|| "-".into());
+            let late = zkq::job::now_ms().saturating_sub(ctx.job.ready_at_ms);
+            let mut out = reports.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(out, "{:032x} {latency} {late}", ctx.job.id.0.as_u128());
+            async { Outcome::Done }
+        });
+    let flusher = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+            }
+        })
+    };
+    let summary = worker
+        .run(async {
+            // Stop when the parent closes stdin (or dies).
+            let mut sink = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    flusher.abort();
+    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(out, "rss {}", peak_rss_kib().unwrap_or(0));
+    let _ = out.flush();
+    if summary.lost > 0 {
+        eprintln!("worker: {} attempts lost their claim", summary.lost);
+    }
+    Ok(())
+}
+
+/// This process's peak resident set size (VmHWM), KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
