@@ -80,6 +80,9 @@ struct LaneCache {
 /// Segments of one lane listed at once.
 const SEGMENTS_AT_ONCE: usize = 4;
 
+/// A lane to list, with the segments that were open at its last listing.
+type StaleLane = (u8, Vec<String>);
+
 /// What a listing of one lane found.
 #[derive(Debug)]
 struct Listed {
@@ -211,7 +214,7 @@ impl Fetcher {
             lane,
         };
         // List every lane worth listing, all partitions at once.
-        let stale: Vec<(u32, Vec<(u8, Vec<String>)>)> = partitions
+        let stale: Vec<(u32, Vec<StaleLane>)> = partitions
             .iter()
             .map(|p| {
                 let lanes = (0..config.priorities)
@@ -280,7 +283,7 @@ impl Fetcher {
         &self,
         queue: &str,
         partition: u32,
-        lanes: &[(u8, Vec<String>)],
+        lanes: &[StaleLane],
         want: usize,
     ) -> Result<Vec<Listed>> {
         let claims_path = self.layout.claims(queue, partition);
