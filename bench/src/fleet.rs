@@ -169,7 +169,8 @@ async fn read_reports(
 /// The worker process: runs until its stdin closes.
 pub async fn serve(zk: String, root: String, queue: String, concurrency: usize) -> Result<(), String> {
     let zk = ZkConfig {
-        session_timeout: Duration::from_secs(10),
+        // Long enough to ride out a slow fsync of a large transaction log.
+        session_timeout: Duration::from_secs(30),
         ..ZkConfig::new(zk)
     };
     let config = WorkerConfig {

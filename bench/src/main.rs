@@ -1,6 +1,7 @@
 //! zkq-bench: ZooKeeper's raw ceiling and zkq's throughput and latency, measured in one run.
 //!
-//! Starts its own standalone ZooKeeper (fsync on) unless `--zk` is given, warms it up, then
+//! Starts its own standalone ZooKeeper (fsync on, a 4 GiB heap) unless `--zk` is given, warms it
+//! up, then
 //! runs in order:
 //! 1. raw ZooKeeper: pipelined single creates; creates, then deletes, inside `multi`s of 100;
 //! 2. enqueue through the single-job API (pipelined) and through the batch API;
@@ -132,7 +133,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (_server, address) = match &args.zk {
         Some(a) => (None, a.clone()),
         None => {
-            let server = zkq_testkit::Ensemble::standalone()?;
+            let server = zkq_testkit::Ensemble::standalone_for_benchmark()?;
             let address = server.connect_string();
             (Some(server), address)
         }
@@ -150,7 +151,8 @@ async fn run(args: Args) -> Result<(), String> {
         args.duration
     );
     let zk = zkq::ZkConfig {
-        session_timeout: Duration::from_secs(10),
+        // Long enough to ride out a slow fsync of a large transaction log.
+        session_timeout: Duration::from_secs(30),
         ..zkq::ZkConfig::new(address)
     };
     let progress = Progress::start();

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::install;
-use crate::server::{Member, Mode};
+use crate::server::{Member, Mode, BENCHMARK_JVM, TEST_JVM};
 
 /// A running ZooKeeper service: one standalone server, or a quorum of members.
 ///
@@ -19,16 +19,22 @@ pub struct Ensemble {
 impl Ensemble {
     /// Starts one standalone server and waits until it serves.
     pub fn standalone() -> Result<Ensemble, String> {
-        Self::start(1)
+        Self::start(1, TEST_JVM)
+    }
+
+    /// Starts one standalone server sized and tuned as in production (a 4 GiB heap, the default
+    /// collector and compiler), for benchmarks with millions of znodes.
+    pub fn standalone_for_benchmark() -> Result<Ensemble, String> {
+        Self::start(1, BENCHMARK_JVM)
     }
 
     /// Starts `size` members (3 for a quorum that survives one failure) and waits until every
     /// one of them serves as leader or follower.
     pub fn quorum(size: u32) -> Result<Ensemble, String> {
-        Self::start(size)
+        Self::start(size, TEST_JVM)
     }
 
-    fn start(size: u32) -> Result<Ensemble, String> {
+    fn start(size: u32, jvm: &'static [&'static str]) -> Result<Ensemble, String> {
         let install = install::find()?;
         let dir = tempfile::Builder::new()
             .prefix("zkq-zookeeper-")
@@ -38,7 +44,7 @@ impl Ensemble {
         for id in 1..=size {
             let member_dir = dir.path().join(format!("member-{id}"));
             std::fs::create_dir_all(&member_dir).map_err(|e| e.to_string())?;
-            members.push(Member::new(id, member_dir, install.clone()).map_err(|e| e.to_string())?);
+            members.push(Member::new(id, member_dir, install.clone(), jvm).map_err(|e| e.to_string())?);
         }
         let refs: Vec<&Member> = members.iter().collect();
         for member in &members {

@@ -34,12 +34,26 @@ pub struct Member {
     pub(crate) election_port: u16,
     dir: PathBuf,
     install: Install,
+    jvm: &'static [&'static str],
     child: Mutex<Option<Child>>,
 }
 
+/// JVM flags for test servers: small, quick to start, enough for test-sized data.
+pub(crate) const TEST_JVM: &[&str] = &["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"];
+
+/// JVM flags for benchmark servers, as ZooKeeper is run in production: a heap for millions of
+/// znodes, the default collector and the optimizing compiler.
+pub(crate) const BENCHMARK_JVM: &[&str] = &["-Xms1g", "-Xmx4g"];
+
 impl Member {
-    pub(crate) fn new(id: u32, dir: PathBuf, install: Install) -> std::io::Result<Member> {
+    pub(crate) fn new(
+        id: u32,
+        dir: PathBuf,
+        install: Install,
+        jvm: &'static [&'static str],
+    ) -> std::io::Result<Member> {
         Ok(Member {
+            jvm,
             id,
             client_port: free_port()?,
             quorum_port: free_port()?,
@@ -106,20 +120,18 @@ impl Member {
             .append(true)
             .open(self.dir.join("server.log"))?;
         let mut cmd = Command::new(&self.install.java);
-        cmd.args([
-            "-Xmx256m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-Dzookeeper.admin.enableServer=false",
-            "-cp",
-            &self.install.classpath,
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-        ])
-        .arg(self.dir.join("zoo.cfg"))
-        .current_dir(&self.dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        cmd.args(self.jvm)
+            .args([
+                "-Dzookeeper.admin.enableServer=false",
+                "-cp",
+                &self.install.classpath,
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            ])
+            .arg(self.dir.join("zoo.cfg"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         *child = Some(spawn_tied_to_process(cmd)?);
         Ok(())
     }

@@ -270,9 +270,10 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
         }
     }
     // Contended: one `multi` per job, so that each race costs only its own job.
-    let singles = batch.into_iter().map(|p| {
-        let sent = txn::commit(client, &p.ops);
-        async move { (p, sent.await) }
+    // All sent on the first poll, in order.
+    let singles = batch.into_iter().map(|p| async move {
+        let result = txn::commit(client, &p.ops).await;
+        (p, result)
     });
     let mut won = Vec::new();
     let mut errors = Vec::new();
