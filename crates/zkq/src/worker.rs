@@ -524,6 +524,8 @@ impl Worker {
                 .instrument(span),
             );
         }
+        // The slots of lost races are free again now, not when the batch's attempts end.
+        drop(claims.slots);
         let mut settles = Vec::with_capacity(attempts.len());
         while let Some(done) = attempts.join_next().await {
             settles.push(done.unwrap_or(Settle::Lost));
