@@ -566,8 +566,6 @@ impl Worker {
     async fn run_attempt(&self, session: &Session, claimed: Claimed, abort: CancellationToken) -> Settle {
         let Session {
             client,
-            producer,
-            acks,
             lost: session_lost,
             ..
         } = session;
@@ -579,9 +577,7 @@ impl Worker {
             .or_else(|| self.fallback.clone());
         let Some(handler) = handler else {
             let error = format!("no handler for job kind {kind:?} on worker {}", self.config.id);
-            return self
-                .settle(client, producer, acks, &claimed, Outcome::dead(error))
-                .await;
+            return self.settle(session, &claimed, Outcome::dead(error)).await;
         };
         let timeout = claimed
             .job
@@ -633,7 +629,7 @@ impl Worker {
         };
         metrics::histogram!(telemetry::RUN_SECONDS, "queue" => claimed.queue().to_string())
             .record(started.elapsed().as_secs_f64());
-        self.settle(client, producer, acks, &claimed, outcome).await
+        self.settle(session, &claimed, outcome).await
     }
 
     /// Commits an attempt's outcome. When the connection drops with the commit in flight, the
@@ -641,21 +637,11 @@ impl Worker {
     /// the job for the rest of the session. (If the first one had landed, the repeat finds the
     /// job gone and counts as a lost claim; the state in ZooKeeper is right either way.)
     #[instrument(name = "settle", skip_all)]
-    async fn settle(
-        &self,
-        client: &zk::Client,
-        producer: &Producer,
-        acks: &Batcher,
-        claimed: &Claimed,
-        outcome: Outcome,
-    ) -> Settle {
+    async fn settle(&self, session: &Session, claimed: &Claimed, outcome: Outcome) -> Settle {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self
-                .settle_once(client, producer, acks, claimed, outcome.clone())
-                .await
-            {
-                Err(Error::OutcomeUnknown { .. }) if !client.state().is_terminated() => {
+            match self.settle_once(session, claimed, outcome.clone()).await {
+                Err(Error::OutcomeUnknown { .. }) if !session.client.state().is_terminated() => {
                     warn!(?delay, "connection lost while settling; sending again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -666,14 +652,13 @@ impl Worker {
         }
     }
 
-    async fn settle_once(
-        &self,
-        client: &zk::Client,
-        producer: &Producer,
-        acks: &Batcher,
-        claimed: &Claimed,
-        outcome: Outcome,
-    ) -> Result<Settle> {
+    async fn settle_once(&self, session: &Session, claimed: &Claimed, outcome: Outcome) -> Result<Settle> {
+        let Session {
+            client,
+            producer,
+            acks,
+            ..
+        } = session;
         let queue = claimed.queue().to_string();
         let mut job = claimed.job.clone();
         let (result, settle) = match outcome {
