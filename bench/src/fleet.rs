@@ -168,6 +168,8 @@ async fn read_reports(
 
 /// The worker process: runs until its stdin closes.
 pub async fn serve(zk: String, root: String, queue: String, concurrency: usize) -> Result<(), String> {
+    // Warnings (a failing scan or claim) reach the bench's stderr; RUST_LOG shows more.
+    zkq::cli::init_logging(true);
     let zk = ZkConfig {
         // Long enough to ride out a slow fsync of a large transaction log.
         session_timeout: Duration::from_secs(30),

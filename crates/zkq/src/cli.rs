@@ -53,14 +53,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; use forms like 500ms, 5s, 2m, 1h"))
 }
 
-/// Logs to stderr, at the level of `RUST_LOG` (default `info`, or `warn` when `quiet`; the
-/// ZooKeeper client's own session chatter only from `warn`). Colours only on a terminal.
+/// Logs to stderr, at the level of `RUST_LOG` (default `info`, or `warn` when `quiet`). The
+/// ZooKeeper client's own session chatter shows only from `error`: its warnings (a reconnect
+/// that finds the session closed, after a clean close) say nothing zkq's own messages do not.
+/// Colours only on a terminal.
 pub fn init_logging(quiet: bool) {
     use std::io::IsTerminal;
     let default = if quiet {
-        "warn"
+        "warn,zookeeper_client=error"
     } else {
-        "info,zookeeper_client=warn"
+        "info,zookeeper_client=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

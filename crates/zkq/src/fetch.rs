@@ -121,8 +121,9 @@ pub(crate) struct Fetcher {
     lanes: HashMap<LaneId, LaneCache>,
     /// Armed watches: path -> the (queue, partition) whose lanes it wakes.
     armed: HashMap<String, (String, u32)>,
-    /// Whether the last scan armed watches that were not armed before.
-    armed_new: bool,
+    /// Whether the last scan's result is no reason to sleep: it armed watches that were not
+    /// armed before, or some jobs it handed out were gone when read.
+    rescan: bool,
     /// Armed watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only touched
     /// through `&mut self`, with `get_mut`, never locked).
     fired: std::sync::Mutex<FuturesUnordered<WatchFuture>>,
@@ -157,7 +158,7 @@ impl Fetcher {
             cursor: 0,
             lanes: HashMap::new(),
             armed: HashMap::new(),
-            armed_new: false,
+            rescan: false,
             fired: std::sync::Mutex::new(FuturesUnordered::new()),
             holding: Holding::default(),
         }
@@ -177,14 +178,20 @@ impl Fetcher {
                 break;
             }
         }
-        self.armed_new = self.arm(to_arm).await?;
-        self.read(found).await
+        let armed_new = self.arm(to_arm).await?;
+        let listed = found.len();
+        let found = self.read(found).await?;
+        self.rescan = armed_new || found.len() < listed;
+        Ok(found)
     }
 
-    /// Whether the last scan armed new watches: a scan that found nothing should then be
-    /// repeated before sleeping, in case something arrived between the listing and the watch.
-    pub(crate) fn armed_new(&self) -> bool {
-        self.armed_new
+    /// Whether a scan that found nothing should be repeated before sleeping:
+    /// - it armed new watches, and something may have arrived between the listing and the watch;
+    /// - jobs it took from a lane's cache were gone when read (taken by another worker since the
+    ///   listing): that lane has no watch armed, and the rest of its cache, or a new listing, may
+    ///   hold ready jobs.
+    pub(crate) fn rescan(&self) -> bool {
+        self.rescan
     }
 
     async fn scan_queue(

@@ -41,7 +41,7 @@ use crate::registry::{self, WorkerInfo};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::telemetry;
 use crate::txn::Op;
-use crate::znode::ZkConfig;
+use crate::znode::{self, ZkConfig};
 
 /// Claim batches in flight at once; more found jobs wait for the next scan.
 const CLAIMS_IN_FLIGHT: usize = 4;
@@ -378,7 +378,7 @@ impl Worker {
             };
             if found.is_empty() {
                 drop(turn);
-                if fetcher.armed_new() {
+                if fetcher.rescan() {
                     continue;
                 }
                 tokio::select! {
@@ -435,6 +435,10 @@ impl Worker {
         if let Ok(producer) = Arc::try_unwrap(producer) {
             producer.close().await;
         }
+        // Close the session now rather than leave it to expire: until then its registration
+        // and candidacy would count as a live worker.
+        drop((fetcher, session));
+        znode::close(client, Duration::from_secs(2)).await;
         Ok(end)
     }
 

@@ -118,6 +118,21 @@ pub(crate) async fn ensure_path(client: &zk::Client, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Closes the session of `client`, the last handle on it, and waits up to `within` for the
+/// close to go out. Dropping the last handle only asks the session task to close; a process
+/// that exits right after would leave its session (and its ephemeral znodes: registration,
+/// claims, election candidacy) to linger until the server expires it.
+pub(crate) async fn close(client: zk::Client, within: Duration) {
+    let mut states = client.state_watcher();
+    drop(client);
+    let closed = async {
+        while !states.state().is_terminated() {
+            states.changed().await;
+        }
+    };
+    let _ = tokio::time::timeout(within, closed).await;
+}
+
 /// Whether a request failed because the session is gone for good (retrying on this client is
 /// pointless).
 pub(crate) fn is_final(e: &zk::Error) -> bool {
