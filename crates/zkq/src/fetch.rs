@@ -114,7 +114,10 @@ type WatchFuture = futures::future::BoxFuture<'static, String>;
 
 /// Scans the worker's queues. Keeps listings and armed watches between scans.
 pub(crate) struct Fetcher {
-    client: zk::Client,
+    /// A session of its own for listings, job data reads and watches. ZooKeeper answers a
+    /// session's requests in order, so on the worker's session a scan would wait for every
+    /// claim and ack commit (an fsync each) sent before it; here it waits for none.
+    reader: zk::Client,
     layout: Layout,
     queues: Vec<(String, QueueConfig)>,
     cursor: usize,
@@ -145,14 +148,14 @@ impl std::fmt::Debug for Fetcher {
 
 impl Fetcher {
     pub(crate) fn new(
-        client: zk::Client,
+        reader: zk::Client,
         layout: Layout,
         queues: Vec<(String, QueueConfig)>,
         owned: watch::Receiver<Owned>,
     ) -> Fetcher {
         Fetcher {
             owned,
-            client,
+            reader,
             layout,
             queues,
             cursor: 0,
@@ -301,9 +304,9 @@ impl Fetcher {
         let open: Vec<&String> = lanes.iter().flat_map(|(_, open)| open).collect();
         // The claims, the lanes' segments and the segments that were open, in one round trip.
         let (claims, segments, open_listed) = futures::future::join3(
-            self.client.list_children(&claims_path),
-            futures::future::join_all(lane_paths.iter().map(|l| self.client.list_children(l))),
-            futures::future::join_all(open.iter().map(|s| self.client.list_children(s))),
+            self.reader.list_children(&claims_path),
+            futures::future::join_all(lane_paths.iter().map(|l| self.reader.list_children(l))),
+            futures::future::join_all(open.iter().map(|s| self.reader.list_children(s))),
         )
         .await;
         let claims: HashSet<String> = match claims {
@@ -369,7 +372,7 @@ impl Fetcher {
             let listed = futures::future::join_all(paths.iter().map(|p| async move {
                 match walk.listed.get(p) {
                     Some(listed) => listed.clone(),
-                    None => self.client.list_children(p).await,
+                    None => self.reader.list_children(p).await,
                 }
             }))
             .await;
@@ -382,7 +385,7 @@ impl Fetcher {
                 if children.is_empty() {
                     // Drained and nobody writing: remove it. Fails harmlessly if a job just
                     // arrived.
-                    drop(self.client.delete(&path, None));
+                    drop(self.reader.delete(&path, None));
                     continue;
                 }
                 children.sort();
@@ -420,7 +423,7 @@ impl Fetcher {
     /// Reads the data of `candidates` in pipelined multi-reads, in order.
     async fn read(&self, candidates: Vec<Candidate>) -> Result<Vec<Found>> {
         let paths: Vec<String> = candidates.iter().map(|c| c.path(&self.layout)).collect();
-        let results = znode::get_many(&self.client, "read jobs", &paths).await?;
+        let results = znode::get_many(&self.reader, "read jobs", &paths).await?;
         let mut out = Vec::with_capacity(candidates.len());
         for ((candidate, path), result) in candidates.into_iter().zip(paths).zip(results) {
             // None: taken and finished by another worker since the listing.
@@ -451,7 +454,7 @@ impl Fetcher {
         if paths.is_empty() {
             return Ok(false);
         }
-        let client = &self.client;
+        let client = &self.reader;
         let results =
             futures::future::join_all(paths.iter().map(|(path, _)| client.get_and_watch_children(path)))
                 .await;

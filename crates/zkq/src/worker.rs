@@ -7,6 +7,11 @@
 //! gone and other workers may already run those jobs, so it stops its running attempts at once
 //! and starts over with a new session.
 //!
+//! Scans (listings, job data reads, watches) go through a second session, so that they never
+//! queue behind the worker's own claim and ack commits. It holds nothing: a stale read there
+//! costs at most a lost claim race, since every claim is a versioned `multi` on the worker's
+//! session. Either session ending ends both.
+//!
 //! # Shutdown
 //! When the shutdown future resolves: stop claiming, let running attempts finish within the
 //! grace period, then stop the rest and release their claims (the job is ready again and the
@@ -326,7 +331,10 @@ impl Worker {
             self.config.queues.clone(),
             owned_tx,
         ));
-        let mut fetcher = Fetcher::new(client.clone(), self.layout.clone(), configs, owned);
+        // Scans read on a session of their own; it shares this session's fate.
+        let reader = self.connect().await?;
+        background.spawn(watch_session(reader.clone(), session_lost.clone()));
+        let mut fetcher = Fetcher::new(reader.clone(), self.layout.clone(), configs, owned);
         let session = Session {
             client: client.clone(),
             producer: producer.clone(),
@@ -438,7 +446,11 @@ impl Worker {
         // Close the session now rather than leave it to expire: until then its registration
         // and candidacy would count as a live worker.
         drop((fetcher, session));
-        znode::close(client, Duration::from_secs(2)).await;
+        futures::future::join(
+            znode::close(client, Duration::from_secs(2)),
+            znode::close(reader, Duration::from_secs(2)),
+        )
+        .await;
         Ok(end)
     }
 
