@@ -1,33 +1,41 @@
 //! Finding ready jobs: scans lanes (highest priority first) across the partitions this worker
 //! owns, skips claimed jobs, reads job data in batches, and cleans up drained segments.
 //!
-//! # Listing cache
-//! Listing a segment returns all of its children in one reply, so a lane is listed once and the
-//! unclaimed jobs seen are kept in a per-lane cache that the following scans hand out; the lane
-//! is listed again only when its cache runs dry. Jobs that become ready again without being new
-//! (a claim released on shutdown, or gone with a crashed worker's session) show up in that next
-//! listing. A cached job may have been taken meanwhile by another worker: reading it (gone) or
-//! claiming it (the version moved, or the claim exists) tells, and it is skipped. Partition
-//! ownership makes that rare. Jobs this worker already holds (handed out, claims in flight or
-//! running) are never offered again, although a claim in flight is not in the claims directory
-//! yet.
+//! # Lane watches and the listing cache
+//! Each lane this worker scans has a persistent recursive watch (ZooKeeper 3.6+), set up in the
+//! same round trip as the lane's first listing and before it, so nothing created after the
+//! listing goes unseen. A listing returns all the children of a segment in one reply; the
+//! unclaimed jobs seen go into a per-lane cache that the following scans hand out.
 //!
-//! # Quiet lanes
-//! A lane whose listing found nothing gets one-shot watches: on the lane (a new segment), on each
-//! of its segments a producer is still appending to (a new job), and, when another worker holds
-//! claims on some of its jobs, on its partition's claims (a claim that vanishes makes a job ready
-//! again; this worker's own claims end through its own hands and need no watch). Once those are armed and a listing still finds
-//! nothing, the lane is quiet: scans skip it until one of its watches fires or the worker has
-//! slept a whole poll interval (a safety net). Watches are re-armed only after they fire, so an
-//! idle worker costs ZooKeeper nothing.
+//! - A lane whose listing reached its last segment is **complete**: from then on each new job
+//!   arrives as a watch event carrying its path, and goes straight into the cache. Nothing is
+//!   listed to find it: a job costs one data read (batched) and one claim.
+//! - A lane with more jobs than one listing takes in (a backlog) is listed again, from its
+//!   oldest segment, whenever its cache runs dry; events for it are ignored meanwhile, since
+//!   that next listing sees those jobs in order. So does a complete lane whose cache grew past
+//!   [`MAX_CACHED`].
+//!
+//! Jobs that become ready again without being created (a claim released on shutdown, or gone
+//! with a crashed worker's session) produce no lane event. A listing that skipped jobs because
+//! another worker holds their claims arms a one-shot watch on the partition's claims (this
+//! worker's own claims end through its own hands and need none); when it fires, the lane is
+//! listed again. So is every lane after a reconnect (a persistent watch may miss events while
+//! disconnected), after the worker slept a whole poll interval (a safety net), and every
+//! [`TIDY_INTERVAL`], which also deletes drained segments.
+//!
+//! A cached job may have been taken meanwhile by another worker: reading it (gone) or claiming
+//! it (the version moved, or the claim exists) tells, and it is skipped. Partition ownership
+//! makes that rare. Jobs this worker already holds (handed out, claims in flight or running)
+//! are never offered again, although a claim in flight is not in the claims directory yet.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
 use crate::assignment::Owned;
@@ -66,22 +74,36 @@ struct LaneId {
 }
 
 /// What the fetcher knows about a lane between scans.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LaneCache {
-    /// Listed, unclaimed at listing time, not handed out yet; oldest first.
+    /// Known, unclaimed when seen, not handed out yet; oldest first.
     ready: VecDeque<Candidate>,
-    /// Nothing to find until one of the lane's watches fires.
-    quiet: bool,
-    /// Segments a producer was still appending to at the last listing: listed again together
-    /// with the lane itself, since that is where new jobs arrive.
-    open: Vec<String>,
+    /// New jobs arrive by event: the last listing saw the whole lane, under a live watch.
+    complete: bool,
+    /// To be listed again once `ready` runs dry.
+    stale: bool,
+}
+
+impl Default for LaneCache {
+    fn default() -> Self {
+        LaneCache {
+            ready: VecDeque::new(),
+            complete: false,
+            stale: true,
+        }
+    }
 }
 
 /// Segments of one lane listed at once.
 const SEGMENTS_AT_ONCE: usize = 4;
 
-/// A lane to list, with the segments that were open at its last listing.
-type StaleLane = (u8, Vec<String>);
+/// Most jobs a complete lane takes in by event before it goes back to listings: a worker that
+/// falls behind a producer keeps a bounded cache.
+const MAX_CACHED: usize = 4096;
+
+/// How often every lane is listed again even though its watch is live: drained segments are
+/// deleted by listings.
+const TIDY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What a listing of one lane found.
 #[derive(Debug)]
@@ -89,13 +111,13 @@ struct Listed {
     lane: u8,
     /// Unclaimed jobs, oldest first.
     jobs: Vec<Candidate>,
-    /// Segments a producer may still append to.
-    open: Vec<String>,
-    /// What to watch if there were no jobs.
-    watch: Vec<String>,
+    /// Whether the listing reached the lane's last segment.
+    complete: bool,
+    /// Whether some job was skipped because another worker holds its claim.
+    foreign: bool,
 }
 
-/// One lane being listed, and what was listed for it already.
+/// One lane being listed.
 struct Walk<'a> {
     queue: &'a str,
     partition: u32,
@@ -103,16 +125,27 @@ struct Walk<'a> {
     lane_path: &'a str,
     /// The partition's claims.
     claims: &'a HashSet<String>,
-    /// Segments listed already, by path.
-    listed: &'a HashMap<String, std::result::Result<Vec<String>, zk::Error>>,
 }
 
-/// A watch path and the partition whose lanes it wakes.
+/// What a lane watch reports.
+#[derive(Debug)]
+enum LaneEvent {
+    /// A job znode was created in the lane.
+    Created {
+        lane: LaneId,
+        segment: String,
+        node: String,
+    },
+    /// The reader reconnected: events may have been missed, so list every lane again.
+    Reconnected,
+}
+
+/// A claims watch path and the partition whose lanes it wakes.
 type Wakes = (String, (String, u32));
 
 type WatchFuture = futures::future::BoxFuture<'static, String>;
 
-/// Scans the worker's queues. Keeps listings and armed watches between scans.
+/// Scans the worker's queues. Keeps listings and watches between scans.
 pub(crate) struct Fetcher {
     /// A session of its own for listings, job data reads and watches. ZooKeeper answers a
     /// session's requests in order, so on the worker's session a scan would wait for every
@@ -122,18 +155,31 @@ pub(crate) struct Fetcher {
     queues: Vec<(String, QueueConfig)>,
     cursor: usize,
     lanes: HashMap<LaneId, LaneCache>,
-    /// Armed watches: path -> the (queue, partition) whose lanes it wakes.
+    /// Lane watches, each forwarding its events to `events`; aborted when dropped.
+    watching: HashMap<LaneId, AbortOnDrop>,
+    events: mpsc::UnboundedReceiver<LaneEvent>,
+    events_tx: mpsc::UnboundedSender<LaneEvent>,
+    /// Armed claims watches: path -> the (queue, partition) whose lanes it wakes.
     armed: HashMap<String, (String, u32)>,
-    /// Whether the last scan's result is no reason to sleep: it armed watches that were not
-    /// armed before, or some jobs it handed out were gone when read.
+    /// Whether a scan that found nothing should be repeated before sleeping.
     rescan: bool,
-    /// Armed watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only touched
-    /// through `&mut self`, with `get_mut`, never locked).
+    /// Armed claims watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only
+    /// touched through `&mut self`, with `get_mut`, never locked).
     fired: std::sync::Mutex<FuturesUnordered<WatchFuture>>,
     /// The partitions this worker owns, per queue ([`crate::assignment::follow`]).
     owned: watch::Receiver<Owned>,
     /// Jobs handed out and not let go of yet.
     holding: Holding,
+    last_tidy: Instant,
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -141,6 +187,7 @@ impl std::fmt::Debug for Fetcher {
         f.debug_struct("Fetcher")
             .field("queues", &self.queues.len())
             .field("lanes", &self.lanes.len())
+            .field("watching", &self.watching.len())
             .field("armed", &self.armed.len())
             .finish()
     }
@@ -153,6 +200,7 @@ impl Fetcher {
         queues: Vec<(String, QueueConfig)>,
         owned: watch::Receiver<Owned>,
     ) -> Fetcher {
+        let (events_tx, events) = mpsc::unbounded_channel();
         Fetcher {
             owned,
             reader,
@@ -160,16 +208,24 @@ impl Fetcher {
             queues,
             cursor: 0,
             lanes: HashMap::new(),
+            watching: HashMap::new(),
+            events,
+            events_tx,
             armed: HashMap::new(),
             rescan: false,
             fired: std::sync::Mutex::new(FuturesUnordered::new()),
             holding: Holding::default(),
+            last_tidy: Instant::now(),
         }
     }
 
     /// Up to `want` ready, unclaimed jobs with their data, highest priority first.
     pub(crate) async fn scan(&mut self, want: usize) -> Result<Vec<Found>> {
-        self.drain_fired();
+        self.take_events();
+        if self.last_tidy.elapsed() >= TIDY_INTERVAL {
+            self.last_tidy = Instant::now();
+            self.all_stale();
+        }
         self.cursor = self.cursor.wrapping_add(1);
         let mut to_arm = Vec::new();
         let mut found = Vec::new();
@@ -182,17 +238,17 @@ impl Fetcher {
             }
         }
         let armed_new = self.arm(to_arm).await?;
-        let listed = found.len();
+        let handed = found.len();
         let found = self.read(found).await?;
-        self.rescan = armed_new || found.len() < listed;
+        self.rescan = armed_new || found.len() < handed;
         Ok(found)
     }
 
     /// Whether a scan that found nothing should be repeated before sleeping:
-    /// - it armed new watches, and something may have arrived between the listing and the watch;
-    /// - jobs it took from a lane's cache were gone when read (taken by another worker since the
-    ///   listing): that lane has no watch armed, and the rest of its cache, or a new listing, may
-    ///   hold ready jobs.
+    /// - it armed new claims watches, and a claim may have ended between the listing and the
+    ///   watch;
+    /// - jobs it took from a lane's cache were gone when read (taken by another worker since
+    ///   seen): the rest of the cache, or a new listing, may hold ready jobs.
     pub(crate) fn rescan(&self) -> bool {
         self.rescan
     }
@@ -210,8 +266,9 @@ impl Fetcher {
             _ => (0..config.partitions).collect(),
         };
         // Forget lanes of partitions given away: their jobs are another worker's now.
-        self.lanes
-            .retain(|id, _| id.queue != queue || partitions.contains(&id.partition));
+        let mine = |id: &LaneId| id.queue != queue || partitions.contains(&id.partition);
+        self.lanes.retain(|id, _| mine(id));
+        self.watching.retain(|id, _| mine(id));
         if partitions.is_empty() {
             return Ok(());
         }
@@ -224,42 +281,64 @@ impl Fetcher {
             lane,
         };
         // List every lane worth listing, all partitions at once.
-        let stale: Vec<(u32, Vec<StaleLane>)> = partitions
+        let stale: Vec<(u32, Vec<u8>)> = partitions
             .iter()
             .map(|p| {
                 let lanes = (0..config.priorities)
-                    .filter_map(|lane| match self.lanes.get(&id(*p, lane)) {
-                        None => Some((lane, Vec::new())),
-                        Some(c) if c.ready.is_empty() && !c.quiet => Some((lane, c.open.clone())),
-                        Some(_) => None,
+                    .filter(|lane| match self.lanes.get(&id(*p, *lane)) {
+                        None => true,
+                        Some(c) => c.ready.is_empty() && c.stale,
                     })
                     .collect::<Vec<_>>();
                 (*p, lanes)
             })
             .filter(|(_, lanes)| !lanes.is_empty())
             .collect();
+        // Watches first: requests are answered in order, so each watch is live before its
+        // lane's listing is taken.
+        let unwatched: Vec<LaneId> = stale
+            .iter()
+            .flat_map(|(p, lanes)| lanes.iter().map(move |lane| id(*p, *lane)))
+            .filter(|lane| !self.watching.contains_key(lane))
+            .collect();
+        let watches = futures::future::join_all(unwatched.iter().map(|lane| {
+            self.reader.watch(
+                &self.layout.lane(&lane.queue, lane.partition, lane.lane),
+                zk::AddWatchMode::PersistentRecursive,
+            )
+        }));
         let this = &*self;
-        let listed = futures::future::join_all(
+        let listings = futures::future::join_all(
             stale
                 .iter()
                 .map(|(p, lanes)| this.list_partition(queue, *p, lanes, want)),
-        )
-        .await;
+        );
+        let (watches, listed) = futures::future::join(watches, listings).await;
+        let mut watched = HashSet::new();
+        for (lane, watch) in unwatched.into_iter().zip(watches) {
+            let path = self.layout.lane(&lane.queue, lane.partition, lane.lane);
+            let watcher = watch.map_err(|e| Error::zk("watch lane", &path, e))?;
+            let task = tokio::spawn(forward(watcher, lane.clone(), path, self.events_tx.clone()));
+            watched.insert(lane.clone());
+            self.watching.insert(lane, AbortOnDrop(task));
+        }
+        let claims_path = |p: u32| self.layout.claims(queue, p);
         for ((p, _), listing) in stale.iter().zip(listed) {
             for Listed {
                 lane,
                 jobs,
-                open,
-                watch,
+                complete,
+                foreign,
             } in listing?
             {
-                let all_armed = watch.iter().all(|w| self.armed.contains_key(w));
-                let cache = self.lanes.entry(id(*p, lane)).or_default();
-                cache.open = open;
-                cache.quiet = jobs.is_empty() && all_armed;
-                if jobs.is_empty() && !all_armed {
-                    to_arm.extend(watch.into_iter().map(|w| (w, (queue.to_string(), *p))));
+                // Jobs held by another worker come back only through the claims watch.
+                let claims_armed = !foreign || self.armed.contains_key(&claims_path(*p));
+                if foreign && !claims_armed {
+                    to_arm.push((claims_path(*p), (queue.to_string(), *p)));
                 }
+                let cache = self.lanes.entry(id(*p, lane)).or_default();
+                cache.complete = complete;
+                cache.stale = !(complete && claims_armed);
                 cache.ready.extend(jobs);
             }
         }
@@ -272,14 +351,19 @@ impl Fetcher {
                     if out.len() >= want {
                         break;
                     }
-                    let next = self
-                        .lanes
-                        .get_mut(&id(*p, lane))
-                        .and_then(|c| c.ready.pop_front());
-                    if let Some(mut c) = next {
-                        c.held = Some(Arc::new(Held::new(&self.holding, c.path(&self.layout))));
+                    let Some(cache) = self.lanes.get_mut(&id(*p, lane)) else {
+                        continue;
+                    };
+                    // A job both listed and reported by its watch is in the cache twice.
+                    while let Some(mut c) = cache.ready.pop_front() {
+                        let path = c.path(&self.layout);
+                        if claim::is_held(&self.holding, &path) {
+                            continue;
+                        }
+                        c.held = Some(Arc::new(Held::new(&self.holding, path)));
                         out.push(c);
                         progress = true;
+                        break;
                     }
                 }
             }
@@ -287,26 +371,24 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Lists `lanes` (each with the segments that were open at its last listing) of one
-    /// partition: for each, its unclaimed jobs (at least `want` if there are that many).
+    /// Lists `lanes` of one partition: for each, its unclaimed jobs (at least `want` if there
+    /// are that many).
     async fn list_partition(
         &self,
         queue: &str,
         partition: u32,
-        lanes: &[StaleLane],
+        lanes: &[u8],
         want: usize,
     ) -> Result<Vec<Listed>> {
         let claims_path = self.layout.claims(queue, partition);
         let lane_paths: Vec<String> = lanes
             .iter()
-            .map(|(lane, _)| self.layout.lane(queue, partition, *lane))
+            .map(|lane| self.layout.lane(queue, partition, *lane))
             .collect();
-        let open: Vec<&String> = lanes.iter().flat_map(|(_, open)| open).collect();
-        // The claims, the lanes' segments and the segments that were open, in one round trip.
-        let (claims, segments, open_listed) = futures::future::join3(
+        // The claims and the lanes' segments in one round trip.
+        let (claims, segments) = futures::future::join(
             self.reader.list_children(&claims_path),
             futures::future::join_all(lane_paths.iter().map(|l| self.reader.list_children(l))),
-            futures::future::join_all(open.iter().map(|s| self.reader.list_children(s))),
         )
         .await;
         let claims: HashSet<String> = match claims {
@@ -314,14 +396,12 @@ impl Fetcher {
             Err(zk::Error::NoNode) => HashSet::new(),
             Err(e) => return Err(Error::zk("list claims", claims_path, e)),
         };
-        let listed: HashMap<String, std::result::Result<Vec<String>, zk::Error>> =
-            open.into_iter().cloned().zip(open_listed).collect();
         let walks = lanes
             .iter()
             .zip(&lane_paths)
             .zip(segments)
-            .map(|(((lane, _), path), segments)| {
-                let (claims, claims_path, listed) = (&claims, &claims_path, &listed);
+            .map(|((lane, path), segments)| {
+                let claims = &claims;
                 async move {
                     let segments = match segments {
                         Ok(s) => s,
@@ -334,48 +414,24 @@ impl Fetcher {
                         lane: *lane,
                         lane_path: path,
                         claims,
-                        listed,
                     };
-                    let (jobs, open, foreign) = self.walk_lane(&walk, segments, want).await?;
-                    let mut watch = vec![path.clone()];
-                    watch.extend(open.iter().cloned());
-                    if foreign {
-                        watch.push(claims_path.clone());
-                    }
-                    Ok(Listed {
-                        lane: *lane,
-                        jobs,
-                        open,
-                        watch,
-                    })
+                    self.walk_lane(&walk, segments, want).await
                 }
             });
         futures::future::join_all(walks).await.into_iter().collect()
     }
 
-    /// Unclaimed jobs of one lane, oldest first, listing its segments a few at a time (unless
-    /// already listed) until it has at least `want`; the open segments; and whether some job
-    /// was skipped because another worker holds its claim (whose end would make it ready
-    /// again).
-    async fn walk_lane(
-        &self,
-        walk: &Walk<'_>,
-        mut segments: Vec<String>,
-        want: usize,
-    ) -> Result<(Vec<Candidate>, Vec<String>, bool)> {
+    /// Unclaimed jobs of one lane, oldest first, listing its segments a few at a time until it
+    /// has at least `want`.
+    async fn walk_lane(&self, walk: &Walk<'_>, mut segments: Vec<String>, want: usize) -> Result<Listed> {
         segments.sort();
-        let mut open = Vec::new();
-        let mut found = Vec::new();
+        let mut jobs = Vec::new();
         let mut foreign = false;
-        for group in segments.chunks(SEGMENTS_AT_ONCE) {
+        let mut complete = true;
+        let groups: Vec<&[String]> = segments.chunks(SEGMENTS_AT_ONCE).collect();
+        for (i, group) in groups.iter().enumerate() {
             let paths: Vec<String> = group.iter().map(|s| format!("{}/{s}", walk.lane_path)).collect();
-            let listed = futures::future::join_all(paths.iter().map(|p| async move {
-                match walk.listed.get(p) {
-                    Some(listed) => listed.clone(),
-                    None => self.reader.list_children(p).await,
-                }
-            }))
-            .await;
+            let listed = futures::future::join_all(paths.iter().map(|p| self.reader.list_children(p))).await;
             for ((segment, path), children) in group.iter().zip(paths).zip(listed) {
                 let mut children = match children {
                     Ok(c) => c,
@@ -389,9 +445,6 @@ impl Fetcher {
                     continue;
                 }
                 children.sort();
-                if children.iter().any(|c| c == OPEN_MARKER) {
-                    open.push(path.clone());
-                }
                 for node in children.into_iter().filter(|c| c.starts_with("j-")) {
                     if claim::is_held(&self.holding, &format!("{path}/{node}")) {
                         continue;
@@ -403,7 +456,7 @@ impl Fetcher {
                         foreign = true;
                         continue;
                     }
-                    found.push(Candidate {
+                    jobs.push(Candidate {
                         queue: walk.queue.to_string(),
                         partition: walk.partition,
                         lane: walk.lane,
@@ -413,11 +466,17 @@ impl Fetcher {
                     });
                 }
             }
-            if found.len() >= want {
+            if jobs.len() >= want && i + 1 < groups.len() {
+                complete = false;
                 break;
             }
         }
-        Ok((found, open, foreign))
+        Ok(Listed {
+            lane: walk.lane,
+            jobs,
+            complete,
+            foreign,
+        })
     }
 
     /// Reads the data of `candidates` in pipelined multi-reads, in order.
@@ -445,8 +504,8 @@ impl Fetcher {
         Ok(out)
     }
 
-    /// Arms one-shot watches on `paths` that are not armed yet, all at once. Returns whether it
-    /// armed any.
+    /// Arms one-shot watches on claims `paths` that are not armed yet, all at once. Returns
+    /// whether it armed any.
     async fn arm(&mut self, mut paths: Vec<Wakes>) -> Result<bool> {
         paths.retain(|(path, _)| !self.armed.contains_key(path));
         paths.sort_by(|a, b| a.0.cmp(&b.0));
@@ -472,7 +531,7 @@ impl Fetcher {
                     );
                     armed_new = true;
                 }
-                // Gone (a drained segment): the lane watch covers what comes next.
+                // No claims directory yet: nothing to wait for.
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(Error::zk("watch", path, e)),
             }
@@ -480,42 +539,90 @@ impl Fetcher {
         Ok(armed_new)
     }
 
-    /// Sleeps until a watch fires, the owned partitions change, or `fallback` passes (after
-    /// which every lane is listed again).
+    /// Sleeps until a lane event or claims watch brings something to do, the owned partitions
+    /// change, or `fallback` passes (after which every lane is listed again).
     pub(crate) async fn wait(&mut self, fallback: Duration) {
+        let deadline = tokio::time::Instant::now() + fallback;
         let mut owned = self.owned.clone();
-        let fired = self.fired.get_mut().unwrap_or_else(|p| p.into_inner());
-        let watch = async {
-            if fired.is_empty() {
-                std::future::pending().await
-            } else {
-                fired.next().await
-            }
-        };
-        tokio::select! {
-            Some(path) = watch => self.woken(&path),
-            Ok(()) = owned.changed() => {}
-            _ = tokio::time::sleep(fallback) => {
-                for cache in self.lanes.values_mut() {
-                    cache.quiet = false;
+        loop {
+            let fired = self.fired.get_mut().unwrap_or_else(|p| p.into_inner());
+            let watch = async {
+                if fired.is_empty() {
+                    std::future::pending().await
+                } else {
+                    fired.next().await
+                }
+            };
+            tokio::select! {
+                Some(path) = watch => self.woken(&path),
+                Some(event) = self.events.recv() => self.apply(event),
+                Ok(()) = owned.changed() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.all_stale();
+                    return;
                 }
             }
+            self.take_events();
+            if self.worth_scanning() {
+                return;
+            }
         }
-        self.drain_fired();
     }
 
-    fn drain_fired(&mut self) {
+    /// Whether a scan would find something to list or hand out.
+    fn worth_scanning(&self) -> bool {
+        self.lanes.values().any(|c| !c.ready.is_empty() || c.stale)
+    }
+
+    fn take_events(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.apply(event);
+        }
         while let Some(Some(path)) = self.fired().next().now_or_never() {
             self.woken(&path);
         }
     }
 
-    /// A watch on `path` fired: the lanes it covers are worth listing again.
+    fn apply(&mut self, event: LaneEvent) {
+        match event {
+            LaneEvent::Created { lane, segment, node } => {
+                let Some(cache) = self.lanes.get_mut(&lane) else {
+                    return;
+                };
+                if !cache.complete {
+                    // The next listing sees it, in order.
+                    return;
+                }
+                if cache.ready.len() >= MAX_CACHED {
+                    cache.complete = false;
+                    cache.stale = true;
+                    return;
+                }
+                cache.ready.push_back(Candidate {
+                    queue: lane.queue,
+                    partition: lane.partition,
+                    lane: lane.lane,
+                    segment,
+                    node,
+                    held: None,
+                });
+            }
+            LaneEvent::Reconnected => self.all_stale(),
+        }
+    }
+
+    fn all_stale(&mut self) {
+        for cache in self.lanes.values_mut() {
+            cache.stale = true;
+        }
+    }
+
+    /// A claims watch on `path` fired: the lanes of its partition are worth listing again.
     fn woken(&mut self, path: &str) {
         if let Some((queue, partition)) = self.armed.remove(path) {
             for (id, cache) in self.lanes.iter_mut() {
                 if id.partition == partition && id.queue == queue {
-                    cache.quiet = false;
+                    cache.stale = true;
                 }
             }
         }
@@ -523,5 +630,60 @@ impl Fetcher {
 
     fn fired(&mut self) -> &mut FuturesUnordered<WatchFuture> {
         self.fired.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Forwards the job creations a lane watch reports, and reconnects, until the session ends.
+async fn forward(
+    mut watcher: zk::PersistentWatcher,
+    lane: LaneId,
+    lane_path: String,
+    events: mpsc::UnboundedSender<LaneEvent>,
+) {
+    loop {
+        let event = watcher.changed().await;
+        let forwarded = match event.event_type {
+            zk::EventType::NodeCreated => match job_in_lane(&lane_path, &event.path) {
+                Some((segment, node)) => events.send(LaneEvent::Created {
+                    lane: lane.clone(),
+                    segment: segment.to_string(),
+                    node: node.to_string(),
+                }),
+                None => Ok(()),
+            },
+            zk::EventType::Session if event.session_state.is_terminated() => return,
+            zk::EventType::Session if event.session_state == zk::SessionState::SyncConnected => {
+                events.send(LaneEvent::Reconnected)
+            }
+            _ => Ok(()),
+        };
+        if forwarded.is_err() {
+            return;
+        }
+    }
+}
+
+/// The segment and job names of `path` if it is a job znode of the lane at `lane_path`.
+fn job_in_lane<'a>(lane_path: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = path.strip_prefix(lane_path)?.strip_prefix('/')?;
+    let (segment, node) = rest.split_once('/')?;
+    (node.starts_with("j-") && !node.contains('/') && node != OPEN_MARKER).then_some((segment, node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_in_lane;
+
+    #[test]
+    fn job_paths_are_told_from_segments_and_markers() {
+        let lane = "/zkq/queues/q/p/3/l0";
+        assert_eq!(
+            job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001/j-0000000042"),
+            Some(("s-0000000001", "j-0000000042"))
+        );
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001"), None);
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001/open"), None);
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l01/s-0000000001/j-1"), None);
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0"), None);
     }
 }
