@@ -43,7 +43,7 @@ use crate::claim::{self, Candidate, Held, Holding};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::layout::{Layout, OPEN_MARKER};
+use crate::layout::Layout;
 use crate::queue::QueueConfig;
 use crate::znode;
 
@@ -667,7 +667,7 @@ async fn forward(
 fn job_in_lane<'a>(lane_path: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
     let rest = path.strip_prefix(lane_path)?.strip_prefix('/')?;
     let (segment, node) = rest.split_once('/')?;
-    (node.starts_with("j-") && !node.contains('/') && node != OPEN_MARKER).then_some((segment, node))
+    (node.starts_with("j-") && !node.contains('/')).then_some((segment, node))
 }
 
 #[cfg(test)]
