@@ -314,12 +314,10 @@ impl Fetcher {
                 .map(|(p, lanes)| this.list_partition(queue, *p, lanes, want)),
         );
         let (watches, listed) = futures::future::join(watches, listings).await;
-        let mut watched = HashSet::new();
         for (lane, watch) in unwatched.into_iter().zip(watches) {
             let path = self.layout.lane(&lane.queue, lane.partition, lane.lane);
             let watcher = watch.map_err(|e| Error::zk("watch lane", &path, e))?;
             let task = tokio::spawn(forward(watcher, lane.clone(), path, self.events_tx.clone()));
-            watched.insert(lane.clone());
             self.watching.insert(lane, AbortOnDrop(task));
         }
         let claims_path = |p: u32| self.layout.claims(queue, p);

@@ -440,12 +440,13 @@ impl Worker {
         }
         background.abort_all();
         while background.join_next().await.is_some() {}
+        // The attempts' session handle shares the producer: let go of it first.
+        drop((fetcher, session));
         if let Ok(producer) = Arc::try_unwrap(producer) {
             producer.close().await;
         }
         // Close the session now rather than leave it to expire: until then its registration
         // and candidacy would count as a live worker.
-        drop((fetcher, session));
         futures::future::join(
             znode::close(client, Duration::from_secs(2)),
             znode::close(reader, Duration::from_secs(2)),
