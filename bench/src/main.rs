@@ -7,8 +7,9 @@
 //! 2. enqueue through the single-job API (pipelined) and through the batch API;
 //! 3. drain: `--workers` worker processes, each its own session, run the enqueued jobs with a
 //!    no-op handler; runs are counted per job to report duplicates;
-//! 4. continuous: jobs offered at `--rate` per second while the same fleet runs; enqueue-to-start
-//!    latency percentiles;
+//! 4. continuous: first the raw start chain at `--rate` per second (create; a watch event; read;
+//!    a claim `multi`), the floor of enqueue-to-start latency on this machine; then jobs offered
+//!    at `--rate` per second while the same fleet runs; enqueue-to-start latency percentiles;
 //! 5. delayed jobs due over a few seconds: how late each started after its due time;
 //! 6. backlog: `--backlog` jobs enqueued, the largest child count of any znode, then a fresh
 //!    fleet drains them; the workers' peak RSS.
@@ -158,7 +159,7 @@ async fn run(args: Args) -> Result<(), String> {
     let progress = Progress::start();
     let mut figures: BTreeMap<&'static str, f64> = BTreeMap::new();
 
-    let client = zk.connect().await.map_err(|e| e.to_string())?;
+    let client = connect(&zk).await?;
     let raw = raw::Raw {
         client: &client,
         progress: &progress,
@@ -192,6 +193,28 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("drain_per_s", drain.per_s);
     figures.insert("drain_duplicates", drain.duplicates as f64);
     figures.insert("drain_jobs", drain.completed as f64);
+    // The floor of the continuous workload's latency, measured right before it, with the fleet
+    // idle: the same server state and the same processes on the machine.
+    let (reader, claimer) = (connect(&zk).await?, connect(&zk).await?);
+    let mut chain = raw
+        .start_chain(&reader, &claimer, args.rate, args.duration)
+        .await?;
+    let floor = workloads::percentiles(&mut chain, 1000.0);
+    println!(
+        "raw start chain: {} nodes at {:.0}/s; create-to-claimed p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, \
+         max {:.1} ms",
+        chain.len(),
+        args.rate,
+        floor.p50,
+        floor.p95,
+        floor.p99,
+        floor.max
+    );
+    figures.insert("raw_start_p50_ms", floor.p50);
+    figures.insert("raw_start_p95_ms", floor.p95);
+    figures.insert("raw_start_p99_ms", floor.p99);
+    figures.insert("raw_start_max_ms", floor.max);
+    drop((reader, claimer));
     let latency = w.continuous(queue, &fleet, args.rate, args.duration).await?;
     figures.insert("latency_p50_ms", latency.p50);
     figures.insert("latency_p95_ms", latency.p95);
@@ -226,4 +249,8 @@ async fn run(args: Args) -> Result<(), String> {
         .collect();
     println!("{}", serde_json::Value::Object(json));
     Ok(())
+}
+
+async fn connect(zk: &zkq::ZkConfig) -> Result<zkq::zookeeper_client::Client, String> {
+    zk.connect().await.map_err(|e| e.to_string())
 }

@@ -1,13 +1,15 @@
 //! ZooKeeper's own ceiling on this machine: what a client can get without any queue logic.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use zkq::zookeeper_client as zk;
 
 use crate::progress::{rate, Progress};
+use crate::stamp;
 
 const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+const EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
 /// Children per parent, so no raw workload builds a huge child list.
 const PER_PARENT: usize = 5000;
 const MULTI: usize = 100;
@@ -115,4 +117,103 @@ impl Raw<'_> {
         }
         Ok((create, rate("raw multi delete", n, started)))
     }
+
+    /// The floor of enqueue-to-start latency on this server: the steps of a zkq start with no
+    /// queue logic around them. Nodes stamped with their send time are created at `rate` per
+    /// second for `duration` on this session; `reader` learns of each from a persistent recursive
+    /// watch and reads it; `claimer` commits a `multi` of `set_data` at version 0 and an
+    /// ephemeral create. Returns each node's send-to-committed latency in µs.
+    pub async fn start_chain(
+        &self,
+        reader: &zk::Client,
+        claimer: &zk::Client,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<Vec<u64>, String> {
+        let total = (rate * duration.as_secs_f64()).round() as usize;
+        let parents = self.parents("chain", total).await?;
+        let claims = "/bench-raw/chain-claims";
+        self.client
+            .create(claims, &[], &PERSISTENT)
+            .await
+            .map_err(|e| format!("create {claims}: {e}"))?;
+        let mut watcher = reader
+            .watch("/bench-raw/chain", zk::AddWatchMode::PersistentRecursive)
+            .await
+            .map_err(|e| format!("watch /bench-raw/chain: {e}"))?;
+        let (done, mut latencies) = tokio::sync::mpsc::unbounded_channel();
+        let consumer = async {
+            let mut starts = futures::stream::FuturesUnordered::new();
+            let mut seen = 0;
+            while seen < total || !starts.is_empty() {
+                tokio::select! {
+                    event = watcher.changed(), if seen < total => {
+                        if event.event_type != zk::EventType::NodeCreated
+                            || !event.path.rsplit('/').next().is_some_and(|n| n.starts_with("n-"))
+                        {
+                            continue;
+                        }
+                        seen += 1;
+                        starts.push(start(reader, claimer, claims, event.path));
+                    }
+                    Some(latency) = starts.next() => {
+                        let _ = done.send(latency?);
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let producer = async {
+            let started = self.progress.phase("raw start chain");
+            let mut sent = 0;
+            let mut creates = futures::stream::FuturesUnordered::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            while sent < total || !creates.is_empty() {
+                tokio::select! {
+                    _ = tick.tick(), if sent < total => {
+                        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
+                        while sent < due {
+                            let path = Self::node(&parents, sent);
+                            creates.push(async move {
+                                let data = stamp::payload(self.payload.len().max(32));
+                                self.client.create(&path, &data, &PERSISTENT).await.map(drop)
+                            });
+                            sent += 1;
+                        }
+                    }
+                    Some(created) = creates.next() => {
+                        created.map_err(|e| format!("raw create: {e}"))?;
+                        self.progress.add(1);
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        };
+        tokio::try_join!(consumer, producer)?;
+        drop(done);
+        let mut all = Vec::with_capacity(total);
+        while let Some(latency) = latencies.recv().await {
+            all.push(latency);
+        }
+        Ok(all)
+    }
+}
+
+/// One start of the raw chain: read the node, claim it. Returns its latency in µs.
+async fn start(reader: &zk::Client, claimer: &zk::Client, claims: &str, path: String) -> Result<u64, String> {
+    let (data, _) = reader
+        .get_data(&path)
+        .await
+        .map_err(|e| format!("read {path}: {e}"))?;
+    let sent = stamp::read(&data).ok_or_else(|| format!("{path} has no stamp"))?;
+    let claim = format!("{claims}/{}", path.replace('/', "."));
+    let mut multi = claimer.new_multi_writer();
+    multi
+        .add_set_data(&path, &data, Some(0))
+        .map_err(|e| format!("claim {path}: {e}"))?;
+    multi
+        .add_create(&claim, &[], &EPHEMERAL)
+        .map_err(|e| format!("claim {path}: {e}"))?;
+    multi.commit().await.map_err(|e| format!("claim {path}: {e}"))?;
+    Ok(stamp::now_us().saturating_sub(sent))
 }

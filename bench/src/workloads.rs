@@ -250,7 +250,7 @@ fn duplicates(tally: &Tally) -> u64 {
 }
 
 /// Percentiles of `values`, divided by `per_ms` to give ms.
-fn percentiles(values: &mut [u64], per_ms: f64) -> Percentiles {
+pub fn percentiles(values: &mut [u64], per_ms: f64) -> Percentiles {
     values.sort_unstable();
     let at = |q: f64| {
         if values.is_empty() {
