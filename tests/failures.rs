@@ -255,3 +255,59 @@ async fn a_running_worker_is_registered_and_its_registration_goes_with_it() {
     within(handle).await.unwrap().unwrap();
     assert!(zkq::registry::list(&client, &layout).await.unwrap().is_empty());
 }
+
+/// Lane watches are persistent watches, which the client does not set again on a new connection.
+/// After ZooKeeper restarts under a running worker, a job enqueued later is still found by a
+/// watch: the poll fallback is two minutes here, far beyond the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_zookeeper_restarts_new_jobs_are_still_found_by_watch() {
+    let server = zkq_testkit::Ensemble::standalone().expect("zookeeper starts");
+    let mut env = Env::on(&server, "zk-restart");
+    // Sessions outlive the restart.
+    env.zk.session_timeout = Duration::from_secs(20);
+    let producer = env.producer_for("q", &small_queue()).await;
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let config = zkq::WorkerConfig {
+        poll_interval: Duration::from_secs(120),
+        ..env.worker_config("q", 4)
+    };
+    let (stop, handle) = spawn_worker(env.worker(config).handle("k", handler).unwrap());
+    producer.enqueue("q", NewJob::new("k", "before")).await.unwrap();
+    assert_eq!(take(&mut runs, 1).await[0].text(), "before");
+
+    server.member(0).restart().expect("zookeeper restarts");
+    server
+        .wait_ready(Duration::from_secs(30))
+        .expect("zookeeper serves");
+    // Once the worker has run a job enqueued after the restart, it has reconnected and listed
+    // its lanes again; from then on only a watch can tell it about a new job in time.
+    enqueue_until_accepted(&producer, "probe").await;
+    let probe = take(&mut runs, 1).await.remove(0);
+    assert_eq!(probe.text(), "probe");
+    enqueue_until_accepted(&producer, "after").await;
+    let after = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let run = take(&mut runs, 1).await.remove(0);
+            if run.text() == "after" {
+                return run;
+            }
+        }
+    })
+    .await
+    .expect("the job enqueued after the restart ran within 20 s, by watch");
+    assert_eq!(after.attempt, 1);
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}
+
+/// Enqueues a job, trying again while the producer's session reconnects. A try whose outcome was
+/// unknown may have enqueued it too.
+async fn enqueue_until_accepted(producer: &zkq::Producer, payload: &str) {
+    within(async {
+        while let Err(e) = producer.enqueue("q", NewJob::new("k", payload)).await {
+            eprintln!("enqueue {payload}: {e}; trying again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+}

@@ -20,7 +20,8 @@
 //! another worker holds their claims arms a one-shot watch on the partition's claims (this
 //! worker's own claims end through its own hands and need none); when it fires, the lane is
 //! listed again. So is every lane after a reconnect (a persistent watch may miss events while
-//! disconnected), after the worker slept a whole poll interval (a safety net), and every
+//! disconnected, and the client does not set persistent watches again on the new connection: the
+//! fetcher drops them and sets new ones before those listings), after the worker slept a whole poll interval (a safety net), and every
 //! [`TIDY_INTERVAL`], which also deletes drained segments.
 //!
 //! A cached job may have been taken meanwhile by another worker: reading it (gone) or claiming
@@ -136,7 +137,9 @@ enum LaneEvent {
         segment: String,
         node: String,
     },
-    /// The reader reconnected: events may have been missed, so list every lane again.
+    /// The reader reconnected: events may have been missed, and the lane watches are gone from
+    /// the server (zookeeper-client 0.11 sets only one-shot watches again on a new connection).
+    /// Every lane is watched anew and listed again.
     Reconnected,
 }
 
@@ -605,7 +608,12 @@ impl Fetcher {
                     held: None,
                 });
             }
-            LaneEvent::Reconnected => self.all_stale(),
+            LaneEvent::Reconnected => {
+                // Dropping a watcher removes its watch; the next scan sets a new one before it
+                // lists the lane, in the same round trip.
+                self.watching.clear();
+                self.all_stale();
+            }
         }
     }
 
