@@ -3,7 +3,8 @@
 //! Nothing here fakes ZooKeeper: [`Ensemble`] starts the real server (`QuorumPeerMain`) from the
 //! installed jars, on free loopback ports, with its data in a temporary directory. A one-member
 //! ensemble runs standalone; three members form a quorum. Single members can be stopped, killed,
-//! restarted, frozen (`SIGSTOP`) and thawed (`SIGCONT`) to inject faults.
+//! restarted, frozen (`SIGSTOP`) and thawed (`SIGCONT`) to inject faults, and a [`Proxy`] cuts
+//! one client off from the servers.
 //!
 //! Tests in one binary share one standalone server through [`shared`] and isolate themselves with
 //! a unique root path from [`unique_root`], so they can run in parallel.
@@ -12,10 +13,13 @@
 //! - [`install`]: finds the ZooKeeper jars and `java`.
 //! - [`server`]: one member process: config, start, stop, kill, freeze.
 //! - [`ensemble`]: a standalone server or a quorum of members, readiness checks.
+//! - [`proxy`]: a loopback TCP proxy that partitions one client from the server.
 
 pub mod ensemble;
 pub mod install;
+pub mod proxy;
 pub mod server;
 
 pub use ensemble::{shared, unique_root, Ensemble};
+pub use proxy::Proxy;
 pub use server::Member;

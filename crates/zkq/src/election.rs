@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
+use crate::line::{self, Place, Waited};
 use crate::txn::{self, Op};
 use crate::znode::{self, EPHEMERAL_SEQUENTIAL};
 
@@ -91,19 +92,11 @@ impl Election {
     /// # Errors
     /// [`Error::SessionLost`] when the session ends while waiting; other ZooKeeper errors.
     pub async fn campaign(&self) -> Result<Leadership> {
-        let mut states = self.client.state_watcher();
         loop {
             match self.try_campaign().await {
                 // The connection dropped: once it is back, look again (a node created in the
                 // meantime is found by its owner, so nothing is left behind).
-                Err(Error::OutcomeUnknown { .. }) => {
-                    while states.peek_state() != zk::SessionState::SyncConnected {
-                        let state = states.changed().await;
-                        if state.is_terminated() {
-                            return Err(Error::SessionLost(zk::Error::SessionExpired));
-                        }
-                    }
-                }
+                Err(Error::OutcomeUnknown { .. }) => znode::connected(&self.client).await?,
                 other => return other,
             }
         }
@@ -114,47 +107,29 @@ impl Election {
         znode::ensure_path(&self.client, &self.epoch_path()).await?;
         let me = self.own_node().await?;
         let node = format!("{}/{me}", self.candidates());
-        let mut states = self.client.state_watcher();
         loop {
-            let mut line = self
-                .client
-                .list_children(&self.candidates())
-                .await
-                .map_err(|e| Error::zk("list candidates", self.candidates(), e))?;
-            line.sort_by_key(|n| sequence_of(n));
-            let Some(position) = line.iter().position(|n| *n == me) else {
-                return Err(Error::SessionLost(zk::Error::NoNode));
-            };
-            if position == 0 {
-                let epoch = self.take_office(&node).await?;
-                info!(candidate = %self.name, epoch, "elected leader");
-                let lost = CancellationToken::new();
-                let monitor = tokio::spawn(watch_office(self.client.clone(), node.clone(), lost.clone()));
-                return Ok(Leadership {
-                    client: self.client.clone(),
-                    name: self.name.clone(),
-                    epoch,
-                    epoch_path: self.epoch_path(),
-                    node,
-                    lost,
-                    _monitor: monitor,
-                });
-            }
-            let predecessor = format!("{}/{}", self.candidates(), line[position - 1]);
-            let (stat, watcher) = self
-                .client
-                .check_and_watch_stat(&predecessor)
-                .await
-                .map_err(|e| Error::zk("watch predecessor", &predecessor, e))?;
-            if stat.is_none() {
-                continue;
-            }
-            debug!(candidate = %self.name, %predecessor, "waiting for the predecessor");
-            tokio::select! {
-                _ = watcher.changed() => {
-                    self.wakeups.fetch_add(1, Ordering::Relaxed);
+            let predecessor = match line::place(&self.client, &self.candidates(), &me).await? {
+                Place::First => {
+                    let epoch = self.take_office(&node).await?;
+                    info!(candidate = %self.name, epoch, "elected leader");
+                    let lost = CancellationToken::new();
+                    let monitor =
+                        tokio::spawn(line::watch_held(self.client.clone(), node.clone(), lost.clone()));
+                    return Ok(Leadership {
+                        client: self.client.clone(),
+                        name: self.name.clone(),
+                        epoch,
+                        epoch_path: self.epoch_path(),
+                        node,
+                        lost,
+                        _monitor: monitor,
+                    });
                 }
-                state = session_ended(&mut states) => return Err(Error::SessionLost(state)),
+                Place::Behind(predecessor) => predecessor,
+            };
+            debug!(candidate = %self.name, %predecessor, "waiting for the predecessor");
+            if line::wait_for(&self.client, &predecessor, None).await? == Waited::Woken {
+                self.wakeups.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -215,7 +190,7 @@ impl Election {
             .filter(|(_, stat)| matches!(stat, Ok(Some(s)) if s.ephemeral_owner == session))
             .map(|(n, _)| n)
             .collect();
-        mine.sort_by_key(|n| sequence_of(n));
+        mine.sort_by_key(|n| line::sequence_of(n));
         Ok(mine)
     }
 
@@ -343,58 +318,5 @@ impl Drop for Leadership {
     fn drop(&mut self) {
         self.lost.cancel();
         self._monitor.abort();
-    }
-}
-
-/// Cancels `lost` when the connection leaves `SyncConnected` or the candidate node goes.
-async fn watch_office(client: zk::Client, node: String, lost: CancellationToken) {
-    let mut states = client.state_watcher();
-    if states.peek_state() != zk::SessionState::SyncConnected {
-        lost.cancel();
-        return;
-    }
-    let node_gone = async {
-        loop {
-            match client.check_and_watch_stat(&node).await {
-                Ok((Some(_), watcher)) => {
-                    if watcher.changed().await.event_type == zk::EventType::NodeDeleted {
-                        return;
-                    }
-                }
-                _ => return,
-            }
-        }
-    };
-    tokio::select! {
-        _ = node_gone => {}
-        _ = async {
-            loop {
-                if states.changed().await != zk::SessionState::SyncConnected {
-                    return;
-                }
-            }
-        } => {}
-    }
-    info!(%node, "leadership lost");
-    lost.cancel();
-}
-
-/// The sequence number of a candidate node name (`c-<seq>`); unparsable names sort last.
-fn sequence_of(name: &str) -> i64 {
-    name.rsplit_once('-')
-        .and_then(|(_, s)| s.parse::<i64>().ok())
-        .unwrap_or(i64::MAX)
-}
-
-/// Resolves when the session ends for good.
-async fn session_ended(states: &mut zk::StateWatcher) -> zk::Error {
-    loop {
-        let state = states.changed().await;
-        if state.is_terminated() {
-            return match state {
-                zk::SessionState::Closed => zk::Error::ClientClosed,
-                _ => zk::Error::SessionExpired,
-            };
-        }
     }
 }

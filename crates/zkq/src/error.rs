@@ -54,6 +54,11 @@ pub enum Error {
     #[error("fenced: epoch {epoch} is no longer current")]
     Fenced { epoch: i32 },
 
+    /// A write guarded by a lock failed its check: the lock is not held any more (released, or
+    /// its session ended and another holder may have it).
+    #[error("lock on {key:?} is no longer held")]
+    LockLost { key: String },
+
     /// Any other ZooKeeper error, with the operation and path it happened on.
     #[error("ZooKeeper {op} on {path} failed: {source}")]
     Zk {

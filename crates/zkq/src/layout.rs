@@ -14,6 +14,7 @@
 //! <root>/cron/<name>                                     periodic job: schedule, template, last tick
 //! <root>/singletons/<name>/candidates/c-<seq>            batch-job master election
 //! <root>/singletons/<name>/epoch                         its version is the fencing token
+//! <root>/locks/<key>/l-<id>-<seq>                        EPHEMERAL_SEQUENTIAL lock holder and waiters
 //! ```
 
 use crate::error::{Error, Result};
@@ -139,6 +140,16 @@ impl Layout {
         format!("{}/singletons/{name}", self.root)
     }
 
+    /// Locks, one CONTAINER child per key in use, see [`crate::lock`].
+    pub fn locks(&self) -> String {
+        format!("{}/locks", self.root)
+    }
+
+    /// The line of the lock on `key` (any 1 to 256 bytes, escaped into one znode name).
+    pub fn lock(&self, key: &str) -> String {
+        format!("{}/locks/{}", self.root, escape_key(key))
+    }
+
     pub fn workers(&self) -> String {
         format!("{}/workers", self.root)
     }
@@ -204,6 +215,21 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A lock key as one znode name: `A-Z a-z 0-9 _ - .` stay, every other byte becomes `%XX`, and
+/// so does a leading `.` (no key can name `.` or `..`). Distinct keys stay distinct.
+pub fn escape_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for (i, b) in key.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Checks a job kind: 1 to 128 printable characters without whitespace.
 pub fn validate_kind(kind: &str) -> Result<()> {
     let bad = |reason| {
@@ -228,6 +254,16 @@ pub fn validate_kind(kind: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_keys_become_one_safe_znode_name_each() {
+        assert_eq!(escape_key("user-42.a_b"), "user-42.a_b");
+        assert_eq!(escape_key("a/b c"), "a%2Fb%20c");
+        assert_eq!(escape_key(".."), "%2E.");
+        assert_eq!(escape_key("%2F"), "%252F");
+        assert_eq!(escape_key("ü"), "%C3%BC");
+        assert_ne!(escape_key("a/b"), escape_key("a%2Fb"));
+    }
 
     #[test]
     fn queue_names_follow_the_rules() {

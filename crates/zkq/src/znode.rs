@@ -133,6 +133,20 @@ pub(crate) async fn close(client: zk::Client, within: Duration) {
     let _ = tokio::time::timeout(within, closed).await;
 }
 
+/// Waits until `client` is connected again.
+///
+/// # Errors
+/// [`Error::SessionLost`] when the session ends instead.
+pub(crate) async fn connected(client: &zk::Client) -> Result<()> {
+    let mut states = client.state_watcher();
+    while states.peek_state() != zk::SessionState::SyncConnected {
+        if states.changed().await.is_terminated() {
+            return Err(Error::SessionLost(zk::Error::SessionExpired));
+        }
+    }
+    Ok(())
+}
+
 /// Whether a request failed because the session is gone for good (retrying on this client is
 /// pointless).
 pub(crate) fn is_final(e: &zk::Error) -> bool {

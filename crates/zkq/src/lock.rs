@@ -1,0 +1,315 @@
+//! Distributed locks: a mutex per key, with fencing tokens.
+//!
+//! # Recipe
+//! ```text
+//!  acquire ──create <root>/locks/<key>/l-<id>-<seq> (EPHEMERAL_SEQUENTIAL)──► waiting
+//!  waiting ──lowest sequence in line──► held (fencing token: the node's czxid)
+//!  waiting ──not lowest──► watch the node just ahead only ──it is gone──► waiting
+//!  waiting ──timeout / try-lock──► node deleted, not acquired
+//!  held ──release, or the guard dropped──► node deleted: the next waiter is woken
+//!  held ──connection in doubt, or node gone──► lost
+//! ```
+//!
+//! Each waiter watches only its predecessor ([`crate::line`]), so a release wakes exactly one
+//! process, however many wait (no herd effect). Each node name carries an id of its own, so
+//! several waiters of one session (two jobs with the same key on one worker) never mistake each
+//! other's nodes, and a create whose reply was lost with the connection is found again rather
+//! than left behind. The key's directory is a CONTAINER znode: the server deletes it once its
+//! last node is gone, so keys used once do not pile up under `<root>/locks`.
+//!
+//! # Fencing token
+//! The token is the zxid that created the holder's node. Every later holder of the same key
+//! created its node later, so it has a larger token: a resource that remembers the largest
+//! token it has seen can reject a stale holder's writes. Writes to ZooKeeper itself can be
+//! guarded directly: [`LockGuard::check`] adds a check of the holder's node to a `multi`, which
+//! then fails as a whole once the node is gone.
+//!
+//! # Connection loss and session expiry
+//! The lock is held by the session: it ends when the session expires (the server deletes the
+//! node) and another waiter may then take it. A holder cut off from ZooKeeper cannot know when
+//! that happens, so its guard counts the lock as lost as soon as the connection leaves
+//! `SyncConnected` ([`LockGuard::lost`]), even if the session later turns out to have survived:
+//! work under the lock should stop then. Guarded writes stay safe either way: they fail unless
+//! the node still exists. A waiter whose session ends gets [`Error::SessionLost`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use zookeeper_client as zk;
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::line::{self, Place, Waited};
+use crate::znode::{self, EPHEMERAL_SEQUENTIAL};
+
+/// Longest lock key, in bytes.
+pub const MAX_KEY: usize = 256;
+
+const CONTAINER: zk::CreateOptions<'static> = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
+
+/// The mutex on one key. Cheap to clone; acquiring twice waits in line twice.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    client: zk::Client,
+    key: String,
+    dir: String,
+    holder: String,
+    wakeups: Arc<AtomicU64>,
+}
+
+/// The lock, held. Dropping it releases the lock (the delete is sent at once, without waiting
+/// for its reply).
+#[derive(Debug)]
+pub struct LockGuard {
+    client: zk::Client,
+    key: String,
+    node: String,
+    token: i64,
+    lost: CancellationToken,
+    monitor: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+impl Lock {
+    /// The lock on `key` under `layout`, taken on `client`'s session. `holder` is stored in the
+    /// lock node for operators (a worker id, a host name).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for an empty key or one over [`MAX_KEY`] bytes.
+    pub fn new(client: zk::Client, layout: &Layout, key: &str, holder: &str) -> Result<Lock> {
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(Error::InvalidName {
+                what: "lock key",
+                name: key.to_string(),
+                reason: "must be 1 to 256 bytes",
+            });
+        }
+        Ok(Lock {
+            client,
+            key: key.to_string(),
+            dir: layout.lock(key),
+            holder: holder.to_string(),
+            wakeups: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// How often waiters on this lock (and its clones) were woken by their predecessor's watch.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Takes the lock if nobody holds it or waits for it, without waiting.
+    pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
+        self.acquire_until(Some(Instant::now())).await
+    }
+
+    /// Waits in line until the lock is this caller's.
+    ///
+    /// # Cancellation safety
+    /// Dropping the future leaves the line (its node is deleted).
+    pub async fn acquire(&self) -> Result<LockGuard> {
+        match self.acquire_until(None).await? {
+            Some(guard) => Ok(guard),
+            None => unreachable!("no deadline, no timeout"),
+        }
+    }
+
+    /// Waits in line for at most `timeout`; `None` if the lock was not acquired by then.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockGuard>> {
+        self.acquire_until(Some(Instant::now() + timeout)).await
+    }
+
+    async fn acquire_until(&self, deadline: Option<Instant>) -> Result<Option<LockGuard>> {
+        let mut waiting = self.join().await?;
+        let me = waiting.name().to_string();
+        loop {
+            let predecessor = match line::place(&self.client, &self.dir, &me).await? {
+                Place::First => break,
+                Place::Behind(predecessor) => predecessor,
+            };
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                return Ok(None);
+            }
+            debug!(key = %self.key, %predecessor, "waiting for the lock");
+            match line::wait_for(&self.client, &predecessor, deadline).await? {
+                Waited::TimedOut => return Ok(None),
+                Waited::Woken => {
+                    self.wakeups.fetch_add(1, Ordering::Relaxed);
+                }
+                Waited::Gone => {}
+            }
+        }
+        let (node, token) = waiting.take();
+        let lost = CancellationToken::new();
+        let monitor = tokio::spawn(line::watch_held(self.client.clone(), node.clone(), lost.clone()));
+        Ok(Some(LockGuard {
+            client: self.client.clone(),
+            key: self.key.clone(),
+            node,
+            token,
+            lost,
+            monitor,
+            released: false,
+        }))
+    }
+
+    /// Creates this caller's node in line, and the key's directory if the server removed it.
+    /// A create whose outcome was lost with the connection is looked for by its id once the
+    /// connection is back.
+    async fn join(&self) -> Result<Waiting> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("{}/l-{id}-", self.dir);
+        loop {
+            match self
+                .client
+                .create(&prefix, self.holder.as_bytes(), &EPHEMERAL_SEQUENTIAL)
+                .await
+            {
+                Ok((stat, seq)) => {
+                    return Ok(Waiting::new(&self.client, format!("{prefix}{seq}"), stat.czxid));
+                }
+                Err(zk::Error::NoNode) => self.make_dir().await?,
+                Err(e) => match Error::zk("create lock node", &prefix, e) {
+                    Error::OutcomeUnknown { .. } => {
+                        znode::connected(&self.client).await?;
+                        if let Some(found) = self.find(&id).await? {
+                            return Ok(found);
+                        }
+                    }
+                    e => return Err(e),
+                },
+            }
+        }
+    }
+
+    async fn make_dir(&self) -> Result<()> {
+        znode::ensure_path(
+            &self.client,
+            self.dir.rsplit_once('/').map_or("/", |(p, _)| p),
+        )
+        .await?;
+        match self.client.create(&self.dir, &[], &CONTAINER).await {
+            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(Error::zk("create lock directory", &self.dir, e)),
+        }
+    }
+
+    /// This caller's node with id `id`, if its create went through.
+    async fn find(&self, id: &str) -> Result<Option<Waiting>> {
+        let line = match self.client.list_children(&self.dir).await {
+            Ok(line) => line,
+            Err(zk::Error::NoNode) => return Ok(None),
+            Err(e) => return Err(Error::zk("list lock line", &self.dir, e)),
+        };
+        let mine = format!("l-{id}-");
+        let Some(name) = line.into_iter().find(|n| n.starts_with(&mine)) else {
+            return Ok(None);
+        };
+        let path = format!("{}/{name}", self.dir);
+        match self.client.check_stat(&path).await {
+            Ok(Some(stat)) => Ok(Some(Waiting::new(&self.client, path, stat.czxid))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::zk("stat lock node", &path, e)),
+        }
+    }
+}
+
+/// A node in line, deleted when this is dropped unless it was taken as the holder's.
+struct Waiting {
+    client: zk::Client,
+    node: Option<(String, i64)>,
+}
+
+impl Waiting {
+    fn new(client: &zk::Client, node: String, czxid: i64) -> Waiting {
+        Waiting {
+            client: client.clone(),
+            node: Some((node, czxid)),
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.node
+            .as_ref()
+            .and_then(|(path, _)| path.rsplit('/').next())
+            .unwrap_or_default()
+    }
+
+    fn take(&mut self) -> (String, i64) {
+        self.node.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some((node, _)) = self.node.take() {
+            // Sent now; the reply does not matter (the session may be gone already).
+            drop(self.client.delete(&node, None));
+        }
+    }
+}
+
+impl LockGuard {
+    /// The fencing token: larger for every later holder of the same key.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The holder's znode: a `multi` that checks it (version 0) fails once the lock is gone.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Cancelled as soon as holding the lock is in doubt (connection lost, node gone).
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+
+    /// Whether the lock is still held as far as this process can tell.
+    pub fn is_held(&self) -> bool {
+        !self.lost.is_cancelled()
+    }
+
+    /// Adds the check that guards a write to `multi`: the whole `multi` fails with `NoNode`
+    /// unless this guard's node still exists.
+    pub fn check(&self, multi: &mut zk::MultiWriter<'_>) -> Result<()> {
+        multi
+            .add_check_version(&self.node, 0)
+            .map_err(|e| Error::zk("check lock", &self.node, e))
+    }
+
+    /// Releases the lock and waits for the server to confirm it.
+    pub async fn release(mut self) -> Result<()> {
+        self.released = true;
+        self.lost.cancel();
+        match self.client.delete(&self.node, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+            Err(e) if znode::is_final(&e) => Ok(()),
+            Err(e) => Err(Error::zk("release lock", &self.node, e)),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.monitor.abort();
+        if !self.released {
+            self.lost.cancel();
+            drop(self.client.delete(&self.node, None));
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The lock recipe: exclusion across sessions, try-lock, timeouts, fencing tokens, no herd
+//! effect, and guarded writes after the holder's session is gone.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use zkq::zookeeper_client as zk;
+use zkq::{Layout, Lock};
+use zkq_tests::{within, Env};
+
+fn lock(env: &Env, client: &zk::Client, key: &str) -> Lock {
+    Lock::new(client.clone(), &Layout::new(&env.root).unwrap(), key, "test").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_on_different_sessions_never_overlap_and_all_get_their_turn() {
+    let env = Env::new("lock-exclusion");
+    let inside = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let turns = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = env.client().await;
+        let lock = lock(&env, &client, "shared");
+        let (inside, overlaps, turns) = (inside.clone(), overlaps.clone(), turns.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let guard = lock.acquire().await.unwrap();
+                if inside.swap(true, Ordering::SeqCst) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                inside.store(false, Ordering::SeqCst);
+                turns.fetch_add(1, Ordering::SeqCst);
+                guard.release().await.unwrap();
+            }
+        }));
+    }
+    within(futures::future::try_join_all(tasks)).await.unwrap();
+    assert_eq!(turns.load(Ordering::SeqCst), 20);
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_waiters_of_one_session_exclude_each_other() {
+    let env = Env::new("lock-same-session");
+    let client = env.client().await;
+    let first = lock(&env, &client, "k").acquire().await.unwrap();
+    let second = lock(&env, &client, "k");
+    assert!(second.try_acquire().await.unwrap().is_none());
+    let waiting = tokio::spawn(async move { second.acquire().await.map(|g| g.token()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the second waiter took a held lock");
+    let first_token = first.token();
+    drop(first);
+    let second_token = within(waiting).await.unwrap().unwrap();
+    assert!(second_token > first_token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_lock_and_timeouts_give_up_without_leaving_a_node_in_line() {
+    let env = Env::new("lock-try");
+    let (a, b) = (env.client().await, env.client().await);
+    let held = lock(&env, &a, "k").acquire().await.unwrap();
+    let other = lock(&env, &b, "k");
+    assert!(other.try_acquire().await.unwrap().is_none());
+    let started = std::time::Instant::now();
+    assert!(other
+        .acquire_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Only the holder's node is in line: the failed attempts left nothing behind.
+    let dir = Layout::new(&env.root).unwrap().lock("k");
+    assert_eq!(b.list_children(&dir).await.unwrap().len(), 1);
+    held.release().await.unwrap();
+    let taken = other.try_acquire().await.unwrap().expect("free after release");
+    assert!(taken.is_held());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_only_the_next_waiter() {
+    let env = Env::new("lock-herd");
+    let holder = env.client().await;
+    let guard = lock(&env, &holder, "k").acquire().await.unwrap();
+    let dir = Layout::new(&env.root).unwrap().lock("k");
+    let (mut locks, mut tasks, mut clients) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..4 {
+        let client = env.client().await;
+        let lock = lock(&env, &client, "k");
+        let waiter = lock.clone();
+        tasks.push(tokio::spawn(async move { waiter.acquire().await.unwrap() }));
+        // In line one after another, so that the order is known.
+        within(async {
+            while holder.list_children(&dir).await.unwrap().len() < i + 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        locks.push(lock);
+        clients.push(client);
+    }
+    let mut previous = guard;
+    for (i, task) in tasks.into_iter().enumerate() {
+        previous.release().await.unwrap();
+        previous = within(task).await.unwrap();
+        // Each release woke exactly one waiter: the one right behind it.
+        let woken: Vec<u64> = locks.iter().map(Lock::wakeups).collect();
+        let mut expected = vec![0; 4];
+        expected[..=i].fill(1);
+        assert_eq!(woken, expected, "after release {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_holder_is_cut_off_its_guard_reports_it_and_after_expiry_its_guarded_writes_fail() {
+    let env = Env::new("lock-expiry");
+    // The holder reaches ZooKeeper through a proxy that can partition it.
+    let proxy = zkq_testkit::Proxy::start(&env.zk.address).unwrap();
+    let cut_off = zkq::ZkConfig {
+        address: proxy.address(),
+        ..env.zk.clone()
+    };
+    let holder = cut_off.connect().await.unwrap();
+    let guard = lock(&env, &holder, "k").acquire().await.unwrap();
+    let resource = env.client().await;
+    let record = format!("{}/record", env.root);
+    resource
+        .create(
+            &record,
+            b"",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    let guarded_write = |data: &'static [u8]| {
+        let mut multi = resource.new_multi_writer();
+        guard.check(&mut multi).unwrap();
+        multi.add_set_data(&record, data, None).unwrap();
+        multi.commit()
+    };
+    guarded_write(b"first")
+        .await
+        .expect("a guarded write while the lock is held lands");
+
+    proxy.partition();
+    // The guard counts the lock as lost as soon as the connection is in doubt...
+    within(guard.lost().cancelled()).await;
+    assert!(!guard.is_held());
+    // ...and once the server expired the session, the lock node is gone.
+    within(async {
+        loop {
+            let (stat, watcher) = resource.check_and_watch_stat(guard.node()).await.unwrap();
+            if stat.is_none() {
+                return;
+            }
+            watcher.changed().await;
+        }
+    })
+    .await;
+
+    let err = guarded_write(b"stale")
+        .await
+        .expect_err("a stale guarded write is rejected");
+    assert!(
+        matches!(
+            err,
+            zk::MultiWriteError::OperationFailed {
+                index: 0,
+                source: zk::Error::NoNode
+            }
+        ),
+        "the lock node's check fails: {err:?}"
+    );
+    let (data, _) = resource.get_data(&record).await.unwrap();
+    assert_eq!(data, b"first");
+
+    let next = lock(&env, &env.client().await, "k")
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the lock is free once the holder's session expired");
+    assert!(next.token() > guard.token());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_keys_are_refused_and_any_other_key_works() {
+    let env = Env::new("lock-keys");
+    let client = env.client().await;
+    let layout = Layout::new(&env.root).unwrap();
+    for bad in ["", &"k".repeat(257)] {
+        let err = Lock::new(client.clone(), &layout, bad, "test").expect_err("refused");
+        assert!(err.to_string().contains("lock key"), "{err}");
+    }
+    for key in ["a/b", "..", "user 42", "ü"] {
+        let guard = Lock::new(client.clone(), &layout, key, "test")
+            .unwrap()
+            .acquire()
+            .await
+            .unwrap();
+        guard.release().await.unwrap();
+    }
+}
