@@ -192,11 +192,7 @@ impl Lock {
     }
 
     async fn make_dir(&self) -> Result<()> {
-        znode::ensure_path(
-            &self.client,
-            self.dir.rsplit_once('/').map_or("/", |(p, _)| p),
-        )
-        .await?;
+        znode::ensure_path(&self.client, self.dir.rsplit_once('/').map_or("/", |(p, _)| p)).await?;
         match self.client.create(&self.dir, &[], &CONTAINER).await {
             Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
             Err(e) => Err(Error::zk("create lock directory", &self.dir, e)),
