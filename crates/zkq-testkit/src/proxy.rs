@@ -22,7 +22,7 @@ pub struct Proxy {
 struct Shared {
     cut: AtomicBool,
     stopped: AtomicBool,
-    /// Both ends of every live connection, to close them on a partition.
+    /// Both ends of every connection since the last partition, to close them on the next.
     streams: Mutex<Vec<TcpStream>>,
 }
 
@@ -95,7 +95,6 @@ fn accept(listener: TcpListener, target: &str, shared: &Arc<Shared>) {
         };
         {
             let mut streams = shared.streams.lock().unwrap_or_else(|p| p.into_inner());
-            streams.retain(|s| s.peer_addr().is_ok());
             streams.extend([client_end, server_end]);
         }
         pump(&client, &server);

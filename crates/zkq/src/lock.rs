@@ -117,9 +117,11 @@ impl Lock {
     /// # Cancellation safety
     /// Dropping the future leaves the line (its node is deleted).
     pub async fn acquire(&self) -> Result<LockGuard> {
-        match self.acquire_until(None).await? {
-            Some(guard) => Ok(guard),
-            None => unreachable!("no deadline, no timeout"),
+        // Without a deadline, a try ends only with the lock or an error.
+        loop {
+            if let Some(guard) = self.acquire_until(None).await? {
+                return Ok(guard);
+            }
         }
     }
 
