@@ -97,7 +97,7 @@ pub struct Job {
     #[serde(default)]
     pub attempt: u32,
     pub max_attempts: u32,
-    /// Jobs sharing a lock key never run at the same time.
+    /// Lock key: recorded with the job; exclusion by lock key is not enforced by workers yet.
     #[serde(default)]
     pub lock_key: Option<String>,
     /// Jobs sharing a partition key land in the same partition.
@@ -205,7 +205,7 @@ impl NewJob {
         self
     }
 
-    /// Jobs with the same lock key never run at the same time.
+    /// Records a lock key. Exclusion by lock key is not enforced by workers yet.
     pub fn lock_key(mut self, key: impl Into<String>) -> NewJob {
         self.lock_key = Some(key.into());
         self
