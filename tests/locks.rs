@@ -203,3 +203,141 @@ async fn bad_keys_are_refused_and_any_other_key_works() {
         guard.release().await.unwrap();
     }
 }
+
+/// One run of a keyed job, as the handler saw it.
+#[derive(Debug, Clone)]
+struct Span {
+    key: String,
+    start: std::time::Instant,
+    end: std::time::Instant,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_sharing_a_lock_key_never_overlap_across_workers_retries_included() {
+    let env = Env::new("lock-key-exclusion");
+    let mut config = zkq_tests::small_queue();
+    config.partitions = 4;
+    let producer = env.producer_for("q", &config).await;
+    let spans = Arc::new(std::sync::Mutex::new(Vec::<Span>::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let (spans, done) = (spans.clone(), done.clone());
+        let handler = move |ctx: zkq::JobContext| {
+            let (spans, done) = (spans.clone(), done.clone());
+            async move {
+                let start = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let n: usize = String::from_utf8_lossy(&ctx.job.payload).parse().unwrap();
+                spans.lock().unwrap().push(Span {
+                    key: ctx.job.lock_key.clone().unwrap(),
+                    start,
+                    end: std::time::Instant::now(),
+                });
+                // Every fourth job fails its first attempt: its retry must keep the exclusion.
+                if n % 4 == 0 && ctx.job.attempt == 1 {
+                    return zkq::Outcome::retry_after("first attempt fails", Duration::ZERO);
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                zkq::Outcome::Done
+            }
+        };
+        let worker = env
+            .worker(env.worker_config("q", 4))
+            .handle("keyed", handler)
+            .unwrap();
+        workers.push(zkq_tests::spawn_worker(worker));
+    }
+    let jobs: Vec<_> = (0..40)
+        .map(|n| zkq::NewJob::new("keyed", n.to_string()).lock_key(if n % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    producer.enqueue_batch("q", jobs).await.unwrap();
+    within(async {
+        while done.load(Ordering::SeqCst) < 40 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let spans = spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 50, "40 jobs, 10 of them twice");
+    let mut across_keys = false;
+    for (i, x) in spans.iter().enumerate() {
+        for y in &spans[i + 1..] {
+            let overlap = x.start < y.end && y.start < x.end;
+            assert!(
+                !(overlap && x.key == y.key),
+                "two runs of key {} overlap: {x:?} {y:?}",
+                x.key
+            );
+            across_keys |= overlap;
+        }
+    }
+    assert!(across_keys, "jobs of different keys should run at the same time");
+    for (stop, handle) in workers {
+        let _ = stop.send(());
+        handle.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_lock_key_holds_up_neither_slots_nor_other_jobs() {
+    let env = Env::new("lock-key-parking");
+    let producer = env.producer_for("q", &zkq_tests::small_queue()).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u32)>();
+    let handler = {
+        let release = release.clone();
+        move |ctx: zkq::JobContext| {
+            let (release, tx) = (release.clone(), tx.clone());
+            async move {
+                let name = String::from_utf8_lossy(&ctx.job.payload).into_owned();
+                let _ = tx.send((name.clone(), ctx.job.attempt));
+                if name == "holder" {
+                    release.notified().await;
+                }
+                zkq::Outcome::Done
+            }
+        }
+    };
+    // Two slots: the holder takes one; jobs waiting for its key must not take the other.
+    let worker = env
+        .worker(env.worker_config("q", 2))
+        .handle("j", handler)
+        .unwrap();
+    let (stop, handle) = zkq_tests::spawn_worker(worker);
+    producer
+        .enqueue("q", zkq::NewJob::new("j", "holder").lock_key("k"))
+        .await
+        .unwrap();
+    assert_eq!(within(rx.recv()).await.unwrap().0, "holder");
+    let keyed: Vec<_> = (1..=3)
+        .map(|n| zkq::NewJob::new("j", format!("k{n}")).lock_key("k"))
+        .collect();
+    producer.enqueue_batch("q", keyed).await.unwrap();
+    let free: Vec<_> = (1..=4)
+        .map(|n| zkq::NewJob::new("j", format!("free{n}")))
+        .collect();
+    producer.enqueue_batch("q", free).await.unwrap();
+    let mut early = Vec::new();
+    for _ in 0..4 {
+        early.push(within(rx.recv()).await.unwrap().0);
+    }
+    assert_eq!(
+        early,
+        ["free1", "free2", "free3", "free4"],
+        "only unkeyed jobs run while k is held"
+    );
+    release.notify_one();
+    let mut late = Vec::new();
+    for _ in 0..3 {
+        late.push(within(rx.recv()).await.unwrap());
+    }
+    let expected: Vec<_> = (1..=3).map(|n| (format!("k{n}"), 1)).collect();
+    assert_eq!(
+        late, expected,
+        "the key's jobs run after the holder, in order, on their first attempt"
+    );
+    let _ = stop.send(());
+    let summary = handle.await.unwrap().unwrap();
+    assert_eq!(summary.done, 8);
+}

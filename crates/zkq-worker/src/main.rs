@@ -13,7 +13,9 @@ use zkq::{CommandHandler, Scheduler, SchedulerConfig, Worker, WorkerConfig};
 /// Join a zkq worker fleet: claim jobs from queues on ZooKeeper and run them.
 ///
 /// Each job runs `sh -c COMMAND` for its kind, with the payload on stdin and ZKQ_JOB_ID,
-/// ZKQ_ATTEMPT, ZKQ_MAX_ATTEMPTS, ZKQ_QUEUE, ZKQ_KIND and ZKQ_WORKER_ID in the environment.
+/// ZKQ_ATTEMPT, ZKQ_MAX_ATTEMPTS, ZKQ_QUEUE, ZKQ_KIND, ZKQ_WORKER_ID and ZKQ_FENCING_TOKEN in
+/// the environment. It runs under a watchdog process that kills it before ZooKeeper could
+/// expire this worker's session, even if the worker is frozen.
 /// Exit status 0 marks the job done; any other status fails the attempt, which is retried with
 /// backoff until the job's attempts run out and it goes to the dead letters (with the tail of
 /// stderr in its error history).
@@ -143,6 +145,12 @@ struct JobArgs {
     #[arg(long)]
     no_scheduler: bool,
 
+    /// Share of the session timeout without a reply from ZooKeeper after which the worker
+    /// stops claiming and stops its jobs (0.1 to 0.75). Jobs are also killed by a watchdog
+    /// process at 0.8, even if the worker is frozen
+    #[arg(long, default_value_t = 0.6, value_name = "SHARE")]
+    fence_share: f64,
+
     /// Worker id, unique in the fleet [default: HOST-PID-RANDOM]
     #[arg(long, value_name = "ID")]
     id: Option<String>,
@@ -160,8 +168,8 @@ fn parse_exec(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    // A watchdog process (started by `singleton` for its command) runs here and exits, before
-    // any runtime or thread exists.
+    // A watchdog process (started for a job's command, or by `singleton` for its command) runs
+    // here and exits, before any runtime or thread exists.
     zkq::watchdog::run_if_requested();
     let cli = Cli::parse();
     init_logging(cli.quiet);
@@ -226,6 +234,7 @@ async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> Result<(), String> {
         shutdown_grace: cli.shutdown_grace,
         stop_grace: cli.stop_grace,
         scheduler: !cli.no_scheduler,
+        fence_share: cli.fence_share,
         ..WorkerConfig::default()
     };
     if let Some(id) = &cli.id {
@@ -234,10 +243,10 @@ async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> Result<(), String> {
     let mut worker = Worker::new(connect.zk_config(), &connect.root, config).map_err(|e| e.to_string())?;
     for (kind, command) in &cli.exec {
         worker = if kind == "*" {
-            worker.handle_any(CommandHandler::new(command.clone()))
+            worker.handle_any(CommandHandler::new(command.clone()).with_watchdog())
         } else {
             worker
-                .handle(kind, CommandHandler::new(command.clone()))
+                .handle(kind, CommandHandler::new(command.clone()).with_watchdog())
                 .map_err(|e| e.to_string())?
         };
     }

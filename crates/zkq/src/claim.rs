@@ -134,6 +134,10 @@ pub struct Claimed {
     pub(crate) version: i32,
     pub(crate) job_path: String,
     pub(crate) claim_path: String,
+    /// The zxid of the claim's transaction: the attempt's fencing token.
+    pub(crate) token: i64,
+    /// The lock node held for the job's lock key, if it has one.
+    pub(crate) lock_node: Option<String>,
 }
 
 impl Claimed {
@@ -141,9 +145,10 @@ impl Claimed {
         &self.candidate.queue
     }
 
-    /// The ops that end this claim and remove the job from its segment.
+    /// The ops that end this claim and remove the job from its segment; with a lock key,
+    /// only while the lock is still held.
     pub(crate) fn remove_ops(&self) -> Vec<Op> {
-        vec![
+        let mut ops = vec![
             Op::Delete {
                 path: self.job_path.clone(),
                 version: Some(self.version),
@@ -152,7 +157,24 @@ impl Claimed {
                 path: self.claim_path.clone(),
                 version: None,
             },
-        ]
+        ];
+        if let Some(node) = &self.lock_node {
+            ops.push(Op::Check {
+                path: node.clone(),
+                version: 0,
+            });
+        }
+        ops
+    }
+
+    /// `(path, version)` pairs that hold exactly while this claim does ([`crate::Fence`]).
+    pub(crate) fn fence_checks(&self) -> Vec<(String, i32)> {
+        let mut checks = vec![
+            (self.job_path.clone(), self.version),
+            (self.claim_path.clone(), 0),
+        ];
+        checks.extend(self.lock_node.iter().map(|node| (node.clone(), 0)));
+        checks
     }
 }
 
@@ -207,6 +229,8 @@ impl Prepared {
                 version: version + 1,
                 job_path,
                 claim_path,
+                token: 0,
+                lock_node: None,
             },
             ops,
         })
@@ -258,7 +282,14 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
     while !batch.is_empty() && races <= BATCH_RACES {
         let ops: Vec<Op> = batch.iter().flat_map(|p| p.ops.iter().cloned()).collect();
         match txn::commit(client, &ops).await {
-            Ok(_) => return (batch.into_iter().map(|p| p.claimed).collect(), Vec::new()),
+            Ok(results) => {
+                let won = batch
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| stamped(p.claimed, &results, 2 * i))
+                    .collect();
+                return (won, Vec::new());
+            }
             Err(e) if lost_race(&e.source) => {
                 races += 1;
                 match e.index.map(|i| i / 2).filter(|i| *i < batch.len()) {
@@ -279,12 +310,20 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
     let mut errors = Vec::new();
     for (p, result) in futures::future::join_all(singles).await {
         match result {
-            Ok(_) => won.push(p.claimed),
+            Ok(results) => won.push(stamped(p.claimed, &results, 0)),
             Err(e) if lost_race(&e.source) => {}
             Err(e) => errors.push(e.into_error("claim", &p.ops)),
         }
     }
     (won, errors)
+}
+
+/// `claimed` with its fencing token: the zxid of its `set_data` at `index` in `results`.
+fn stamped(mut claimed: Claimed, results: &[zk::MultiWriteResult], index: usize) -> Claimed {
+    if let Some(zk::MultiWriteResult::SetData { stat }) = results.get(index) {
+        claimed.token = stat.mzxid;
+    }
+    claimed
 }
 
 /// Commits `ops` that settle a claim, telling a lost claim apart from other errors.

@@ -4,13 +4,22 @@
 //! nothing it started outlives the job), when the attempt is stopped (timeout, shutdown, session
 //! loss: SIGTERM first, then SIGKILL if the worker drops the attempt), and when the handler's
 //! future is dropped for any reason.
+//!
+//! All of that needs the worker process to run. Under a watchdog
+//! ([`CommandHandler::with_watchdog`], what `zkq-worker` does), the command's group is also
+//! killed by a separate small process when the worker has not heard from ZooKeeper for
+//! [`crate::liveness::KILL_SHARE`] of its session timeout, frozen or not: before the server can
+//! expire the session and let another worker start the job's next attempt.
 
 use std::process::Stdio;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::handler::{Handler, HandlerFuture, JobContext, Outcome};
+use crate::liveness::KILL_SHARE;
+use crate::watchdog::{self, monotonic_ns, Watchdog};
 
 /// Bytes of stderr kept for the error history.
 const STDERR_TAIL: usize = 2048;
@@ -19,10 +28,11 @@ const STDERR_TAIL: usize = 2048;
 /// (retried or dead-lettered per the queue's policy), with the tail of stderr as the error.
 ///
 /// The environment carries `ZKQ_JOB_ID`, `ZKQ_ATTEMPT`, `ZKQ_MAX_ATTEMPTS`, `ZKQ_QUEUE`,
-/// `ZKQ_KIND` and `ZKQ_WORKER_ID`.
+/// `ZKQ_KIND`, `ZKQ_WORKER_ID` and `ZKQ_FENCING_TOKEN` (the attempt's [`crate::Fence`] token).
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
     command: String,
+    watchdog: bool,
 }
 
 impl CommandHandler {
@@ -30,14 +40,138 @@ impl CommandHandler {
     pub fn new(command: impl Into<String>) -> CommandHandler {
         CommandHandler {
             command: command.into(),
+            watchdog: false,
         }
+    }
+
+    /// Runs each command under a watchdog process fed by the worker's heartbeat, which kills
+    /// it in time even when the worker is frozen. The watchdog is this executable started
+    /// again: its `main` must call [`watchdog::run_if_requested`] first thing (zkq-worker's
+    /// does).
+    pub fn with_watchdog(mut self) -> CommandHandler {
+        self.watchdog = true;
+        self
     }
 }
 
 impl Handler for CommandHandler {
     fn run(&self, ctx: JobContext) -> HandlerFuture {
         let command = self.command.clone();
-        Box::pin(async move { run_command(&command, ctx).await })
+        if self.watchdog {
+            Box::pin(async move { run_watched(&command, ctx).await })
+        } else {
+            Box::pin(async move { run_command(&command, ctx).await })
+        }
+    }
+}
+
+/// The job's environment for the command.
+fn job_env(ctx: &JobContext) -> Vec<(String, String)> {
+    let job = &ctx.job;
+    [
+        ("ZKQ_JOB_ID", job.id.to_string()),
+        ("ZKQ_ATTEMPT", job.attempt.to_string()),
+        ("ZKQ_MAX_ATTEMPTS", job.max_attempts.to_string()),
+        ("ZKQ_QUEUE", ctx.queue.clone()),
+        ("ZKQ_KIND", job.kind.clone()),
+        ("ZKQ_WORKER_ID", ctx.worker_id.clone()),
+        ("ZKQ_FENCING_TOKEN", ctx.fence.token().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Keeps the last [`STDERR_TAIL`] bytes of `stderr`.
+async fn stderr_tail(mut stderr: Option<impl AsyncRead + Unpin>) -> String {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(err) = stderr.as_mut() {
+        match err.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                let excess = tail.len().saturating_sub(STDERR_TAIL);
+                tail.drain(..excess);
+            }
+        }
+    }
+    String::from_utf8_lossy(&tail).trim().to_string()
+}
+
+/// The failed attempt's outcome from how the command ended and its stderr.
+fn failed(how: String, tail: &str) -> Outcome {
+    Outcome::retry(if tail.is_empty() {
+        how
+    } else {
+        format!("{how}: {tail}")
+    })
+}
+
+/// Runs the command under a watchdog whose kill deadline follows the session's heartbeat.
+async fn run_watched(command: &str, ctx: JobContext) -> Outcome {
+    let mut liveness = ctx.fence.liveness().clone();
+    let timeout = liveness.session_timeout();
+    let grace = timeout
+        .mul_f64(0.4)
+        .min(Duration::from_secs(5))
+        .min(timeout.mul_f64(KILL_SHARE) / 2);
+    // The watchdog's stdin is its control pipe: the payload goes through a file it opens for
+    // the command and deletes.
+    let input = std::env::temp_dir().join(format!(
+        "zkq-{}-{}-{}.in",
+        std::process::id(),
+        ctx.job.id,
+        ctx.job.attempt
+    ));
+    if let Err(e) = tokio::fs::write(&input, &ctx.job.payload).await {
+        return Outcome::retry(format!("cannot write the payload to {}: {e}", input.display()));
+    }
+    let mut env = job_env(&ctx);
+    env.push((watchdog::STDIN_FILE.to_string(), input.display().to_string()));
+    let args = ["-c".to_string(), command.to_string()];
+    let mut kill_at = liveness.kill_at_ns();
+    let mut dog = match Watchdog::spawn_with("sh", &args, &env, grace, kill_at, Stdio::piped()) {
+        Ok(dog) => dog,
+        Err(e) => {
+            let _ = std::fs::remove_file(&input);
+            return Outcome::retry(format!("cannot start `sh -c {command}`: {e}"));
+        }
+    };
+    let collect = stderr_tail(dog.stderr());
+    let mut stopped = false;
+    let mut heartbeat = true;
+    let run = async {
+        loop {
+            tokio::select! {
+                code = dog.wait() => return code,
+                alive = liveness.changed(), if heartbeat => {
+                    heartbeat = alive;
+                    if alive && !stopped {
+                        kill_at = liveness.kill_at_ns();
+                        dog.extend(kill_at).await;
+                    }
+                }
+                _ = ctx.stop.cancelled(), if !stopped => {
+                    stopped = true;
+                    dog.stop().await;
+                }
+            }
+        }
+    };
+    let (code, tail) = tokio::join!(run, collect);
+    match code {
+        0 => Outcome::Done,
+        _ if stopped => Outcome::retry("stopped"),
+        _ if monotonic_ns() + grace.as_nanos() as u64 >= kill_at => failed(
+            format!(
+                "stopped by the watchdog: no reply from ZooKeeper for {KILL_SHARE} of the session timeout"
+            ),
+            &tail,
+        ),
+        watchdog::CANNOT_START => failed("cannot start the command".to_string(), &tail),
+        code if code > 128 => failed(format!("killed by signal {}", code - 128), &tail),
+        code => failed(format!("exit status {code}"), &tail),
     }
 }
 
@@ -46,12 +180,7 @@ async fn run_command(command: &str, ctx: JobContext) -> Outcome {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(command)
-        .env("ZKQ_JOB_ID", job.id.to_string())
-        .env("ZKQ_ATTEMPT", job.attempt.to_string())
-        .env("ZKQ_MAX_ATTEMPTS", job.max_attempts.to_string())
-        .env("ZKQ_QUEUE", &ctx.queue)
-        .env("ZKQ_KIND", &job.kind)
-        .env("ZKQ_WORKER_ID", &ctx.worker_id)
+        .envs(job_env(&ctx))
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -74,22 +203,7 @@ async fn run_command(command: &str, ctx: JobContext) -> Outcome {
         }
         drop(stdin);
     };
-    let mut stderr = child.stderr.take();
-    let collect = async move {
-        let mut tail = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Some(err) = stderr.as_mut() {
-            match err.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    tail.extend_from_slice(&buf[..n]);
-                    let excess = tail.len().saturating_sub(STDERR_TAIL);
-                    tail.drain(..excess);
-                }
-            }
-        }
-        tail
-    };
+    let collect = stderr_tail(child.stderr.take());
     let run = async {
         let (_, tail, status) = tokio::join!(feed, collect, child.wait());
         (tail, status)
@@ -98,7 +212,6 @@ async fn run_command(command: &str, ctx: JobContext) -> Outcome {
         (tail, status) = run => {
             // Whatever the command left running in its group ends with the job.
             group.signal(libc::SIGKILL);
-            let tail = String::from_utf8_lossy(&tail).trim().to_string();
             match status {
                 Ok(s) if s.success() => Outcome::Done,
                 Ok(s) => {
@@ -107,7 +220,7 @@ async fn run_command(command: &str, ctx: JobContext) -> Outcome {
                         (None, Some(sig)) => format!("killed by signal {sig}"),
                         _ => "failed".to_string(),
                     };
-                    Outcome::retry(if tail.is_empty() { how } else { format!("{how}: {tail}") })
+                    failed(how, &tail)
                 }
                 Err(e) => Outcome::retry(format!("cannot wait for the command: {e}")),
             }

@@ -45,6 +45,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::layout::Layout;
+use crate::line;
 use crate::queue::QueueConfig;
 use crate::znode;
 
@@ -141,6 +142,31 @@ enum LaneEvent {
     /// the server (zookeeper-client 0.11 sets only one-shot watches again on a new connection).
     /// Every lane is watched anew and listed again.
     Reconnected,
+    /// A job whose lock key is held elsewhere, kept until the key is free ([`Parking`]).
+    Park { key: String, candidate: Candidate },
+    /// The holder of a lock key that parked jobs wait for has let go.
+    KeyFree(String),
+}
+
+/// Hands jobs whose lock key is busy back to the fetcher.
+///
+/// Such a job is not claimed (so it holds no slot and uses no attempt) and is not offered again
+/// until the key's current holder node is gone: the fetcher watches that one node per key, and
+/// then puts the key's jobs back at the front of their lanes, in the order they were found.
+/// Jobs of other keys, and jobs without a key, are offered as usual meanwhile.
+#[derive(Debug, Clone)]
+pub(crate) struct Parking(mpsc::UnboundedSender<LaneEvent>);
+
+impl Parking {
+    pub(crate) fn park(&self, key: String, candidate: Candidate) {
+        let _ = self.0.send(LaneEvent::Park { key, candidate });
+    }
+}
+
+/// Jobs waiting for one lock key, and the watch on its holder.
+struct Parked {
+    jobs: Vec<Candidate>,
+    _watch: AbortOnDrop,
 }
 
 /// A claims watch path and the partition whose lanes it wakes.
@@ -173,6 +199,9 @@ pub(crate) struct Fetcher {
     owned: watch::Receiver<Owned>,
     /// Jobs handed out and not let go of yet.
     holding: Holding,
+    /// Jobs waiting for their lock key, by key. They stay in `holding` meanwhile, so that
+    /// listings do not offer them.
+    parked: HashMap<String, Parked>,
     last_tidy: Instant,
 }
 
@@ -218,8 +247,14 @@ impl Fetcher {
             rescan: false,
             fired: std::sync::Mutex::new(FuturesUnordered::new()),
             holding: Holding::default(),
+            parked: HashMap::new(),
             last_tidy: Instant::now(),
         }
+    }
+
+    /// Where the worker hands back jobs whose lock key is busy.
+    pub(crate) fn parking(&self) -> Parking {
+        Parking(self.events_tx.clone())
     }
 
     /// Up to `want` ready, unclaimed jobs with their data, highest priority first.
@@ -242,8 +277,21 @@ impl Fetcher {
         }
         let armed_new = self.arm(to_arm).await?;
         let handed = found.len();
-        let found = self.read(found).await?;
-        self.rescan = armed_new || found.len() < handed;
+        let read = self.read(found).await?;
+        self.rescan = armed_new || read.len() < handed;
+        // Jobs of a key already waiting wait with them, in order.
+        let mut found = Vec::with_capacity(read.len());
+        for f in read {
+            match f {
+                Found::Job { candidate, job, .. }
+                    if job.lock_key.as_ref().is_some_and(|k| self.parked.contains_key(k)) =>
+                {
+                    let key = job.lock_key.unwrap_or_default();
+                    self.park(key, candidate);
+                }
+                f => found.push(f),
+            }
+        }
         Ok(found)
     }
 
@@ -608,11 +656,48 @@ impl Fetcher {
                     held: None,
                 });
             }
+            LaneEvent::Park { key, candidate } => self.park(key, candidate),
+            LaneEvent::KeyFree(key) => self.unpark(&key),
             LaneEvent::Reconnected => {
                 // Dropping a watcher removes its watch; the next scan sets a new one before it
                 // lists the lane, in the same round trip.
                 self.watching.clear();
                 self.all_stale();
+            }
+        }
+    }
+
+    fn park(&mut self, key: String, candidate: Candidate) {
+        let parked = self.parked.entry(key.clone()).or_insert_with(|| {
+            let watch = watch_key(
+                self.reader.clone(),
+                self.layout.lock(&key),
+                key,
+                self.events_tx.clone(),
+            );
+            Parked {
+                jobs: Vec::new(),
+                _watch: AbortOnDrop(tokio::spawn(watch)),
+            }
+        });
+        parked.jobs.push(candidate);
+    }
+
+    /// Puts the jobs parked on `key` back at the front of their lanes, oldest first.
+    fn unpark(&mut self, key: &str) {
+        let Some(parked) = self.parked.remove(key) else {
+            return;
+        };
+        for mut candidate in parked.jobs.into_iter().rev() {
+            candidate.held = None;
+            let id = LaneId {
+                queue: candidate.queue.clone(),
+                partition: candidate.partition,
+                lane: candidate.lane,
+            };
+            // A lane forgotten meanwhile belongs to another worker now.
+            if let Some(cache) = self.lanes.get_mut(&id) {
+                cache.ready.push_front(candidate);
             }
         }
     }
@@ -667,6 +752,36 @@ async fn forward(
             return;
         }
     }
+}
+
+/// Reports `key` free once the node holding its lock (the lowest in `dir`) is gone. When the
+/// holder cannot be watched, reports it free after a pause: the worker tries the lock again,
+/// which is safe, only not free.
+async fn watch_key(reader: zk::Client, dir: String, key: String, events: mpsc::UnboundedSender<LaneEvent>) {
+    loop {
+        let holder = match reader.list_children(&dir).await {
+            Ok(children) => children.into_iter().min_by_key(|c| line::sequence_of(c)),
+            Err(zk::Error::NoNode) => None,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
+            }
+        };
+        let Some(holder) = holder else { break };
+        match reader.check_and_watch_stat(&format!("{dir}/{holder}")).await {
+            // Gone between the listing and the watch: look again.
+            Ok((None, _)) => continue,
+            Ok((Some(_), watcher)) => {
+                watcher.changed().await;
+                break;
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
+            }
+        }
+    }
+    let _ = events.send(LaneEvent::KeyFree(key));
 }
 
 /// The segment and job names of `path` if it is a job znode of the lane at `lane_path`.

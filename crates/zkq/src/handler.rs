@@ -8,8 +8,10 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
 
 use crate::job::Job;
+use crate::liveness::Liveness;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,61 @@ pub struct JobContext {
     /// lost). A handler that watches it can stop cleanly; one that does not is dropped at its
     /// next `.await` shortly after.
     pub stop: CancellationToken,
+    /// This attempt's hold on the job, for effects that must not outlive it.
+    pub fence: Fence,
+}
+
+/// An attempt's hold on its job: a fencing token and the checks that guard effects.
+///
+/// A worker frozen past its session timeout resumes without knowing that its claim is gone and
+/// that another worker may be running the job. Effects guarded by the fence never interleave
+/// with the next attempt's:
+/// - writes to ZooKeeper: [`Fence::check`] adds checks to a `multi` (on any session) that fail
+///   it unless this attempt's claim (and lock, for a job with a lock key) still stands;
+/// - other resources: [`Fence::token`] grows with every claim of every job, so a resource that
+///   remembers the largest token it accepted (per job, or per lock key) rejects a stale one;
+/// - anything else: [`Fence::is_valid`] right before acting, which fails as soon as the worker
+///   has gone a share of its session timeout without a reply from ZooKeeper (so before the
+///   server can expire the session), even right after the process resumes from a freeze.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub(crate) token: i64,
+    /// `(path, version)` pairs that hold exactly while this attempt's claim does.
+    pub(crate) checks: Vec<(String, i32)>,
+    pub(crate) liveness: Liveness,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Fence {
+    /// The fencing token: the zxid of the transaction that claimed the job for this attempt.
+    /// A later claim of any job has a larger one, and a job with a lock key is claimed only
+    /// while its lock is held, so tokens also grow along each lock key.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+
+    /// Whether this attempt may still act: it was not told to stop, and the worker has heard
+    /// from ZooKeeper recently enough that its session cannot have expired.
+    pub fn is_valid(&self) -> bool {
+        !self.stop.is_cancelled() && !self.liveness.is_fenced()
+    }
+
+    /// Adds to `multi` the checks that fail it once this attempt's claim is gone: the job's
+    /// version as this claim wrote it, the claim znode, and the job's lock node if it has one.
+    ///
+    /// # Errors
+    /// Only a bad path, which the worker never produces.
+    pub fn check(&self, multi: &mut zk::MultiWriter<'_>) -> Result<(), zk::Error> {
+        for (path, version) in &self.checks {
+            multi.add_check_version(path, *version)?;
+        }
+        Ok(())
+    }
+
+    /// The session's heartbeat, for handlers that hand a deadline to another process.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
 }
 
 /// A boxed future returned by handlers.

@@ -97,7 +97,8 @@ pub struct Job {
     #[serde(default)]
     pub attempt: u32,
     pub max_attempts: u32,
-    /// Lock key: recorded with the job; exclusion by lock key is not enforced by workers yet.
+    /// Lock key: no two jobs with the same key run at the same time anywhere in the fleet,
+    /// retries included.
     #[serde(default)]
     pub lock_key: Option<String>,
     /// Jobs sharing a partition key land in the same partition.
@@ -205,7 +206,8 @@ impl NewJob {
         self
     }
 
-    /// Records a lock key. Exclusion by lock key is not enforced by workers yet.
+    /// Sets a lock key: jobs with the same key never run at the same time anywhere in the
+    /// fleet, retries included. A job whose key is busy waits without holding a worker slot.
     pub fn lock_key(mut self, key: impl Into<String>) -> NewJob {
         self.lock_key = Some(key.into());
         self

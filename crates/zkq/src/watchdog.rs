@@ -42,6 +42,10 @@ pub const ARG: &str = "__zkq-watchdog";
 /// Exit status of a watchdog whose command could not be started.
 pub const CANNOT_START: i32 = 127;
 
+/// Environment variable naming a file the watchdog gives the command as its stdin, then
+/// deletes (the watchdog's own stdin is its control pipe). Not passed on to the command.
+pub const STDIN_FILE: &str = "ZKQ_WATCHDOG_STDIN";
+
 /// Nanoseconds on `CLOCK_MONOTONIC`, the clock the runner and the watchdog share.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -73,6 +77,19 @@ impl Watchdog {
         grace: Duration,
         kill_at_ns: u64,
     ) -> Result<Watchdog> {
+        Watchdog::spawn_with(program, args, env, grace, kill_at_ns, Stdio::inherit())
+    }
+
+    /// [`Watchdog::spawn`], with the command's (and the watchdog's) stderr sent to `stderr`;
+    /// with [`Stdio::piped`], read it from [`Watchdog::stderr`].
+    pub fn spawn_with(
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+        grace: Duration,
+        kill_at_ns: u64,
+        stderr: Stdio,
+    ) -> Result<Watchdog> {
         let exe = std::env::current_exe().map_err(|e| {
             Error::InvalidConfig(format!("cannot find this executable to run the watchdog: {e}"))
         })?;
@@ -85,7 +102,7 @@ impl Watchdog {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             // Its own process group: a terminal's Ctrl-C for the runner must not kill the
             // watchdog and leave the command unwatched.
             .process_group(0)
@@ -122,6 +139,11 @@ impl Watchdog {
             Ok(status) => exit_code(status),
             Err(_) => CANNOT_START,
         }
+    }
+
+    /// The stderr pipe of a watchdog started with [`Stdio::piped`] stderr, once.
+    pub fn stderr(&mut self) -> Option<tokio::process::ChildStderr> {
+        self.process.stderr.take()
     }
 
     /// The watchdog's process id.
@@ -166,6 +188,19 @@ fn watch(args: &[String]) -> i32 {
     let grace_ns = grace * 1_000_000;
     let mut command = std::process::Command::new(program);
     command.args(&args[3..]).stdin(Stdio::null()).process_group(0);
+    let stdin_file = std::env::var_os(STDIN_FILE);
+    if let Some(path) = &stdin_file {
+        command.env_remove(STDIN_FILE);
+        match std::fs::File::open(path) {
+            Ok(file) => {
+                command.stdin(file);
+            }
+            Err(e) => {
+                eprintln!("zkq watchdog: cannot open the command's input {path:?}: {e}");
+                return CANNOT_START;
+            }
+        }
+    }
     // SAFETY: prctl is async-signal-safe; it only sets a flag on the child: SIGKILL when the
     // watchdog dies, so that even a killed watchdog does not leave the command unwatched.
     unsafe {
@@ -174,7 +209,12 @@ fn watch(args: &[String]) -> i32 {
             Ok(())
         });
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    if let Some(path) = &stdin_file {
+        // The command has it open (or never will): nothing else needs the file.
+        let _ = std::fs::remove_file(path);
+    }
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             eprintln!("zkq watchdog: cannot start {program}: {e}");

@@ -12,12 +12,29 @@
 //! costs at most a lost claim race, since every claim is a versioned `multi` on the worker's
 //! session. Either session ending ends both.
 //!
+//! # Self-fencing
+//! A heartbeat ([`crate::liveness`]) tells how long the session is surely alive. A worker that
+//! has gone [`WorkerConfig::fence_share`] of its session timeout without a reply from ZooKeeper
+//! (cut off, or its server gone) stops claiming and stops its running attempts, before the
+//! server could expire the session and hand the jobs to another worker. When a reply comes
+//! again the session survived: the stopped attempts' claims are released (not counted) and
+//! work goes on. When the session is gone instead, the worker starts a new one. Commands run
+//! under a watchdog fed by the same heartbeat, which stops them even when the worker is frozen.
+//!
+//! # Lock keys
+//! A job with a lock key is claimed only while this worker's session holds the key's lock
+//! ([`crate::lock`]), taken with a try-lock right before the claim. A busy key sends the job
+//! back to the fetcher unclaimed, where it waits (holding no slot) until the key's holder node
+//! goes; other jobs keep flowing. The lock is released only after the attempt has stopped and
+//! settled, and every settle step checks the lock node, so attempts of one key never overlap,
+//! retries included.
+//!
 //! # Shutdown
 //! When the shutdown future resolves: stop claiming, let running attempts finish within the
 //! grace period, then stop the rest and release their claims (the job is ready again and the
 //! interrupted attempt is not counted), deregister and close the session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -35,10 +52,12 @@ use crate::batcher::Batcher;
 use crate::claim::{self, Candidate, Claimed, Settled};
 use crate::election::Election;
 use crate::error::{Error, Result};
-use crate::fetch::{Fetcher, Found};
-use crate::handler::{Handler, JobContext, Outcome};
-use crate::job::now_ms;
+use crate::fetch::{Fetcher, Found, Parking};
+use crate::handler::{Fence, Handler, JobContext, Outcome};
+use crate::job::{now_ms, JobId};
 use crate::layout::Layout;
+use crate::liveness::{self, Liveness};
+use crate::lock::{Lock, LockGuard};
 use crate::producer::{Placement, Producer};
 use crate::promoter;
 use crate::queue::{self, QueueConfig};
@@ -76,6 +95,10 @@ pub struct WorkerConfig {
     pub scheduling: SchedulerConfig,
     /// Config for queues this worker creates because they did not exist yet.
     pub default_queue_config: QueueConfig,
+    /// Share of the session timeout without a reply from ZooKeeper after which the worker
+    /// stops claiming and stops its running attempts (self-fencing). Between 0.1 and 0.75, below
+    /// the watchdog's [`liveness::KILL_SHARE`]. Defaults to 0.6.
+    pub fence_share: f64,
 }
 
 impl Default for WorkerConfig {
@@ -92,6 +115,7 @@ impl Default for WorkerConfig {
             scheduler: true,
             scheduling: SchedulerConfig::default(),
             default_queue_config: QueueConfig::default(),
+            fence_share: 0.6,
         }
     }
 }
@@ -149,6 +173,31 @@ struct Session {
     abort: CancellationToken,
     /// Cancelled when the session ends.
     lost: CancellationToken,
+    /// The session's heartbeat: fenced when ZooKeeper has not answered for too long.
+    liveness: Liveness,
+    /// Where jobs whose lock key is busy go to wait.
+    parking: Parking,
+    /// Lock keys this session holds or is taking, so that a second job of one key waits
+    /// without trying the lock.
+    keys: Keys,
+}
+
+type Keys = Arc<std::sync::Mutex<HashSet<String>>>;
+
+/// A job's lock, held for its attempt; lets go of the key in [`Keys`] too when dropped.
+struct KeyHold {
+    guard: LockGuard,
+    keys: Keys,
+}
+
+impl Drop for KeyHold {
+    fn drop(&mut self) {
+        lock_keys(&self.keys).remove(self.guard.key());
+    }
+}
+
+fn lock_keys(keys: &Keys) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    keys.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Claims won by one batch, and the slots taken for the whole batch.
@@ -177,6 +226,12 @@ impl Worker {
         }
         if config.concurrency == 0 {
             return Err(Error::InvalidConfig("concurrency must be at least 1".into()));
+        }
+        if !(0.1..=0.75).contains(&config.fence_share) {
+            return Err(Error::InvalidConfig(format!(
+                "fence share must be between 0.1 and 0.75 of the session timeout, got {}",
+                config.fence_share
+            )));
         }
         Ok(Worker {
             zk,
@@ -308,6 +363,12 @@ impl Worker {
         background.spawn(watch_session(client.clone(), session_lost.clone()));
         let (acks, committing) = Batcher::new(client.clone());
         background.spawn(committing);
+        let (liveness, heartbeat) = liveness::start(
+            client.clone(),
+            self.layout.worker(&self.config.id),
+            self.config.fence_share,
+        );
+        background.spawn(heartbeat);
         let scheduler_stop = CancellationToken::new();
         if self.config.scheduler {
             let election = Election::new(client.clone(), self.layout.scheduler(), self.config.id.clone());
@@ -341,7 +402,11 @@ impl Worker {
             acks,
             abort: abort_running.clone(),
             lost: session_lost.clone(),
+            liveness: liveness.clone(),
+            parking: fetcher.parking(),
+            keys: Keys::default(),
         };
+        let mut fence = liveness.clone();
         // Claim batches in flight: scans go on while earlier claims wait for their commit.
         let claim_turns = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
         let batch = (self.config.concurrency / 8).max(1);
@@ -354,6 +419,16 @@ impl Worker {
             }
             if session_lost.is_cancelled() {
                 break SessionEnd::Lost;
+            }
+            if fence.is_fenced() {
+                warn!(worker = %self.config.id, "no reply from ZooKeeper for too long: fenced, not claiming");
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = session_lost.cancelled() => {}
+                    _ = fence.cleared() => info!("ZooKeeper answers again: fence lifted"),
+                    Some(done) = running.join_next() => tally(summary, done),
+                }
+                continue;
             }
             let free = slots.available_permits();
             let claiming = claim_turns.available_permits() < CLAIMS_IN_FLIGHT;
@@ -505,6 +580,7 @@ impl Worker {
         turn: OwnedSemaphorePermit,
         stopping: CancellationToken,
     ) -> Vec<Settle> {
+        let (found, mut holds) = self.take_keys(&session, found).await;
         let mut claims = self.claim_all(session.client.clone(), found, slots).await;
         if claims.won.is_empty() && claims.failures > 0 {
             // Not a lost race but errors: keep the turn a while rather than spin on them.
@@ -526,8 +602,10 @@ impl Worker {
             return settles;
         }
         let mut attempts = JoinSet::new();
-        for claimed in claims.won {
+        for mut claimed in claims.won {
             let Some(slot) = claims.slots.split(1) else { break };
+            let hold = holds.remove(&claimed.job.id);
+            claimed.lock_node = hold.as_ref().map(|h| h.guard.node().to_string());
             let this = self.clone();
             let session = session.clone();
             let abort = session.abort.child_token();
@@ -535,19 +613,87 @@ impl Worker {
             attempts.spawn(
                 async move {
                     let settle = this.run_attempt(&session, claimed, abort).await;
+                    // Only now, with the attempt stopped and settled, may the key's next job
+                    // start.
+                    drop(hold);
                     drop(slot);
                     settle
                 }
                 .instrument(span),
             );
         }
-        // The slots of lost races are free again now, not when the batch's attempts end.
+        // The slots of lost races are free again now, not when the batch's attempts end; so
+        // are their locks.
         drop(claims.slots);
+        drop(holds);
         let mut settles = Vec::with_capacity(attempts.len());
         while let Some(done) = attempts.join_next().await {
             settles.push(done.unwrap_or(Settle::Lost));
         }
         settles
+    }
+
+    /// Takes the lock of each found job that has a lock key, before its claim: a job is claimed
+    /// only while its key is held, so jobs of one key never run at once, and each claim's
+    /// fencing token is larger than every earlier holder's. Jobs whose key is busy (here or
+    /// elsewhere) go back to the fetcher to wait, unclaimed. Returns the jobs to claim and the
+    /// locks taken, by job.
+    async fn take_keys(&self, session: &Session, found: Vec<Found>) -> (Vec<Found>, HashMap<JobId, KeyHold>) {
+        let mut free = Vec::with_capacity(found.len());
+        let mut trying = Vec::new();
+        for f in found {
+            let key = match &f {
+                Found::Job { job, .. } => job.lock_key.clone(),
+                Found::Garbage { .. } => None,
+            };
+            let Some(key) = key else {
+                free.push(f);
+                continue;
+            };
+            if !lock_keys(&session.keys).insert(key.clone()) {
+                self.park(session, key, f);
+                continue;
+            }
+            trying.push((key, f));
+        }
+        let tries = trying.iter().map(|(key, _)| async {
+            Lock::new(session.client.clone(), &self.layout, key, &self.config.id)?
+                .try_acquire()
+                .await
+        });
+        let results = futures::future::join_all(tries).await;
+        let mut holds = HashMap::new();
+        for ((key, f), result) in trying.into_iter().zip(results) {
+            match result {
+                Ok(Some(guard)) => {
+                    if let Found::Job { job, .. } = &f {
+                        holds.insert(
+                            job.id,
+                            KeyHold {
+                                guard,
+                                keys: session.keys.clone(),
+                            },
+                        );
+                    }
+                    free.push(f);
+                }
+                other => {
+                    if let Err(e) = other {
+                        warn!(%key, error = %e, "cannot take a job's lock; it waits");
+                    }
+                    lock_keys(&session.keys).remove(&key);
+                    self.park(session, key, f);
+                }
+            }
+        }
+        (free, holds)
+    }
+
+    fn park(&self, session: &Session, key: String, found: Found) {
+        if let Found::Job { candidate, .. } = found {
+            debug!(%key, "lock key busy: the job waits");
+            session.parking.park(key, candidate);
+        }
     }
 
     /// Moves a job znode zkq cannot read to the dead letters, as found at `version`.
@@ -607,7 +753,14 @@ impl Worker {
             queue: claimed.queue().to_string(),
             worker_id: self.config.id.clone(),
             stop: stop.clone(),
+            fence: Fence {
+                token: claimed.token,
+                checks: claimed.fence_checks(),
+                liveness: session.liveness.clone(),
+                stop: stop.clone(),
+            },
         };
+        let mut fence = session.liveness.clone();
         let started = Instant::now();
         let mut attempt = AssertUnwindSafe(handler.run(ctx))
             .catch_unwind()
@@ -618,6 +771,7 @@ impl Worker {
             _ = tokio::time::sleep(timeout) => { interrupted = Some(Interrupt::Timeout); None }
             _ = abort.cancelled() => { interrupted = Some(Interrupt::Shutdown); None }
             _ = session_lost.cancelled() => { interrupted = Some(Interrupt::SessionLost); None }
+            _ = fence.fenced() => { interrupted = Some(Interrupt::Fenced); None }
         };
         let outcome = match (result, interrupted) {
             (Some(Ok(outcome)), _) => outcome,
@@ -635,6 +789,22 @@ impl Worker {
                             Ok(Settled::Committed) => Settle::Released,
                             _ => Settle::Lost,
                         };
+                    }
+                    Some(Interrupt::Fenced) => {
+                        warn!("no reply from ZooKeeper for too long: attempt stopped");
+                        // Stopped, not failed: put it back uncounted if the session survived.
+                        tokio::select! {
+                            _ = fence.cleared() => {}
+                            _ = session_lost.cancelled() => {}
+                        }
+                        if !session_lost.is_cancelled() {
+                            if let Ok(Settled::Committed) = claim::release(client, &claimed).await {
+                                return Settle::Released;
+                            }
+                        }
+                        metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string())
+                            .increment(1);
+                        return Settle::Lost;
                     }
                     _ => {
                         metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string())
@@ -747,6 +917,8 @@ enum Interrupt {
     Timeout,
     Shutdown,
     SessionLost,
+    /// No reply from ZooKeeper for the worker's fence share of the session timeout.
+    Fenced,
 }
 
 fn tally(summary: &mut WorkerSummary, done: std::result::Result<Vec<Settle>, tokio::task::JoinError>) {
