@@ -139,7 +139,7 @@ struct EnqueueArgs {
     #[arg(long, value_name = "KEY")]
     partition_key: Option<String>,
 
-    /// Lock key recorded on the job (for exclusion between jobs sharing it)
+    /// Lock key: jobs sharing it never run at the same time anywhere in the fleet
     #[arg(long, value_name = "KEY")]
     lock_key: Option<String>,
 
