@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
-use zkq::{JobContext, NewJob, Outcome};
+use zkq::zookeeper_client as zk;
+use zkq::{Handler, JobContext, NewJob, Outcome};
 use zkq_tests::{count_ready, recording, small_queue, spawn_worker, take, wait_for_node, within, Env, Run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,4 +311,91 @@ async fn enqueue_until_accepted(producer: &zkq::Producer, payload: &str) {
         }
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_effect_guarded_by_its_fence_is_rejected_once_its_session_is_lost() {
+    let env = Env::new("fenced-effect");
+    let producer = env.producer_for("q", &small_queue()).await;
+    producer.enqueue("q", NewJob::new("k", "x")).await.unwrap();
+    let client = env.client().await;
+    let effect = format!("{}/effect", env.root);
+    client
+        .create(
+            &effect,
+            b"none",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    // The guarded effect: write the token into `effect`, only while the fence holds.
+    let write = |fence: zkq::Fence| {
+        let (client, effect) = (client.clone(), effect.clone());
+        async move {
+            let mut multi = client.new_multi_writer();
+            fence.check(&mut multi).unwrap();
+            multi
+                .add_set_data(&effect, fence.token().to_string().as_bytes(), None)
+                .unwrap();
+            multi.commit().await
+        }
+    };
+
+    // Worker A reaches ZooKeeper through a proxy the test can cut. Its handler hands its fence
+    // out and hangs, like a handler whose process froze.
+    let proxy = zkq_testkit::Proxy::start(&env.zk.address).unwrap();
+    let (fences_tx, mut fences) = mpsc::unbounded_channel::<zkq::Fence>();
+    let hand_out = move |ctx: JobContext| {
+        let _ = fences_tx.send(ctx.fence.clone());
+        std::future::pending::<Outcome>()
+    };
+    let mut through_proxy = env.zk.clone();
+    through_proxy.address = proxy.address();
+    let a = zkq::Worker::new(through_proxy, &env.root, env.worker_config("q", 1))
+        .unwrap()
+        .handle("k", hand_out)
+        .unwrap();
+    let (_stop_a, _handle_a) = spawn_worker(a);
+    let fence = within(fences.recv()).await.unwrap();
+    assert!(fence.is_valid());
+    write(fence.clone())
+        .await
+        .expect("a guarded write succeeds while the claim stands");
+
+    proxy.partition();
+    within(async {
+        while fence.is_valid() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The session expires; worker B runs the job's next attempt.
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let (tokens_tx, mut tokens) = mpsc::unbounded_channel::<i64>();
+    let b = env
+        .worker(env.worker_config("q", 1))
+        .handle("k", move |ctx: JobContext| {
+            let _ = tokens_tx.send(ctx.fence.token());
+            handler.run(ctx)
+        })
+        .unwrap();
+    let (stop_b, handle_b) = spawn_worker(b);
+    let run = take(&mut runs, 1).await.remove(0);
+    assert_eq!(run.attempt, 2);
+    let next_token = within(tokens.recv()).await.unwrap();
+    assert!(
+        next_token > fence.token(),
+        "tokens grow: {next_token} after {}",
+        fence.token()
+    );
+
+    // The first attempt's effect, attempted now, is rejected, and changes nothing.
+    let stale = write(fence.clone()).await;
+    assert!(stale.is_err(), "a stale attempt's guarded write went through");
+    let (data, _) = client.get_data(&effect).await.unwrap();
+    assert_eq!(data, fence.token().to_string().as_bytes());
+    proxy.heal();
+    let _ = stop_b.send(());
+    handle_b.await.unwrap().unwrap();
 }
