@@ -235,7 +235,7 @@ async fn jobs_sharing_a_lock_key_never_overlap_across_workers_retries_included()
                     end: std::time::Instant::now(),
                 });
                 // Every fourth job fails its first attempt: its retry must keep the exclusion.
-                if n % 4 == 0 && ctx.job.attempt == 1 {
+                if n.is_multiple_of(4) && ctx.job.attempt == 1 {
                     return zkq::Outcome::retry_after("first attempt fails", Duration::ZERO);
                 }
                 done.fetch_add(1, Ordering::SeqCst);
@@ -249,7 +249,9 @@ async fn jobs_sharing_a_lock_key_never_overlap_across_workers_retries_included()
         workers.push(zkq_tests::spawn_worker(worker));
     }
     let jobs: Vec<_> = (0..40)
-        .map(|n| zkq::NewJob::new("keyed", n.to_string()).lock_key(if n % 2 == 0 { "a" } else { "b" }))
+        .map(|n| {
+            zkq::NewJob::new("keyed", n.to_string()).lock_key(if n.is_multiple_of(2) { "a" } else { "b" })
+        })
         .collect();
     producer.enqueue_batch("q", jobs).await.unwrap();
     within(async {
