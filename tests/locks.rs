@@ -248,7 +248,7 @@ async fn jobs_sharing_a_lock_key_never_overlap_across_workers_retries_included()
             .unwrap();
         workers.push(zkq_tests::spawn_worker(worker));
     }
-    let jobs: Vec<_> = (0..40)
+    let jobs: Vec<_> = (0..40u32)
         .map(|n| {
             zkq::NewJob::new("keyed", n.to_string()).lock_key(if n.is_multiple_of(2) { "a" } else { "b" })
         })
