@@ -205,6 +205,9 @@ pub fn check(inputs: &Inputs<'_>) -> Report {
         }
     }
 
+    // Jobs still in the queue are not lost, only late (the queue did not drain: reported).
+    report.lost = report.lost.saturating_sub(inputs.remaining);
+
     // Exclusion: per job, and per lock key.
     for (job, runs) in &by_job {
         let spans = runs

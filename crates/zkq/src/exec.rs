@@ -170,6 +170,7 @@ async fn run_watched(command: &str, ctx: JobContext) -> Outcome {
             &tail,
         ),
         watchdog::CANNOT_START => failed("cannot start the command".to_string(), &tail),
+        watchdog::TOO_LATE => Outcome::retry("not started: no reply from ZooKeeper in time"),
         code if code > 128 => failed(format!("killed by signal {}", code - 128), &tail),
         code => failed(format!("exit status {code}"), &tail),
     }

@@ -61,8 +61,9 @@ pub struct Lock {
     wakeups: Arc<AtomicU64>,
 }
 
-/// The lock, held. Dropping it releases the lock (the delete is sent at once, without waiting
-/// for its reply).
+/// The lock, held. Dropping it releases the lock: the delete is sent at once without waiting
+/// for its reply, and sent again after a reconnect if the connection dropped with it in flight
+/// (a delete lost that way would leave the lock held for as long as the session lives).
 #[derive(Debug)]
 pub struct LockGuard {
     client: zk::Client,
@@ -250,8 +251,7 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some((node, _)) = self.node.take() {
-            // Sent now; the reply does not matter (the session may be gone already).
-            drop(self.client.delete(&node, None));
+            znode::delete_surely(&self.client, node);
         }
     }
 }
@@ -294,10 +294,21 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         self.lost.cancel();
-        match self.client.delete(&self.node, None).await {
-            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
-            Err(e) if znode::is_final(&e) => Ok(()),
-            Err(e) => Err(Error::zk("release lock", &self.node, e)),
+        loop {
+            match self.client.delete(&self.node, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
+                Err(e) if znode::is_final(&e) => return Ok(()),
+                Err(e) => match Error::zk("release lock", &self.node, e) {
+                    // Sent again once the connection is back: a delete lost with it would leave
+                    // the lock held for as long as the session lives.
+                    Error::OutcomeUnknown { .. } => {
+                        if znode::connected(&self.client).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    e => return Err(e),
+                },
+            }
         }
     }
 }
@@ -307,7 +318,7 @@ impl Drop for LockGuard {
         self.monitor.abort();
         if !self.released {
             self.lost.cancel();
-            drop(self.client.delete(&self.node, None));
+            znode::delete_surely(&self.client, std::mem::take(&mut self.node));
         }
     }
 }

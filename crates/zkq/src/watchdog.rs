@@ -42,6 +42,10 @@ pub const ARG: &str = "__zkq-watchdog";
 /// Exit status of a watchdog whose command could not be started.
 pub const CANNOT_START: i32 = 127;
 
+/// Exit status of a watchdog that did not start its command because the kill deadline had
+/// passed already (the runner's word came too late to be trusted).
+pub const TOO_LATE: i32 = 125;
+
 /// Environment variable naming a file the watchdog gives the command as its stdin, then
 /// deletes (the watchdog's own stdin is its control pipe). Not passed on to the command.
 pub const STDIN_FILE: &str = "ZKQ_WATCHDOG_STDIN";
@@ -189,6 +193,12 @@ fn watch(args: &[String]) -> i32 {
     let mut command = std::process::Command::new(program);
     command.args(&args[3..]).stdin(Stdio::null()).process_group(0);
     let stdin_file = std::env::var_os(STDIN_FILE);
+    if monotonic_ns() >= kill_at {
+        if let Some(path) = &stdin_file {
+            let _ = std::fs::remove_file(path);
+        }
+        return TOO_LATE;
+    }
     if let Some(path) = &stdin_file {
         command.env_remove(STDIN_FILE);
         match std::fs::File::open(path) {

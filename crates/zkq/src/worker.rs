@@ -761,6 +761,11 @@ impl Worker {
             },
         };
         let mut fence = session.liveness.clone();
+        if fence.is_fenced() {
+            // Claimed while ZooKeeper was still answering, but it has not for too long since:
+            // do not start what would have to be stopped at once.
+            return self.release_when_heard(session, &claimed, &mut fence).await;
+        }
         let started = Instant::now();
         let mut attempt = AssertUnwindSafe(handler.run(ctx))
             .catch_unwind()
@@ -792,19 +797,7 @@ impl Worker {
                     }
                     Some(Interrupt::Fenced) => {
                         warn!("no reply from ZooKeeper for too long: attempt stopped");
-                        // Stopped, not failed: put it back uncounted if the session survived.
-                        tokio::select! {
-                            _ = fence.cleared() => {}
-                            _ = session_lost.cancelled() => {}
-                        }
-                        if !session_lost.is_cancelled() {
-                            if let Ok(Settled::Committed) = claim::release(client, &claimed).await {
-                                return Settle::Released;
-                            }
-                        }
-                        metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string())
-                            .increment(1);
-                        return Settle::Lost;
+                        return self.release_when_heard(session, &claimed, &mut fence).await;
                     }
                     _ => {
                         metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string())
@@ -817,6 +810,22 @@ impl Worker {
         metrics::histogram!(telemetry::RUN_SECONDS, "queue" => claimed.queue().to_string())
             .record(started.elapsed().as_secs_f64());
         self.settle(session, &claimed, outcome).await
+    }
+
+    /// An attempt stopped (or not started) because the worker was fenced: stopped, not failed,
+    /// so it is put back uncounted once ZooKeeper answers again, if the session survived.
+    async fn release_when_heard(&self, session: &Session, claimed: &Claimed, fence: &mut Liveness) -> Settle {
+        tokio::select! {
+            _ = fence.cleared() => {}
+            _ = session.lost.cancelled() => {}
+        }
+        if !session.lost.is_cancelled() {
+            if let Ok(Settled::Committed) = claim::release(&session.client, claimed).await {
+                return Settle::Released;
+            }
+        }
+        metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string()).increment(1);
+        Settle::Lost
     }
 
     /// Commits an attempt's outcome. When the connection drops with the commit in flight, the

@@ -147,6 +147,35 @@ pub(crate) async fn connected(client: &zk::Client) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the ephemeral `path` of `client`'s session (a lock node, a place in line) for sure:
+/// the delete is sent at once, and when the connection drops with it in flight, it is sent again
+/// once the connection is back, until it lands or the session is over (which deletes the node
+/// anyway). A delete lost with the connection would otherwise leave the node for as long as the
+/// session lives: a lock never released. Without a runtime, the delete is only sent.
+pub(crate) fn delete_surely(client: &zk::Client, path: String) {
+    let first = client.delete(&path, None);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        drop(first);
+        return;
+    };
+    let client = client.clone();
+    runtime.spawn(async move {
+        let mut sent = first.await;
+        loop {
+            match sent {
+                Ok(()) | Err(zk::Error::NoNode) => return,
+                Err(e) if is_final(&e) => return,
+                Err(_) => {
+                    if connected(&client).await.is_err() {
+                        return;
+                    }
+                    sent = client.delete(&path, None).await;
+                }
+            }
+        }
+    });
+}
+
 /// Whether a request failed because the session is gone for good (retrying on this client is
 /// pointless).
 pub(crate) fn is_final(e: &zk::Error) -> bool {
