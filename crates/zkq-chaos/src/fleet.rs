@@ -135,10 +135,7 @@ impl Slot {
 
     pub fn signal(&self, sig: libc::c_int) {
         if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on our own child, not reaped yet (reaping happens in `reap`).
-            unsafe {
-                libc::kill(pid as libc::pid_t, sig);
-            }
+            zkq_testkit::signal(pid, sig);
         }
     }
 

@@ -23,3 +23,12 @@ pub mod server;
 pub use ensemble::{shared, unique_root, Ensemble};
 pub use proxy::Proxy;
 pub use server::Member;
+
+/// Sends `sig` to the process `pid` (a child the caller spawned and has not reaped): SIGSTOP to
+/// freeze it, SIGCONT to thaw it, SIGKILL to crash it.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory effects; the caller names its own unreaped child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
+use zkq_testkit::signal;
 
 /// The job's command: logs its start, and its end when told to stop (SIGTERM); the first
 /// attempt runs until stopped, later ones end at once.
@@ -27,13 +29,6 @@ fn worker(zk: &str, root: &str, id: &str, ledger: &Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("zkq-worker starts")
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
 }
 
 /// One ledger line: `start|end attempt pid worker time_ns`.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use zkq_testkit::Ensemble;
+use zkq_testkit::{signal, Ensemble};
 
 /// A run of the command, as the command itself wrote it to the ledger.
 #[derive(Debug)]
@@ -44,13 +44,6 @@ fn runner(zk: &str, root: &str, id: &str, ledger: &Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("zkq-worker starts")
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
 }
 
 fn read_ledger(path: &Path) -> Vec<Run> {
