@@ -85,18 +85,17 @@ impl<'a> Injector<'a> {
         Duration::from_millis(self.rng.gen_range(2_000..6_000))
     }
 
+    /// Whether slot `i` has a fault in force.
+    fn busy(&self, i: usize) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p.undo, Undo::Restart(j) | Undo::Thaw(j) | Undo::Heal(j) if j == i))
+    }
+
     /// A slot that has no fault in force.
     fn healthy(&mut self, role: Role) -> Option<usize> {
-        let busy: Vec<usize> = self
-            .pending
-            .iter()
-            .filter_map(|p| match p.undo {
-                Undo::Restart(i) | Undo::Thaw(i) | Undo::Heal(i) => Some(i),
-                Undo::RestartMember(_) => None,
-            })
-            .collect();
         let free: Vec<usize> = (0..self.slots.len())
-            .filter(|i| self.slots[*i].role == role && !busy.contains(i))
+            .filter(|i| self.slots[*i].role == role && !self.busy(*i))
             .collect();
         // Keep one process of each role unharmed, so the fleet can make progress.
         if free.len() <= 1 {
@@ -115,53 +114,55 @@ impl<'a> Injector<'a> {
         self.setup.session_timeout.mul_f64(self.rng.gen_range(1.5..2.5))
     }
 
+    /// How long a killed process stays down.
+    fn downtime(&mut self) -> Duration {
+        Duration::from_millis(self.rng.gen_range(300..2_000))
+    }
+
     async fn inject(&mut self) {
         let roll = self.rng.gen_range(0..100);
-        let (kind, target, undo, after) = match roll {
+        let (kind, undo, after) = match roll {
             0..=14 => {
                 let Some(i) = self.healthy(Role::Worker) else {
                     return;
                 };
                 self.slots[i].kill();
-                let after = Duration::from_millis(self.rng.gen_range(300..2_000));
-                ("kill -9 worker", i, Undo::Restart(i), after)
+                ("kill -9 worker", Undo::Restart(i), self.downtime())
             }
             15..=24 => {
                 let Some(i) = self.scheduler_leader().await else {
                     return;
                 };
                 self.slots[i].kill();
-                let after = Duration::from_millis(self.rng.gen_range(300..2_000));
-                ("kill -9 scheduler leader", i, Undo::Restart(i), after)
+                ("kill -9 scheduler leader", Undo::Restart(i), self.downtime())
             }
             25..=39 => {
                 let Some(i) = self.healthy(Role::Worker) else {
                     return;
                 };
                 self.slots[i].signal(libc::SIGSTOP);
-                ("SIGSTOP worker", i, Undo::Thaw(i), self.session_multiple())
+                ("SIGSTOP worker", Undo::Thaw(i), self.session_multiple())
             }
             40..=54 => {
                 let Some(i) = self.healthy(Role::Worker) else {
                     return;
                 };
                 self.slots[i].partition();
-                ("partition worker", i, Undo::Heal(i), self.session_multiple())
+                ("partition worker", Undo::Heal(i), self.session_multiple())
             }
             55..=64 => {
                 let Some(i) = self.healthy(Role::Master) else {
                     return;
                 };
                 self.slots[i].kill();
-                let after = Duration::from_millis(self.rng.gen_range(300..2_000));
-                ("kill -9 master", i, Undo::Restart(i), after)
+                ("kill -9 master", Undo::Restart(i), self.downtime())
             }
             65..=74 => {
                 let Some(i) = self.healthy(Role::Master) else {
                     return;
                 };
                 self.slots[i].signal(libc::SIGSTOP);
-                ("SIGSTOP master", i, Undo::Thaw(i), self.session_multiple())
+                ("SIGSTOP master", Undo::Thaw(i), self.session_multiple())
             }
             _ => {
                 if self.member_down() {
@@ -177,39 +178,29 @@ impl<'a> Injector<'a> {
                 }
                 let m = candidates[self.rng.gen_range(0..candidates.len())];
                 self.ensemble.member(m).kill();
-                let after = Duration::from_millis(self.rng.gen_range(1_000..4_000));
                 let kind = if want_leader {
                     "kill -9 ZooKeeper leader"
                 } else {
                     "kill -9 ZooKeeper follower"
                 };
-                self.records.push(FaultRecord {
-                    kind,
-                    target: format!("zk{m}"),
-                    at_ns: now_ns(),
-                    end_ns: None,
-                });
-                self.pending.push(Pending {
-                    due: Instant::now() + after,
-                    undo: Undo::RestartMember(m),
-                    record: self.records.len() - 1,
-                });
-                eprintln!("chaos: fault {}: {kind} zk{m}", self.records.len());
-                return;
+                let after = Duration::from_millis(self.rng.gen_range(1_000..4_000));
+                (kind, Undo::RestartMember(m), after)
             }
+        };
+        let (target, label) = match undo {
+            Undo::Restart(i) | Undo::Thaw(i) | Undo::Heal(i) => {
+                let slot = &self.slots[i];
+                (slot.name(), format!("{} ({})", slot.name(), slot.id()))
+            }
+            Undo::RestartMember(m) => (format!("zk{m}"), format!("zk{m}")),
         };
         self.records.push(FaultRecord {
             kind,
-            target: self.slots[target].name(),
+            target,
             at_ns: now_ns(),
             end_ns: None,
         });
-        eprintln!(
-            "chaos: fault {}: {kind} {} ({})",
-            self.records.len(),
-            self.slots[target].name(),
-            self.slots[target].id()
-        );
+        eprintln!("chaos: fault {}: {kind} {label}", self.records.len());
         self.pending.push(Pending {
             due: Instant::now() + after,
             undo,
@@ -226,11 +217,7 @@ impl<'a> Injector<'a> {
         let (data, _) = self.client.get_data(&format!("{dir}/{first}")).await.ok()?;
         let id = String::from_utf8_lossy(&data).into_owned();
         let i = self.slots.iter().position(|s| s.id() == id)?;
-        let busy = self
-            .pending
-            .iter()
-            .any(|p| matches!(p.undo, Undo::Restart(j) | Undo::Thaw(j) | Undo::Heal(j) if j == i));
-        (!busy).then_some(i)
+        (!self.busy(i)).then_some(i)
     }
 
     /// Undoes the faults that are due, or all of them.

@@ -136,15 +136,12 @@ async fn beat(
         if client.state().is_terminated() {
             return;
         }
-        if inflight.is_none() {
-            let sent = monotonic_ns();
-            let c = client.clone();
-            let path = probe.clone();
-            inflight = Some((sent, Box::pin(async move { c.check_stat(&path).await.is_ok() })));
-        }
-        let Some((sent, pending)) = inflight.as_mut() else {
-            continue;
-        };
+        let (sent, pending) = inflight.get_or_insert_with(|| {
+            let (c, path) = (client.clone(), probe.clone());
+            let probe: futures::future::BoxFuture<'static, bool> =
+                Box::pin(async move { c.check_stat(&path).await.is_ok() });
+            (monotonic_ns(), probe)
+        });
         let sent = *sent;
         tokio::select! {
             answered = pending => {
