@@ -207,13 +207,16 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let client = zk.connect().await.map_err(|e| e.to_string())?;
     let drain_until = Instant::now() + cli.drain_timeout;
     let mut remaining = usize::MAX;
+    let mut left = Vec::new();
     while Instant::now() < drain_until {
         match remaining_jobs(&client, &setup.root).await {
-            Ok(0) => {
-                remaining = 0;
-                break;
+            Ok(paths) => {
+                remaining = paths.len();
+                left = paths;
+                if remaining == 0 {
+                    break;
+                }
             }
-            Ok(n) => remaining = n,
             Err(e) => eprintln!("chaos: cannot count remaining jobs: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -223,6 +226,9 @@ async fn run(cli: Cli) -> Result<bool, String> {
             "chaos: NOT DRAINED: {remaining} jobs left after {:?}",
             cli.drain_timeout
         );
+        for path in left.iter().take(20) {
+            eprintln!("chaos:   left: {path}");
+        }
     }
     for slot in slots.iter_mut() {
         slot.stop();
@@ -318,21 +324,27 @@ async fn produce(
     failures
 }
 
-/// Jobs still ready, claimed or delayed in the chaos queue.
-async fn remaining_jobs(client: &zk::Client, root: &str) -> Result<usize, zk::Error> {
+/// Paths of the jobs still ready, claimed or delayed in the chaos queue.
+async fn remaining_jobs(client: &zk::Client, root: &str) -> Result<Vec<String>, zk::Error> {
     let queue = format!("{root}/queues/chaos");
-    let mut count = 0;
+    let mut left = Vec::new();
     let partitions = format!("{queue}/p");
     for p in client.list_children(&partitions).await? {
         for lane in client.list_children(&format!("{partitions}/{p}")).await? {
             let lane = format!("{partitions}/{p}/{lane}");
+            let children = client.list_children(&lane).await?;
             if lane.ends_with("/claims") {
-                count += client.list_children(&lane).await?.len();
+                left.extend(children.into_iter().map(|c| format!("{lane}/{c}")));
                 continue;
             }
-            for segment in client.list_children(&lane).await? {
-                match client.list_children(&format!("{lane}/{segment}")).await {
-                    Ok(jobs) => count += jobs.iter().filter(|j| j.starts_with("j-")).count(),
+            for segment in children {
+                let segment = format!("{lane}/{segment}");
+                match client.list_children(&segment).await {
+                    Ok(jobs) => left.extend(
+                        jobs.into_iter()
+                            .filter(|j| j.starts_with("j-"))
+                            .map(|j| format!("{segment}/{j}")),
+                    ),
                     Err(zk::Error::NoNode) => {}
                     Err(e) => return Err(e),
                 }
@@ -341,13 +353,14 @@ async fn remaining_jobs(client: &zk::Client, root: &str) -> Result<usize, zk::Er
     }
     let delayed = format!("{queue}/delayed");
     for bucket in client.list_children(&delayed).await? {
-        match client.list_children(&format!("{delayed}/{bucket}")).await {
-            Ok(entries) => count += entries.len(),
+        let bucket = format!("{delayed}/{bucket}");
+        match client.list_children(&bucket).await {
+            Ok(entries) => left.extend(entries.into_iter().map(|e| format!("{bucket}/{e}"))),
             Err(zk::Error::NoNode) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(count)
+    Ok(left)
 }
 
 async fn dead_letters(client: &zk::Client, root: &str) -> Result<HashSet<String>, String> {
