@@ -1,7 +1,11 @@
 //! The checker: reads the ledgers, what the producers were told, and what is left in
 //! ZooKeeper, and holds them against the invariants.
 //!
-//! - **lost** (I1, I2): acknowledged jobs with no successful execution and no dead letter.
+//! - **lost** (I1): acknowledged jobs with no successful execution, no dead letter, and no
+//!   longer in the queue.
+//! - **stuck** (I2): acknowledged jobs still in the queue (ready, claimed or delayed and due)
+//!   when the drain window is over. Far-future delayed jobs are expected to stay, and count as
+//!   lost if they are gone.
 //! - **duplicated**: acknowledged jobs that ran to success more than once. zkq is at-least-once:
 //!   an attempt that finished but whose ack did not commit before its claim was gone (worker
 //!   killed, frozen or cut off after the command ended; ZooKeeper unreachable with the ack in
@@ -31,20 +35,34 @@ pub struct Execution {
     pub status: Option<i32>,
 }
 
-/// What the producers were told: acknowledged job ids and their lock keys.
-pub type Acknowledged = HashMap<String, Option<String>>;
+/// One acknowledged enqueue, as the producer made it.
+#[derive(Debug, Clone, Default)]
+pub struct Acked {
+    pub lock_key: Option<String>,
+    /// Delayed far into the future: must still be waiting at the end, and must not hold up
+    /// anything else.
+    pub far_future: bool,
+}
+
+/// What the producers were told: acknowledged job ids.
+pub type Acknowledged = HashMap<String, Acked>;
 
 #[derive(Debug, Default)]
 pub struct Report {
     pub acknowledged: usize,
     pub completed: usize,
     pub lost: usize,
+    pub stuck: usize,
     pub duplicated: usize,
     pub exclusion_violations: usize,
     pub leader_overlaps: usize,
     pub dead: usize,
     pub faults: usize,
-    pub remaining: usize,
+    pub far_future: usize,
+    /// Jobs left whose record could not be read, and claims without a job.
+    pub unaccounted: usize,
+    /// Fleet processes that did not exit within their shutdown grace.
+    pub hung: usize,
     pub unexplained_duplicates: usize,
     pub executions: usize,
     pub unended: usize,
@@ -53,23 +71,27 @@ pub struct Report {
 impl Report {
     pub fn ok(&self) -> bool {
         self.lost == 0
+            && self.stuck == 0
             && self.exclusion_violations == 0
             && self.leader_overlaps == 0
-            && self.remaining == 0
+            && self.unaccounted == 0
+            && self.hung == 0
             && self.unexplained_duplicates == 0
     }
 
     pub fn last_line(&self) -> String {
         format!(
-            "chaos: acknowledged={} completed={} lost={} duplicated={} exclusion_violations={} leader_overlaps={} dead={} faults={}",
+            "chaos: acknowledged={} completed={} lost={} stuck={} duplicated={} exclusion_violations={} leader_overlaps={} dead={} faults={} hung={}",
             self.acknowledged,
             self.completed,
             self.lost,
+            self.stuck,
             self.duplicated,
             self.exclusion_violations,
             self.leader_overlaps,
             self.dead,
-            self.faults
+            self.faults,
+            self.hung
         )
     }
 }
@@ -136,7 +158,10 @@ pub struct Inputs<'a> {
     pub masters: &'a Path,
     pub acknowledged: &'a Acknowledged,
     pub dead: &'a HashSet<String>,
-    pub remaining: usize,
+    /// Ids of the jobs still in the queue after the drain.
+    pub in_tree: &'a HashSet<String>,
+    pub unaccounted: usize,
+    pub hung: usize,
     pub faults: &'a [FaultRecord],
     pub started_ns: u128,
 }
@@ -145,7 +170,6 @@ pub fn check(inputs: &Inputs<'_>) -> Report {
     let Inputs {
         executions,
         acknowledged,
-        dead,
         faults,
         ..
     } = inputs;
@@ -153,7 +177,8 @@ pub fn check(inputs: &Inputs<'_>) -> Report {
     let mut report = Report {
         acknowledged: acknowledged.len(),
         faults: faults.len(),
-        remaining: inputs.remaining,
+        unaccounted: inputs.unaccounted,
+        hung: inputs.hung,
         executions: executions.len(),
         unended: executions.iter().filter(|e| e.end.is_none()).count(),
         ..Report::default()
@@ -173,19 +198,38 @@ pub fn check(inputs: &Inputs<'_>) -> Report {
         )
     };
 
-    // Lost, completed, dead, duplicated.
-    for (id, _) in acknowledged.iter() {
+    // Lost, stuck, completed, dead, duplicated.
+    for (id, acked) in acknowledged.iter() {
         let runs = by_job.get(id.as_str()).cloned().unwrap_or_default();
         let mut ok: Vec<&Execution> = runs.iter().copied().filter(|e| e.status == Some(0)).collect();
         ok.sort_by_key(|e| e.start);
+        let waiting = inputs.in_tree.contains(id);
+        if acked.far_future {
+            if waiting && runs.is_empty() {
+                report.far_future += 1;
+            } else {
+                report.lost += 1;
+                eprintln!(
+                    "chaos: LOST far-future job {id}: {} executions, still waiting: {waiting}",
+                    runs.len()
+                );
+            }
+            continue;
+        }
         if !ok.is_empty() {
             report.completed += 1;
-        } else if dead.contains(id) {
+        } else if inputs.dead.contains(id) {
             report.dead += 1;
+        } else if waiting {
+            report.stuck += 1;
+            eprintln!(
+                "chaos: STUCK {id}: {} executions, none successful, still in the queue",
+                runs.len()
+            );
         } else {
             report.lost += 1;
             eprintln!(
-                "chaos: LOST {id}: {} executions, none successful, no dead letter",
+                "chaos: LOST {id}: {} executions, none successful, no dead letter, not in the queue",
                 runs.len()
             );
         }
@@ -205,9 +249,6 @@ pub fn check(inputs: &Inputs<'_>) -> Report {
         }
     }
 
-    // Jobs still in the queue are not lost, only late (the queue did not drain: reported).
-    report.lost = report.lost.saturating_sub(inputs.remaining);
-
     // Exclusion: per job, and per lock key.
     for (job, runs) in &by_job {
         let spans = runs
@@ -221,7 +262,7 @@ pub fn check(inputs: &Inputs<'_>) -> Report {
     }
     let mut by_key: HashMap<&str, Vec<(u128, u128, String)>> = HashMap::new();
     for e in executions.iter() {
-        if let Some(Some(key)) = acknowledged.get(&e.job) {
+        if let Some(Some(key)) = acknowledged.get(&e.job).map(|a| &a.lock_key) {
             by_key
                 .entry(key)
                 .or_default()

@@ -2,7 +2,8 @@
 //! kill -9 of a worker (or of the one leading the scheduler election) or a master, SIGSTOP past
 //! the session timeout then SIGCONT, a worker cut off from every ZooKeeper member, and kill and
 //! restart of a ZooKeeper follower or of the leader (one member down at a time, so a quorum
-//! always survives).
+//! always survives), and bursts of dropped connections of a worker (it reconnects at once,
+//! within its session, and loses the replies of whatever it had in flight).
 
 use std::time::{Duration, Instant};
 
@@ -120,8 +121,15 @@ impl<'a> Injector<'a> {
     }
 
     async fn inject(&mut self) {
-        let roll = self.rng.gen_range(0..100);
+        let roll = self.rng.gen_range(0..115);
         let (kind, undo, after) = match roll {
+            100.. => {
+                let Some(i) = self.healthy(Role::Worker) else {
+                    return;
+                };
+                self.cut_burst(i).await;
+                return;
+            }
             0..=14 => {
                 let Some(i) = self.healthy(Role::Worker) else {
                     return;
@@ -206,6 +214,33 @@ impl<'a> Injector<'a> {
             undo,
             record: self.records.len() - 1,
         });
+    }
+
+    /// Drops worker `i`'s connections to ZooKeeper 3 to 8 times, 100 to 600 ms apart: each time
+    /// it reconnects at once, within its session, and whatever it had in flight (claims, acks,
+    /// retries) loses its reply.
+    async fn cut_burst(&mut self, i: usize) {
+        let cuts = self.rng.gen_range(3..=8);
+        self.records.push(FaultRecord {
+            kind: "connection cuts",
+            target: self.slots[i].name(),
+            at_ns: now_ns(),
+            end_ns: None,
+        });
+        eprintln!(
+            "chaos: fault {}: connection cuts {} ({}) x{cuts}",
+            self.records.len(),
+            self.slots[i].name(),
+            self.slots[i].id()
+        );
+        for _ in 0..cuts {
+            self.slots[i].cut();
+            let pause = Duration::from_millis(self.rng.gen_range(100..600));
+            tokio::time::sleep(pause).await;
+        }
+        if let Some(record) = self.records.last_mut() {
+            record.end_ns = Some(now_ns());
+        }
     }
 
     /// The worker slot whose process leads the scheduler election, if it can be told.

@@ -38,6 +38,8 @@ pub struct Setup {
     pub job_ledger: PathBuf,
     pub master_ledger: PathBuf,
     pub concurrency: usize,
+    /// Where each process writes its log, `<id>.log`.
+    pub logs: PathBuf,
 }
 
 impl Slot {
@@ -99,7 +101,7 @@ impl Slot {
                     "--session-timeout",
                     &timeout,
                 ])
-                .args(["--quiet", "--queue", "chaos", "--id", &id, "--exec", &job])
+                .args(["--queue", "chaos", "--id", &id, "--exec", &job])
                 .args([
                     "--concurrency",
                     &setup.concurrency.to_string(),
@@ -110,24 +112,21 @@ impl Slot {
             }
             Role::Master => {
                 cmd.args(["--zk", &setup.members.join(","), "--root", &setup.root])
-                    .args([
-                        "--session-timeout",
-                        &timeout,
-                        "--quiet",
-                        "singleton",
-                        "--name",
-                        "chaos",
-                    ])
+                    .args(["--session-timeout", &timeout, "singleton", "--name", "chaos"])
                     .args(["--id", &id, "--restart-delay", "200ms", "--"])
                     .arg(&setup.self_bin)
                     .arg("master")
                     .arg(&setup.master_ledger);
             }
         }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(setup.logs.join(format!("{id}.log")))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()?;
         self.child = Some(child);
         Ok(())
@@ -147,17 +146,40 @@ impl Slot {
         }
     }
 
-    /// Asks the process to shut down gracefully and waits for it.
-    pub fn stop(&mut self) {
+    /// Asks the process to shut down gracefully (thawing it first, in case it is frozen).
+    pub fn terminate(&self) {
         self.signal(libc::SIGCONT);
         self.signal(libc::SIGTERM);
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
+    }
+
+    /// Waits until `deadline` for the process to exit. One still running then is killed
+    /// (kill -9): a graceful shutdown must end within the shutdown grace (plus the stop grace of
+    /// its commands), whatever its session does. Returns whether it exited in time.
+    pub fn wait_exit(&mut self, deadline: std::time::Instant) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     pub fn partition(&self) {
         self.proxies.iter().for_each(Proxy::partition);
+    }
+
+    /// Drops every connection of the process; it may reconnect at once.
+    pub fn cut(&self) {
+        self.proxies.iter().for_each(Proxy::cut);
     }
 
     pub fn heal(&self) {

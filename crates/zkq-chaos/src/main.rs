@@ -32,7 +32,7 @@ use zkq::zookeeper_client as zk;
 use zkq::{NewJob, Producer, QueueConfig, ZkConfig};
 use zkq_testkit::Ensemble;
 
-use crate::check::Acknowledged;
+use crate::check::{Acked, Acknowledged};
 use crate::fleet::{Role, Setup, Slot};
 
 /// Fault injection against a real zkq fleet, with a checker for zkq's invariants.
@@ -51,6 +51,10 @@ struct Cli {
     #[arg(long, default_value_t = 100)]
     rate: u32,
 
+    /// Share of jobs whose payload comes near the queue's limit
+    #[arg(long, default_value_t = 0.01, value_name = "FRACTION")]
+    large: f64,
+
     /// Job worker processes
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -67,9 +71,15 @@ struct Cli {
     #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
     drain_timeout: Duration,
 
-    /// Keep the ledgers in this directory (default: a temporary one, removed at the end)
+    /// Write the ledgers and the fleet's logs in this directory (default: a temporary one,
+    /// removed at the end unless the run fails)
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+
+    /// Keep the ledgers, the fleet's logs and ZooKeeper's data and logs even when the run
+    /// passes (a failed run always keeps them)
+    #[arg(long)]
+    keep: bool,
 
     #[command(subcommand)]
     role: Option<Command>,
@@ -84,6 +94,12 @@ enum Command {
     #[command(hide = true)]
     Master { ledger: String },
 }
+
+/// How long a fleet process may take to shut down gracefully before it counts as hung.
+const STOP_WITHIN: Duration = Duration::from_secs(15);
+
+/// The chaos queue's payload limit (the default); large jobs come close to it.
+const MAX_PAYLOAD: u32 = zkq::job::DEFAULT_MAX_PAYLOAD_BYTES as u32;
 
 /// Lock keys jobs share: few enough that jobs of one key often meet.
 const KEYS: u32 = 16;
@@ -123,7 +139,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     eprintln!("chaos: seed {}, ledgers in {}", cli.seed, dir.display());
 
-    let ensemble = Ensemble::quorum(3)?;
+    let mut ensemble = Ensemble::quorum(3)?;
     ensemble.wait_ready(Duration::from_secs(60))?;
     let setup = Setup {
         worker_bin,
@@ -134,6 +150,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         job_ledger: dir.join("jobs.ledger"),
         master_ledger: dir.join("masters.ledger"),
         concurrency: cli.concurrency,
+        logs: dir.clone(),
     };
     let zk = ZkConfig {
         address: ensemble.connect_string(),
@@ -147,12 +164,28 @@ async fn run(cli: Cli) -> Result<bool, String> {
     };
     queue.retry.base_ms = 200;
     queue.retry.max_ms = 2_000;
-    Producer::connect(&zk, &setup.root)
+    queue.max_payload_bytes = MAX_PAYLOAD;
+    let setup_producer = Producer::connect(&zk, &setup.root)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    setup_producer
         .create_queue("chaos", &queue)
         .await
         .map_err(|e| e.to_string())?;
+    // A queue nobody serves, whose config is garbage: it must not hold up anything else. Its
+    // name sorts before the chaos queue's.
+    let corrupt = format!("{}/queues/a-corrupt", setup.root);
+    let garbage: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+    setup_producer
+        .client()
+        .create(
+            &corrupt,
+            &garbage,
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .map_err(|e| format!("cannot create {corrupt}: {e}"))?;
+    setup_producer.close().await;
 
     let mut slots = Vec::new();
     for i in 0..cli.workers {
@@ -177,6 +210,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             setup.root.clone(),
             rng,
             cli.rate / 2,
+            cli.large.clamp(0.0, 1.0),
             until,
             acknowledged.clone(),
         )));
@@ -203,17 +237,24 @@ async fn run(cli: Cli) -> Result<bool, String> {
     );
     ensemble.wait_ready(Duration::from_secs(60))?;
 
-    // Drain: until no job is ready, delayed or claimed.
+    // Drain: until no job is ready, claimed or delayed, except the far-future ones.
     let client = zk.connect().await.map_err(|e| e.to_string())?;
     let drain_until = Instant::now() + cli.drain_timeout;
-    let mut remaining = usize::MAX;
     let mut left = Vec::new();
+    let mut orphans = Vec::new();
+    let due = |l: &Left| {
+        !l.id
+            .as_ref()
+            .is_some_and(|id| acknowledged.get(id).is_some_and(|a| a.far_future))
+    };
+    let mut drained = false;
     while Instant::now() < drain_until {
         match remaining_jobs(&client, &setup.root).await {
-            Ok(paths) => {
-                remaining = paths.len();
-                left = paths;
-                if remaining == 0 {
+            Ok((jobs, claims)) => {
+                left = jobs;
+                orphans = claims;
+                if !left.iter().any(due) && orphans.is_empty() {
+                    drained = true;
                     break;
                 }
             }
@@ -221,17 +262,43 @@ async fn run(cli: Cli) -> Result<bool, String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    if remaining != 0 {
+    let stuck: Vec<&Left> = left.iter().filter(|l| due(l)).collect();
+    if !drained {
         eprintln!(
-            "chaos: NOT DRAINED: {remaining} jobs left after {:?}",
+            "chaos: NOT DRAINED: {} jobs and {} claims without a job left after {:?}",
+            stuck.len(),
+            orphans.len(),
             cli.drain_timeout
         );
-        for path in left.iter().take(20) {
-            eprintln!("chaos:   left: {path}");
+        for l in stuck.iter().take(20) {
+            eprintln!(
+                "chaos:   left: job {} at {}{}{}",
+                l.id.as_deref().unwrap_or("(unreadable)"),
+                l.path,
+                l.claim
+                    .as_ref()
+                    .map(|c| format!(", claimed by {c}"))
+                    .unwrap_or_default(),
+                l.due_ms.map(|d| format!(", due at {d}")).unwrap_or_default(),
+            );
+        }
+        for c in orphans.iter().take(20) {
+            eprintln!("chaos:   claim without a job: {c}");
         }
     }
+    let in_tree: HashSet<String> = left.iter().filter_map(|l| l.id.clone()).collect();
+    // Shutdown grace (5 s) + a command's stop grace (1 s) + closing the sessions, with room.
+    let deadline = Instant::now() + STOP_WITHIN;
+    slots.iter().for_each(Slot::terminate);
+    let mut hung = 0;
     for slot in slots.iter_mut() {
-        slot.stop();
+        if !slot.wait_exit(deadline) {
+            hung += 1;
+            eprintln!(
+                "chaos: HUNG: {} did not exit within {STOP_WITHIN:?} of SIGTERM; killed",
+                slot.id()
+            );
+        }
     }
     let dead = dead_letters(&client, &setup.root).await?;
 
@@ -241,7 +308,9 @@ async fn run(cli: Cli) -> Result<bool, String> {
         masters: &setup.master_ledger,
         acknowledged: &acknowledged,
         dead: &dead,
-        remaining,
+        in_tree: &in_tree,
+        unaccounted: stuck.iter().filter(|l| l.id.is_none()).count() + orphans.len(),
+        hung,
         faults: &faults,
         started_ns,
     });
@@ -253,20 +322,39 @@ async fn run(cli: Cli) -> Result<bool, String> {
     kinds.sort();
     eprintln!("chaos: faults by kind: {kinds:?}");
     eprintln!(
-        "chaos: {} executions, {} without a logged end, {} duplicates unexplained, {} jobs left",
-        report.executions, report.unended, report.unexplained_duplicates, report.remaining
+        "chaos: {} executions, {} without a logged end, {} duplicates unexplained, {} far-future jobs kept",
+        report.executions, report.unended, report.unexplained_duplicates, report.far_future
     );
+    if !report.ok() || cli.keep {
+        // Everything a post-mortem needs: what each process did and logged, and ZooKeeper's
+        // transaction logs (every write, with its session and zxid).
+        let zookeeper = ensemble.keep_files();
+        if cli.dir.is_none() {
+            let _ = temp.keep();
+        }
+        eprintln!(
+            "chaos: kept the ledgers and fleet logs in {}, ZooKeeper's data and logs in {}",
+            dir.display(),
+            zookeeper.display()
+        );
+    }
     println!("{}", report.last_line());
     Ok(report.ok())
 }
 
 /// Enqueues about `rate` jobs a second in small batches until `until`; records each
 /// acknowledged job. Returns how many enqueue calls failed (their jobs are not counted).
+///
+/// The mix: 3% of jobs fail their first attempt, 0.5% always fail (3 attempts, then dead), 30%
+/// carry one of [`KEYS`] lock keys, `large_share` are large (three quarters of the queue's payload limit
+/// and more, sent alone: two would not fit one request), and about one job in 300 is delayed far
+/// into the future (a day to 99 years), which must hold up nothing.
 async fn produce(
     zk: ZkConfig,
     root: String,
     mut rng: StdRng,
     rate: u32,
+    large_share: f64,
     until: Instant,
     acknowledged: Arc<Mutex<Acknowledged>>,
 ) -> usize {
@@ -284,38 +372,60 @@ async fn produce(
     let mut failures = 0;
     while Instant::now() < until {
         tick.tick().await;
-        let mut jobs = Vec::with_capacity(per_tick);
-        let mut keys = Vec::with_capacity(per_tick);
+        let mut batches: Vec<Vec<(NewJob, Acked)>> = vec![Vec::new()];
         for _ in 0..per_tick {
             let fail = match rng.gen_range(0..1000) {
                 0..=4 => "always",
                 5..=34 => "first",
                 _ => "none",
             };
-            let mut job = NewJob::new("work", ledger::payload(rng.gen_range(5..60), fail));
+            let mut payload = ledger::payload(rng.gen_range(5..60), fail);
+            let large = rng.gen_bool(large_share);
+            if large {
+                let limit = MAX_PAYLOAD as usize - payload.len() - 1;
+                let size = rng.gen_range(limit * 3 / 4..=limit);
+                payload.push(' ');
+                payload.push_str(&"x".repeat(size));
+            }
+            let mut job = NewJob::new("work", payload);
             if fail == "always" {
                 job = job.max_attempts(3);
             }
-            let key = rng
-                .gen_bool(0.3)
-                .then(|| format!("key-{}", rng.gen_range(0..KEYS)));
-            if let Some(k) = &key {
-                job = job.lock_key(k.clone());
+            let mut acked = Acked::default();
+            if rng.gen_bool(0.3) {
+                let key = format!("key-{}", rng.gen_range(0..KEYS));
+                job = job.lock_key(key.clone());
+                acked.lock_key = Some(key);
             }
-            jobs.push(job);
-            keys.push(key);
+            if rng.gen_ratio(1, 300) {
+                let days = if rng.gen_bool(0.5) {
+                    1
+                } else {
+                    rng.gen_range(1..99 * 365)
+                };
+                job = job.delay(Duration::from_secs(days * 24 * 3600));
+                acked.far_future = true;
+            }
+            if large {
+                batches.push(vec![(job, acked)]);
+            } else {
+                batches[0].push((job, acked));
+            }
         }
-        match producer.enqueue_batch("chaos", jobs).await {
-            Ok(ids) => {
-                let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, key) in ids.into_iter().zip(keys) {
-                    acked.insert(id.to_string(), key);
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+            let (jobs, acks): (Vec<NewJob>, Vec<Acked>) = batch.into_iter().unzip();
+            match producer.enqueue_batch("chaos", jobs).await {
+                Ok(ids) => {
+                    let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
+                    for (id, a) in ids.into_iter().zip(acks) {
+                        acked.insert(id.to_string(), a);
+                    }
                 }
-            }
-            Err(e) => {
-                failures += 1;
-                if failures % 20 == 1 {
-                    eprintln!("chaos: enqueue failed ({failures} so far): {e}");
+                Err(e) => {
+                    failures += 1;
+                    if failures % 20 == 1 {
+                        eprintln!("chaos: enqueue failed ({failures} so far): {e}");
+                    }
                 }
             }
         }
@@ -324,43 +434,85 @@ async fn produce(
     failures
 }
 
-/// Paths of the jobs still ready, claimed or delayed in the chaos queue.
-async fn remaining_jobs(client: &zk::Client, root: &str) -> Result<Vec<String>, zk::Error> {
+/// A job still in the chaos queue.
+#[derive(Debug, Clone)]
+pub struct Left {
+    /// The job's id, when its record could be read.
+    pub id: Option<String>,
+    /// Its ready znode or delayed entry.
+    pub path: String,
+    /// Its claim, when one stands.
+    pub claim: Option<String>,
+    /// A delayed entry's due time (ms since the epoch).
+    pub due_ms: Option<u64>,
+}
+
+/// The jobs still ready, claimed or delayed in the chaos queue, one entry per job (a claimed
+/// job is one job with its claim, not two znodes), and claims whose job is gone.
+async fn remaining_jobs(client: &zk::Client, root: &str) -> Result<(Vec<Left>, Vec<String>), zk::Error> {
     let queue = format!("{root}/queues/chaos");
     let mut left = Vec::new();
+    let mut orphans = Vec::new();
     let partitions = format!("{queue}/p");
     for p in client.list_children(&partitions).await? {
-        for lane in client.list_children(&format!("{partitions}/{p}")).await? {
-            let lane = format!("{partitions}/{p}/{lane}");
-            let children = client.list_children(&lane).await?;
-            if lane.ends_with("/claims") {
-                left.extend(children.into_iter().map(|c| format!("{lane}/{c}")));
+        let partition = format!("{partitions}/{p}");
+        let mut claims: HashSet<String> = match client.list_children(&format!("{partition}/claims")).await {
+            Ok(c) => c.into_iter().collect(),
+            Err(zk::Error::NoNode) => HashSet::new(),
+            Err(e) => return Err(e),
+        };
+        for lane in client.list_children(&partition).await? {
+            let Some(lane_index) = lane.strip_prefix('l') else {
                 continue;
-            }
-            for segment in children {
-                let segment = format!("{lane}/{segment}");
-                match client.list_children(&segment).await {
-                    Ok(jobs) => left.extend(
-                        jobs.into_iter()
-                            .filter(|j| j.starts_with("j-"))
-                            .map(|j| format!("{segment}/{j}")),
-                    ),
-                    Err(zk::Error::NoNode) => {}
+            };
+            let lane_path = format!("{partition}/{lane}");
+            for segment in client.list_children(&lane_path).await? {
+                let segment_path = format!("{lane_path}/{segment}");
+                let jobs = match client.list_children(&segment_path).await {
+                    Ok(jobs) => jobs,
+                    Err(zk::Error::NoNode) => continue,
                     Err(e) => return Err(e),
+                };
+                for job in jobs.into_iter().filter(|j| j.starts_with("j-")) {
+                    let path = format!("{segment_path}/{job}");
+                    let claim_name = format!("l{lane_index}.{segment}.{job}");
+                    let claim = claims
+                        .remove(&claim_name)
+                        .then(|| format!("{partition}/claims/{claim_name}"));
+                    let id = match client.get_data(&path).await {
+                        Ok((data, _)) => zkq::Job::decode(&path, &data).ok().map(|j| j.id.to_string()),
+                        Err(_) => None,
+                    };
+                    left.push(Left {
+                        id,
+                        path,
+                        claim,
+                        due_ms: None,
+                    });
                 }
             }
         }
+        orphans.extend(claims.into_iter().map(|c| format!("{partition}/claims/{c}")));
     }
     let delayed = format!("{queue}/delayed");
     for bucket in client.list_children(&delayed).await? {
         let bucket = format!("{delayed}/{bucket}");
         match client.list_children(&bucket).await {
-            Ok(entries) => left.extend(entries.into_iter().map(|e| format!("{bucket}/{e}"))),
+            Ok(entries) => left.extend(entries.into_iter().map(|entry| {
+                // `<due ms>-<job id>`
+                let (due, id) = entry.split_once('-').unwrap_or(("", ""));
+                Left {
+                    id: Some(id.to_string()),
+                    path: format!("{bucket}/{entry}"),
+                    claim: None,
+                    due_ms: due.parse().ok(),
+                }
+            })),
             Err(zk::Error::NoNode) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(left)
+    Ok((left, orphans))
 }
 
 async fn dead_letters(client: &zk::Client, root: &str) -> Result<HashSet<String>, String> {

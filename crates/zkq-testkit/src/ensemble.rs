@@ -12,8 +12,9 @@ use crate::server::{Member, Mode, BENCHMARK_JVM, TEST_JVM};
 #[derive(Debug)]
 pub struct Ensemble {
     members: Vec<Member>,
-    // Dropped after the members, so their files outlive the processes.
-    _dir: tempfile::TempDir,
+    // Dropped after the members, so their files outlive the processes. `None` once kept.
+    dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
 }
 
 impl Ensemble {
@@ -53,7 +54,12 @@ impl Ensemble {
                 .map_err(|e| format!("cannot write zoo.cfg: {e}"))?;
             member.start().map_err(|e| format!("cannot start java: {e}"))?;
         }
-        let ensemble = Ensemble { members, _dir: dir };
+        let path = dir.path().to_path_buf();
+        let ensemble = Ensemble {
+            members,
+            dir: Some(dir),
+            path,
+        };
         ensemble.wait_ready(Duration::from_secs(60))?;
         Ok(ensemble)
     }
@@ -65,6 +71,15 @@ impl Ensemble {
             .map(Member::address)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Keeps the ensemble's directory (each member's config, server log, snapshots and
+    /// transaction logs) when the ensemble is dropped, for a post-mortem. Returns its path.
+    pub fn keep_files(&mut self) -> std::path::PathBuf {
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
+        self.path.clone()
     }
 
     /// The members, in id order.

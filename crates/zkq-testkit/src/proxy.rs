@@ -3,7 +3,8 @@
 //!
 //! Point a client at [`Proxy::address`] instead of the server. [`Proxy::partition`] closes every
 //! connection through the proxy and refuses new ones until [`Proxy::heal`], so the client keeps
-//! trying to reconnect while its session times out on the server.
+//! trying to reconnect while its session times out on the server. [`Proxy::cut`] only closes the
+//! connections: the client reconnects at once, within its session.
 
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -57,6 +58,13 @@ impl Proxy {
     /// Closes every connection and refuses new ones.
     pub fn partition(&self) {
         self.shared.cut.store(true, Ordering::SeqCst);
+        self.shared.close_all();
+    }
+
+    /// Closes every connection now, but lets the client connect again at once: a dropped
+    /// connection, not a partition, so the session survives and requests in flight lose their
+    /// replies.
+    pub fn cut(&self) {
         self.shared.close_all();
     }
 

@@ -131,8 +131,9 @@ pub(crate) async fn serve(
     znode::ensure_path(client, &layout.assignments()).await?;
     znode::ensure_path(client, &layout.workers()).await?;
     znode::ensure_path(client, &layout.queues()).await?;
+    let mut unreadable = queue::Unreadable::default();
     loop {
-        let watchers = match rebalance(client, layout, leadership).await {
+        let watchers = match rebalance(client, layout, leadership, &mut unreadable).await {
             Ok(w) => Some(w),
             Err(e @ Error::Fenced { .. }) => return Err(e),
             Err(e) if e.is_session_lost() => return Err(e),
@@ -171,6 +172,7 @@ async fn rebalance(
     client: &zk::Client,
     layout: &Layout,
     leadership: &Leadership,
+    unreadable: &mut queue::Unreadable,
 ) -> Result<(zk::OneshotWatcher, zk::OneshotWatcher)> {
     let dir = layout.workers();
     let (ids, _, watcher) = client
@@ -195,7 +197,7 @@ async fn rebalance(
         .map_err(|e| Error::zk("watch queues", &queues_dir, e))?;
     queues.sort();
     for q in queues {
-        let Some(config) = queue::load(client, layout, &q).await? else {
+        let Some(config) = unreadable.load(client, layout, &q).await? else {
             continue;
         };
         let mut eligible: Vec<String> = workers

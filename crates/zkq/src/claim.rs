@@ -20,15 +20,30 @@
 //! attempt counted. Every settle step checks the version the claim wrote, so a worker that lost
 //! its claim (and maybe another worker re-claimed the job) cannot ack or fail it: the `multi`
 //! fails as a whole and the worker only logs the loss.
+//!
+//! # Unknown outcomes
+//! When the connection drops with a claim or settle `multi` in flight, the reply is lost but the
+//! write may have committed. Each such write is reconciled once the connection is back, by the
+//! claim znode, which only this session's own writes create and delete while the session lives:
+//! - a claim whose claim node now exists, owned by this session, committed: the job is this
+//!   worker's, with the attempt counted, and it runs; otherwise it was not claimed;
+//! - a settle step (ack, retry, dead letter, release) committed if the claim node it deletes is
+//!   gone (or is a newer claim); otherwise it is sent again.
+//!
+//! If the session ends instead, the claims went with it, and nothing is left to reconcile.
+//! Forgetting such a write is not an option: a committed claim nobody runs holds its job for the
+//! life of the session.
 
 use serde::{Deserialize, Serialize};
+use tracing::debug;
 use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
-use crate::error::{Error, Result};
-use crate::job::{now_ms, Job, JobId};
+use crate::error::{outcome_unknown, Error, Result};
+use crate::job::{now_ms, Job, JobId, MAX_REQUEST_BYTES};
 use crate::layout::Layout;
 use crate::txn::{self, NodeKind, Op};
+use crate::znode;
 
 /// A ready job found by a scan, not yet claimed.
 #[derive(Debug, Clone)]
@@ -238,14 +253,15 @@ impl Prepared {
 }
 
 /// A race lost to another worker (it claimed, finished or re-claimed the job first).
-fn lost_race(e: &zk::Error) -> bool {
+pub(crate) fn lost_race(e: &zk::Error) -> bool {
     matches!(
         e,
         zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists
     )
 }
 
-/// Claims `jobs` (each read at its version): up to [`CLAIM_BATCH`] per `multi`, all `multi`s
+/// Claims `jobs` (each read at its version): up to [`CLAIM_BATCH`] per `multi` and
+/// [`MAX_REQUEST_BYTES`], all `multi`s
 /// sent at once. A job another worker took first is skipped; since a `multi` is all or nothing,
 /// the rest of its batch is sent again without it. Returns the claims won and the errors that
 /// were not lost races.
@@ -256,17 +272,29 @@ pub(crate) async fn claim_many(
     jobs: Vec<(Candidate, Job, i32)>,
 ) -> (Vec<Claimed>, Vec<Error>) {
     let mut errors = Vec::new();
-    let mut prepared = Vec::with_capacity(jobs.len());
+    let mut prepared: Vec<Prepared> = Vec::with_capacity(jobs.len());
     for (candidate, job, version) in jobs {
         match Prepared::new(layout, worker, candidate, job, version) {
             Ok(p) => prepared.push(p),
             Err(e) => errors.push(e),
         }
     }
-    let mut batches = Vec::new();
-    while !prepared.is_empty() {
-        let rest = prepared.split_off(prepared.len().min(CLAIM_BATCH));
-        batches.push(std::mem::replace(&mut prepared, rest));
+    // Bounded in jobs and in bytes: the claim's set_data carries the whole job record, and a
+    // request over the limit would never get through.
+    let mut batches: Vec<Vec<Prepared>> = Vec::new();
+    let mut bytes = 0;
+    for p in prepared {
+        let size: usize = p.ops.iter().map(Op::wire_size).sum();
+        match batches.last_mut() {
+            Some(batch) if batch.len() < CLAIM_BATCH && bytes + size <= MAX_REQUEST_BYTES => {
+                bytes += size;
+                batch.push(p);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![p]);
+            }
+        }
     }
     let mut won = Vec::new();
     for (claims, errs) in futures::future::join_all(batches.into_iter().map(|b| claim_batch(client, b))).await
@@ -297,6 +325,7 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
                     None => break,
                 }
             }
+            Err(e) if outcome_unknown(&e.source) => return claimed_meanwhile(client, batch).await,
             Err(e) => return (Vec::new(), vec![e.into_error("claim", &ops)]),
         }
     }
@@ -308,14 +337,73 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
     });
     let mut won = Vec::new();
     let mut errors = Vec::new();
+    let mut unknown = Vec::new();
     for (p, result) in futures::future::join_all(singles).await {
         match result {
             Ok(results) => won.push(stamped(p.claimed, &results, 0)),
             Err(e) if lost_race(&e.source) => {}
+            Err(e) if outcome_unknown(&e.source) => unknown.push(p),
             Err(e) => errors.push(e.into_error("claim", &p.ops)),
         }
     }
+    if !unknown.is_empty() {
+        let (more, errs) = claimed_meanwhile(client, unknown).await;
+        won.extend(more);
+        errors.extend(errs);
+    }
     (won, errors)
+}
+
+/// Claims of `batch` whose `multi` may or may not have committed: once connected again, each one
+/// whose claim node this session owns is won (see the module docs). When the session ends
+/// instead, none is: its claims went with it.
+async fn claimed_meanwhile(client: &zk::Client, batch: Vec<Prepared>) -> (Vec<Claimed>, Vec<Error>) {
+    let checks = batch.iter().map(|p| own_claim(client, &p.claimed.claim_path));
+    let found = futures::future::join_all(checks).await;
+    let mut won = Vec::new();
+    let mut errors = Vec::new();
+    for (p, found) in batch.into_iter().zip(found) {
+        match found {
+            Ok(Some(czxid)) => {
+                debug!(job = %p.claimed.job.id, "claim committed before the connection dropped");
+                let mut claimed = p.claimed;
+                // The claim's create and the job's set_data share the multi's zxid.
+                claimed.token = czxid;
+                won.push(claimed);
+            }
+            Ok(None) => {}
+            Err(e) if e.is_session_lost() => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    (won, errors)
+}
+
+/// The creation zxid of the claim node at `path` if this session owns it, asked once connected
+/// (a connection lost again meanwhile is waited out too).
+///
+/// # Errors
+/// [`Error::SessionLost`] when the session ends first.
+async fn own_claim(client: &zk::Client, path: &str) -> Result<Option<i64>> {
+    loop {
+        znode::connected(client).await?;
+        match client.check_stat(path).await {
+            Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => return Ok(Some(stat.czxid)),
+            Ok(_) => return Ok(None),
+            Err(e) if outcome_unknown(&e) => continue,
+            Err(e) => return Err(Error::zk("read claim", path, e)),
+        }
+    }
+}
+
+/// Whether a settle step of `claimed` whose reply was lost with the connection committed: once
+/// connected again, the claim node is gone, or is a newer claim than this one.
+///
+/// # Errors
+/// [`Error::SessionLost`] when the session ends first (the claim went with it: nothing of this
+/// attempt can commit any more).
+pub(crate) async fn settled_meanwhile(client: &zk::Client, claimed: &Claimed) -> Result<bool> {
+    Ok(own_claim(client, &claimed.claim_path).await? != Some(claimed.token))
 }
 
 /// `claimed` with its fencing token: the zxid of its `set_data` at `index` in `results`.
@@ -330,7 +418,7 @@ fn stamped(mut claimed: Claimed, results: &[zk::MultiWriteResult], index: usize)
 pub(crate) async fn settle(client: &zk::Client, what: &'static str, ops: Vec<Op>) -> Result<Settled> {
     match txn::commit(client, &ops).await {
         Ok(_) => Ok(Settled::Committed),
-        Err(e) if claim_lost(&e.source) => Ok(Settled::ClaimLost),
+        Err(e) if claim_lost(&e.source) => Ok(Settled::lost(e.index, &e.source)),
         Err(e) => Err(e.into_error(what, &ops)),
     }
 }
@@ -347,6 +435,20 @@ pub(crate) enum Settled {
     Committed,
     /// The claim was gone (the session ended, the job was taken over): nothing was written.
     ClaimLost,
+    /// The job znode was gone (removed by someone else while it ran): nothing was written.
+    JobGone,
+}
+
+impl Settled {
+    /// A settle step that failed its checks at op `index` with `source`. Every settle step
+    /// starts with a versioned write of the job, so `NoNode` there means the job itself is gone;
+    /// anything else means the claim is.
+    pub(crate) fn lost(index: Option<usize>, source: &zk::Error) -> Settled {
+        match (index, source) {
+            (Some(0), zk::Error::NoNode) => Settled::JobGone,
+            _ => Settled::ClaimLost,
+        }
+    }
 }
 
 /// Ops that put `job` into the dead letters.
@@ -358,8 +460,23 @@ pub(crate) fn dead_letter_op(layout: &Layout, queue: &str, job: &Job) -> Result<
     })
 }
 
-/// Ends the claim and puts the job back as ready, not counting the interrupted attempt.
+/// Ends the claim and puts the job back as ready, not counting the interrupted attempt. A
+/// release whose reply is lost with the connection is reconciled and, if it did not commit,
+/// sent again.
 pub(crate) async fn release(client: &zk::Client, claimed: &Claimed) -> Result<Settled> {
+    loop {
+        match release_once(client, claimed).await {
+            Err(e) if e.is_outcome_unknown() => {
+                if settled_meanwhile(client, claimed).await? {
+                    return Ok(Settled::Committed);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn release_once(client: &zk::Client, claimed: &Claimed) -> Result<Settled> {
     let mut job = claimed.job.clone();
     job.attempt = job.attempt.saturating_sub(1);
     let ops = vec![

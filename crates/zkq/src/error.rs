@@ -75,9 +75,7 @@ impl Error {
         match source {
             // The client reports a connection that broke under a request as a custom error
             // ("no response from connection", I/O errors): the outcome is unknown just the same.
-            zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_) => {
-                Error::OutcomeUnknown { op, source }
-            }
+            source if outcome_unknown(&source) => Error::OutcomeUnknown { op, source },
             zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::SessionMoved => {
                 Error::SessionLost(source)
             }
@@ -89,8 +87,23 @@ impl Error {
         }
     }
 
+    /// Whether the request may or may not have been applied ([`Error::OutcomeUnknown`]).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
     /// Whether the session behind the request is gone for good.
     pub fn is_session_lost(&self) -> bool {
         matches!(self, Error::SessionLost(_))
     }
+}
+
+/// Whether a request that failed with `e` may have been applied all the same: the connection
+/// broke with it in flight. The client reports that as a connection loss, a timeout, or a custom
+/// error ("no response from connection", I/O errors).
+pub(crate) fn outcome_unknown(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_)
+    )
 }

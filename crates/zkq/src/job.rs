@@ -15,15 +15,43 @@ use crate::layout;
 /// Default limit on a job's payload. Queues can lower or raise it up to [`MAX_PAYLOAD_BYTES`].
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 512 * 1024;
 
-/// Hard ceiling on a payload: a job must fit in one ZooKeeper request (`jute.maxbuffer`, 1 MiB)
-/// with room for its metadata and error history.
-pub const MAX_PAYLOAD_BYTES: usize = 900 * 1024;
+/// Largest request zkq sends to ZooKeeper, well under the server's `jute.maxbuffer` (1 MiB): a
+/// request over that makes the server drop the connection, and the client send it again forever.
+pub const MAX_REQUEST_BYTES: usize = 960 * 1024;
+
+/// Most bytes a job record holds besides its payload, whatever its life: kind, keys and ids
+/// (under 1 KiB), headers ([`MAX_HEADERS_BYTES`]), error history ([`MAX_ERROR_HISTORY_BYTES`])
+/// and the record's own framing.
+pub const MAX_RECORD_OVERHEAD_BYTES: usize = 48 * 1024;
+
+/// Most bytes a single-job write adds around the record: the paths and framing of the few
+/// operations beside it (claim, claim delete, lock check, delayed entry or dead letter).
+pub const MAX_WRITE_OVERHEAD_BYTES: usize = 8 * 1024;
+
+/// Hard ceiling on a payload: the largest job record, written with the operations of its
+/// largest single-job write (a claim, a retry, a dead letter), must fit one request. So whatever
+/// a queue accepts can also be claimed, retried with its full error history and dead-lettered.
+pub const MAX_PAYLOAD_BYTES: usize = MAX_REQUEST_BYTES - MAX_RECORD_OVERHEAD_BYTES - MAX_WRITE_OVERHEAD_BYTES;
+
+/// Most bytes of headers (keys and values together) a job may carry.
+pub const MAX_HEADERS_BYTES: usize = 16 * 1024;
 
 /// Longest error message kept per attempt in the error history.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
 
 /// How many failed attempts the error history keeps (the newest ones).
 pub const MAX_ERROR_HISTORY: usize = 20;
+
+/// Most bytes of error messages the history keeps (the newest ones): 20 messages of the
+/// longest size would be 40 KiB.
+pub const MAX_ERROR_HISTORY_BYTES: usize = 24 * 1024;
+
+/// Longest lock key or partition key.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Longest delay a job can be enqueued with: 100 years of 365.25 days. A due time further out
+/// is refused.
+pub const MAX_DELAY: Duration = Duration::from_secs(36_525 * 24 * 3600);
 
 /// A job's unique id (a random UUID), printed in its hyphenated form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,7 +143,8 @@ pub struct Job {
     pub ready_at_ms: u64,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Failed attempts, oldest first, at most [`MAX_ERROR_HISTORY`].
+    /// Failed attempts, oldest first, at most [`MAX_ERROR_HISTORY`] and
+    /// [`MAX_ERROR_HISTORY_BYTES`] of messages.
     #[serde(default)]
     pub errors: Vec<AttemptError>,
 }
@@ -153,6 +182,11 @@ impl Job {
         });
         let excess = self.errors.len().saturating_sub(MAX_ERROR_HISTORY);
         self.errors.drain(..excess);
+        while self.errors.len() > 1
+            && self.errors.iter().map(|e| e.message.len()).sum::<usize>() > MAX_ERROR_HISTORY_BYTES
+        {
+            self.errors.remove(0);
+        }
     }
 }
 
@@ -225,19 +259,15 @@ impl NewJob {
         self
     }
 
-    /// Do not run before `delay` from now.
+    /// Do not run before `delay` from now. At most [`MAX_DELAY`]: the producer refuses more.
     pub fn delay(mut self, delay: Duration) -> NewJob {
-        self.run_at_ms = Some(now_ms().saturating_add(delay.as_millis() as u64));
+        self.run_at_ms = Some(now_ms().saturating_add(millis(delay)));
         self
     }
 
-    /// Do not run before `at`.
+    /// Do not run before `at`, at most [`MAX_DELAY`] from now.
     pub fn run_at(mut self, at: SystemTime) -> NewJob {
-        self.run_at_ms = Some(
-            at.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        );
+        self.run_at_ms = Some(at.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0));
         self
     }
 
@@ -255,6 +285,7 @@ impl NewJob {
         max_payload: usize,
     ) -> Result<(Job, Option<u64>)> {
         layout::validate_kind(&self.kind)?;
+        let max_payload = max_payload.min(MAX_PAYLOAD_BYTES);
         if self.payload.len() > max_payload {
             return Err(Error::PayloadTooLarge {
                 size: self.payload.len(),
@@ -273,12 +304,35 @@ impl NewJob {
         if max_attempts == 0 {
             return Err(Error::InvalidJob("max attempts must be at least 1".into()));
         }
-        if let Some(key) = &self.lock_key {
-            if key.is_empty() || key.len() > 256 {
-                return Err(Error::InvalidJob("lock key must be 1 to 256 bytes".into()));
+        for (what, key) in [
+            ("lock key", &self.lock_key),
+            ("partition key", &self.partition_key),
+        ] {
+            if key
+                .as_ref()
+                .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_BYTES)
+            {
+                return Err(Error::InvalidJob(format!(
+                    "{what} must be 1 to {MAX_KEY_BYTES} bytes"
+                )));
             }
         }
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if headers > MAX_HEADERS_BYTES {
+            return Err(Error::InvalidJob(format!(
+                "headers take {headers} bytes, over the limit of {MAX_HEADERS_BYTES}"
+            )));
+        }
         let now = now_ms();
+        if let Some(at) = self.run_at_ms {
+            if at.saturating_sub(now) > millis(MAX_DELAY) {
+                return Err(Error::InvalidJob(format!(
+                    "a delay of {} days is over the maximum of {} days (100 years)",
+                    (at - now) / 86_400_000,
+                    MAX_DELAY.as_secs() / 86_400
+                )));
+            }
+        }
         let ready_at_ms = self.run_at_ms.unwrap_or(now).max(now);
         let delayed = self.run_at_ms.filter(|at| *at > now);
         let job = Job {
@@ -291,7 +345,7 @@ impl NewJob {
             max_attempts,
             lock_key: self.lock_key,
             partition_key: self.partition_key,
-            timeout_ms: self.timeout.map(|t| t.as_millis() as u64),
+            timeout_ms: self.timeout.map(millis),
             enqueued_at_ms: now,
             ready_at_ms,
             headers: self.headers,
@@ -307,6 +361,11 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// `d` in whole milliseconds; durations past `u64::MAX` ms (584 million years) saturate.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
@@ -373,11 +432,46 @@ mod tests {
             job.attempt = attempt;
             job.record_error(&"x".repeat(10_000));
         }
-        assert_eq!(job.errors.len(), MAX_ERROR_HISTORY);
-        assert_eq!(job.errors[0].attempt, 11);
+        let kept: usize = job.errors.iter().map(|e| e.message.len()).sum();
+        assert!(kept <= MAX_ERROR_HISTORY_BYTES, "{kept}");
+        assert_eq!(
+            job.errors.len(),
+            MAX_ERROR_HISTORY_BYTES / MAX_ERROR_MESSAGE_BYTES
+        );
+        assert_eq!(job.errors.last().map(|e| e.attempt), Some(30));
         assert!(job
             .errors
             .iter()
             .all(|e| e.message.len() <= MAX_ERROR_MESSAGE_BYTES));
+        for attempt in 31..=60 {
+            job.attempt = attempt;
+            job.record_error("short");
+        }
+        assert_eq!(job.errors.len(), MAX_ERROR_HISTORY);
+        assert_eq!(job.errors[0].attempt, 41);
+    }
+
+    #[test]
+    fn the_largest_job_fits_every_write_of_its_life() {
+        let headers = (0..16).map(|i| (format!("h{i:02}"), "v".repeat(MAX_HEADERS_BYTES / 16 - 3)));
+        let mut new = NewJob::new("k".repeat(128), vec![0xa5; MAX_PAYLOAD_BYTES])
+            .lock_key("l".repeat(MAX_KEY_BYTES))
+            .partition_key("p".repeat(MAX_KEY_BYTES));
+        for (k, v) in headers {
+            new = new.header(k, v);
+        }
+        let (mut job, _) = new.into_job(1, 1000, MAX_PAYLOAD_BYTES).unwrap();
+        for attempt in 1..=100 {
+            job.attempt = attempt;
+            job.record_error(&"e".repeat(MAX_ERROR_MESSAGE_BYTES * 2));
+        }
+        let record = codec::encode(&job).unwrap();
+        let overhead = record.len() - MAX_PAYLOAD_BYTES;
+        assert!(overhead <= MAX_RECORD_OVERHEAD_BYTES, "{overhead}");
+        let err = NewJob::new("k", vec![])
+            .header("big", "x".repeat(MAX_HEADERS_BYTES))
+            .into_job(1, 1, 10)
+            .unwrap_err();
+        assert!(err.to_string().contains("headers"), "{err}");
     }
 }

@@ -124,14 +124,14 @@ pub(crate) fn sequence_of(name: &str) -> i64 {
 
 /// Resolves when the session ends for good.
 pub(crate) async fn session_ended(states: &mut zk::StateWatcher) -> zk::Error {
-    loop {
-        let state = states.changed().await;
-        if state.is_terminated() {
-            return match state {
-                zk::SessionState::Closed => zk::Error::ClientClosed,
-                _ => zk::Error::SessionExpired,
-            };
-        }
+    // A session already over sends no more changes: look before waiting for one.
+    let mut state = states.peek_state();
+    while !state.is_terminated() {
+        state = states.changed().await;
+    }
+    match state {
+        zk::SessionState::Closed => zk::Error::ClientClosed,
+        _ => zk::Error::SessionExpired,
     }
 }
 

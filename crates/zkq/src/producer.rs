@@ -22,8 +22,7 @@ use crate::telemetry;
 use crate::txn::{self, NodeKind, Op};
 use crate::znode::{ZkConfig, PERSISTENT};
 
-/// Largest `multi` zkq sends, well under ZooKeeper's 1 MiB `jute.maxbuffer`.
-pub const MAX_REQUEST_BYTES: usize = 960 * 1024;
+pub use crate::job::MAX_REQUEST_BYTES;
 
 /// How often a `multi` is retried into fresh segments when a segment vanished under it.
 const SEGMENT_RETRIES: usize = 5;

@@ -1,7 +1,8 @@
 //! Promotion of due delayed jobs (delayed enqueues and retries waiting for their backoff).
 //!
-//! Each due entry moves in one `multi`: `check(epoch)` + `delete(delayed entry, version)` +
-//! `create(job)` into a segment of its lane. The elected scheduler runs it
+//! Due entries move in `multi`s of up to 100 entries and [`MAX_REQUEST_BYTES`]:
+//! `check(epoch)` + `delete(delayed entry, version)` + `create(job)` into a segment of its lane,
+//! for each. The elected scheduler runs it
 //! ([`crate::scheduler`]), fenced by its epoch; even without the fence, concurrent promoters
 //! would be safe: the versioned delete lets exactly one of them move an entry.
 
@@ -12,7 +13,7 @@ use crate::claim;
 use crate::codec;
 use crate::election::Leadership;
 use crate::error::{Error, Result};
-use crate::job::{now_ms, Job, JobId};
+use crate::job::{now_ms, Job, JobId, MAX_REQUEST_BYTES};
 use crate::layout::{self, DELAYED_BUCKET_MS};
 use crate::producer::{Placement, Producer};
 use crate::telemetry;
@@ -21,6 +22,9 @@ use crate::znode;
 
 /// Most entries moved in one `multi`.
 const PROMOTE_BATCH: usize = 100;
+
+/// Bytes a move adds to its `multi` besides the job record and paths (ops, names, framing).
+const MOVE_OVERHEAD_BYTES: usize = 512;
 
 /// Moves every delayed job of `queue` that is due now to its lane. Returns how many moved.
 ///
@@ -33,23 +37,26 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
     let layout = producer.layout();
     let config = producer.config(queue).await?;
     let delayed = layout.delayed(queue);
-    let mut buckets = match client.list_children(&delayed).await {
+    let names = match client.list_children(&delayed).await {
         Ok(b) => b,
         Err(zk::Error::NoNode) => return Ok(0),
         Err(e) => return Err(Error::zk("list delayed", delayed, e)),
     };
+    // In time order, not name order: a due time past the year 2286 has more digits than the
+    // name's padding, and must not sort (and stop promotion) before every other bucket.
+    let mut buckets: Vec<(u64, String)> = names
+        .into_iter()
+        .filter_map(|b| layout::parse_delayed_bucket(&b).map(|start| (start, b)))
+        .collect();
     buckets.sort();
     let now = now_ms();
     let mut moved = 0;
-    for bucket in buckets {
-        let Some(start) = layout::parse_delayed_bucket(&bucket) else {
-            continue;
-        };
+    for (start, bucket) in buckets {
         if start > now {
             break;
         }
         let bucket_path = layout.delayed_bucket(queue, &bucket);
-        let mut entries = match client.list_children(&bucket_path).await {
+        let entries = match client.list_children(&bucket_path).await {
             Ok(e) => e,
             Err(zk::Error::NoNode) => continue,
             Err(e) => return Err(Error::zk("list delayed bucket", bucket_path, e)),
@@ -61,12 +68,12 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
             }
             continue;
         }
-        entries.sort();
-        let due: Vec<(String, u64)> = entries
+        let mut due: Vec<(String, u64)> = entries
             .into_iter()
             .filter_map(|e| layout::parse_delayed_entry(&e).map(|at| (e, at)))
-            .take_while(|(_, at)| *at <= now)
+            .filter(|(_, at)| *at <= now)
             .collect();
+        due.sort_by_key(|(_, at)| *at);
         for chunk in due.chunks(PROMOTE_BATCH) {
             let paths: Vec<String> = chunk
                 .iter()
@@ -74,10 +81,19 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
                 .collect();
             let results = znode::get_many(client, "read delayed", &paths).await?;
             let mut moves = Vec::new();
+            let mut bytes = 0;
             for ((entry, due_ms), result) in chunk.iter().zip(results) {
                 let Some((data, stat)) = result else {
                     continue;
                 };
+                // Each `multi` stays within one request: a move carries the whole job record.
+                let size = data.len() + 2 * bucket_path.len() + MOVE_OVERHEAD_BYTES;
+                if !moves.is_empty() && bytes + size > MAX_REQUEST_BYTES - MOVE_OVERHEAD_BYTES {
+                    moved += commit_moves(producer, queue, &config, leadership, std::mem::take(&mut moves))
+                        .await?;
+                    bytes = 0;
+                }
+                bytes += size;
                 let path = format!("{bucket_path}/{entry}");
                 let delete = Op::Delete {
                     path: path.clone(),

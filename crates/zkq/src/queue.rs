@@ -5,6 +5,9 @@
 //! one `multi`, so a queue is either complete or absent.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+use tracing::{info, warn};
 use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
@@ -168,6 +171,55 @@ pub async fn load(client: &zk::Client, layout: &Layout, name: &str) -> Result<Op
         Err(zk::Error::NoNode) => Ok(None),
         Err(e) => Err(Error::zk("read queue config", path, e)),
     }
+}
+
+/// Queues whose config znode holds bytes that are not a queue config. A fleet-wide service
+/// (promotion, assignment, trimming) skips such a queue and keeps serving every other one; each
+/// is reported once, and again once it reads fine.
+#[derive(Debug, Default)]
+pub(crate) struct Unreadable(HashSet<String>);
+
+impl Unreadable {
+    /// Loads `name`'s config; an undecodable one is reported (the first time) and comes back as
+    /// `None`, like a queue that does not exist.
+    pub(crate) async fn load(
+        &mut self,
+        client: &zk::Client,
+        layout: &Layout,
+        name: &str,
+    ) -> Result<Option<QueueConfig>> {
+        match load(client, layout, name).await {
+            Err(e) if is_unreadable(&e) => {
+                self.skip(name, &e);
+                Ok(None)
+            }
+            Ok(config) => {
+                self.served(name);
+                Ok(config)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reports `name` as skipped because of `error`, the first time.
+    pub(crate) fn skip(&mut self, name: &str, error: &Error) {
+        if self.0.insert(name.to_string()) {
+            warn!(queue = name, error = %error, "queue skipped: its config cannot be read; fix or delete the znode");
+        }
+    }
+
+    /// Notes that `name` was served, reporting it if it was skipped before.
+    pub(crate) fn served(&mut self, name: &str) {
+        if self.0.remove(name) {
+            info!(queue = name, "queue config readable again: queue served");
+        }
+    }
+}
+
+/// Whether `error` says a queue's config (or name) is not one zkq can use, rather than that
+/// ZooKeeper could not be asked.
+pub(crate) fn is_unreadable(error: &Error) -> bool {
+    matches!(error, Error::Decode { .. } | Error::InvalidName { .. })
 }
 
 /// The names of all queues under the root.

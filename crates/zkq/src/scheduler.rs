@@ -232,6 +232,7 @@ async fn promote_loop(
     interval: Duration,
     stop: &CancellationToken,
 ) -> Result<()> {
+    let mut unreadable = queue::Unreadable::default();
     while !stop.is_cancelled() {
         let queues = match queue::list(producer.client(), producer.layout()).await {
             Ok(q) => q,
@@ -246,7 +247,8 @@ async fn promote_loop(
                 break;
             }
             match promoter::promote_due(producer, &q, Some(leadership)).await {
-                Ok(_) => {}
+                Ok(_) => unreadable.served(&q),
+                Err(e) if queue::is_unreadable(&e) => unreadable.skip(&q, &e),
                 Err(e @ Error::Fenced { .. }) => return Err(e),
                 Err(e) if e.is_session_lost() => return Err(e),
                 Err(e) => warn!(queue = %q, error = %e, "promoting delayed jobs failed; will retry"),

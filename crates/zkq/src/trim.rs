@@ -36,8 +36,9 @@ pub(crate) async fn serve(
     interval: Duration,
     stop: &CancellationToken,
 ) -> Result<()> {
+    let mut unreadable = queue::Unreadable::default();
     while !stop.is_cancelled() {
-        match trim_all(client, layout, leadership).await {
+        match trim_all(client, layout, leadership, &mut unreadable).await {
             Ok(()) => {}
             Err(e @ Error::Fenced { .. }) => return Err(e),
             Err(e) if e.is_session_lost() => return Err(e),
@@ -51,9 +52,14 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-async fn trim_all(client: &zk::Client, layout: &Layout, leadership: &Leadership) -> Result<()> {
+async fn trim_all(
+    client: &zk::Client,
+    layout: &Layout,
+    leadership: &Leadership,
+    unreadable: &mut queue::Unreadable,
+) -> Result<()> {
     for q in queue::list(client, layout).await? {
-        if let Some(config) = queue::load(client, layout, &q).await? {
+        if let Some(config) = unreadable.load(client, layout, &q).await? {
             trim_queue(client, layout, leadership, &q, &config).await?;
         }
     }

@@ -70,6 +70,10 @@ use crate::znode::{self, ZkConfig};
 /// Claim batches in flight at once; more found jobs wait for the next scan.
 const CLAIMS_IN_FLIGHT: usize = 4;
 
+/// Beyond an attempt's stop grace, how long stopping may wait for ZooKeeper (settling or
+/// releasing stopped attempts, deregistering, closing) before the worker moves on.
+const STOP_MARGIN: Duration = Duration::from_secs(3);
+
 /// How a worker runs. Every field has a default.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -154,6 +158,7 @@ impl std::fmt::Debug for Worker {
 }
 
 /// How one attempt ended, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settle {
     Done,
     Retried,
@@ -483,34 +488,28 @@ impl Worker {
         };
 
         scheduler_stop.cancel();
+        // Stopped attempts end within their stop grace; settling or releasing them may wait for
+        // the connection a little longer, but never past this.
+        let stopping = self.config.stop_grace + STOP_MARGIN;
         match end {
             SessionEnd::Lost => {
                 // Our claims are gone; other workers may be running these jobs already.
                 abort_running.cancel();
-                while let Some(done) = running.join_next().await {
-                    tally(summary, done);
-                }
+                drain_within(&mut running, summary, stopping).await;
             }
             SessionEnd::Shutdown => {
                 info!(running = running.len(), grace = ?self.config.shutdown_grace, "shutting down: finishing running attempts");
-                let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
-                loop {
-                    tokio::select! {
-                        next = running.join_next() => match next {
-                            Some(done) => tally(summary, done),
-                            None => break,
-                        },
-                        _ = tokio::time::sleep_until(deadline) => {
-                            warn!(running = running.len(), "grace period over: stopping and releasing the rest");
-                            abort_running.cancel();
-                            while let Some(done) = running.join_next().await {
-                                tally(summary, done);
-                            }
-                            break;
-                        }
-                    }
+                let grace = self.config.shutdown_grace;
+                if !join_within(&mut running, summary, grace).await {
+                    warn!(
+                        running = running.len(),
+                        "grace period over: stopping and releasing the rest"
+                    );
+                    abort_running.cancel();
+                    drain_within(&mut running, summary, stopping).await;
                 }
-                let _ = client.delete(&self.layout.worker(&self.config.id), None).await;
+                let deregister = client.delete(&self.layout.worker(&self.config.id), None);
+                let _ = tokio::time::timeout(STOP_MARGIN, deregister).await;
             }
         }
         background.abort_all();
@@ -518,7 +517,7 @@ impl Worker {
         // The attempts' session handle shares the producer: let go of it first.
         drop((fetcher, session));
         if let Ok(producer) = Arc::try_unwrap(producer) {
-            producer.close().await;
+            let _ = tokio::time::timeout(STOP_MARGIN, producer.close()).await;
         }
         // Close the session now rather than leave it to expire: until then its registration
         // and candidacy would count as a live worker.
@@ -829,18 +828,32 @@ impl Worker {
     }
 
     /// Commits an attempt's outcome. When the connection drops with the commit in flight, the
-    /// commit is sent again until it lands or the session ends: a claim left standing would hold
-    /// the job for the rest of the session. (If the first one had landed, the repeat finds the
-    /// job gone and counts as a lost claim; the state in ZooKeeper is right either way.)
+    /// outcome is reconciled once the connection is back ([`claim::settled_meanwhile`]): if it
+    /// committed, the attempt is settled; if not, it is sent again, until it lands or the session
+    /// ends. A claim left standing would hold the job for the rest of the session.
     #[instrument(name = "settle", skip_all)]
     async fn settle(&self, session: &Session, claimed: &Claimed, outcome: Outcome) -> Settle {
-        let mut delay = Duration::from_millis(100);
+        let intended = match &outcome {
+            Outcome::Done => Settle::Done,
+            Outcome::Retry { .. } if claimed.job.has_attempts_left() => Settle::Retried,
+            _ => Settle::Dead,
+        };
         loop {
-            match self.settle_once(session, claimed, outcome.clone()).await {
-                Err(Error::OutcomeUnknown { .. }) if !session.client.state().is_terminated() => {
-                    warn!(?delay, "connection lost while settling; sending again");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+            match self
+                .settle_once(session, claimed, outcome.clone(), intended)
+                .await
+            {
+                Err(e) if e.is_outcome_unknown() => {
+                    match claim::settled_meanwhile(&session.client, claimed).await {
+                        Ok(true) => {
+                            info!("the attempt's outcome committed before the connection dropped");
+                            return self.settled(claimed, intended);
+                        }
+                        Ok(false) => {
+                            warn!("connection lost while settling, nothing committed; sending again")
+                        }
+                        Err(e) => return self.settle_failed(claimed, e),
+                    }
                 }
                 Err(e) => return self.settle_failed(claimed, e),
                 Ok(settle) => return settle,
@@ -848,7 +861,13 @@ impl Worker {
         }
     }
 
-    async fn settle_once(&self, session: &Session, claimed: &Claimed, outcome: Outcome) -> Result<Settle> {
+    async fn settle_once(
+        &self,
+        session: &Session,
+        claimed: &Claimed,
+        outcome: Outcome,
+        intended: Settle,
+    ) -> Result<Settle> {
         let Session {
             client,
             producer,
@@ -857,62 +876,72 @@ impl Worker {
         } = session;
         let queue = claimed.queue().to_string();
         let mut job = claimed.job.clone();
-        let (result, settle) = match outcome {
-            Outcome::Done => {
+        let result = match (outcome, intended) {
+            (Outcome::Done, _) => {
                 let ops = claimed.remove_ops();
-                let result = match acks.commit(ops.clone()).await {
+                match acks.commit(ops.clone()).await {
                     Ok(()) => Ok(Settled::Committed),
-                    Err(e) if claim::claim_lost(&e.source) => Ok(Settled::ClaimLost),
+                    Err(e) if claim::claim_lost(&e.source) => Ok(Settled::lost(e.index, &e.source)),
                     Err(e) => Err(e.into_error("ack", &ops)),
-                };
-                (result, Settle::Done)
+                }
             }
-            Outcome::Retry { error, after } if job.has_attempts_left() => {
+            (Outcome::Retry { error, after }, Settle::Retried) => {
                 job.record_error(&error);
                 let config = producer.config(&queue).await?;
                 let delay = after.unwrap_or_else(|| config.retry.delay(job.attempt));
-                let due_ms = now_ms().saturating_add(delay.as_millis() as u64);
+                let due_ms = now_ms().saturating_add(crate::job::millis(delay.min(crate::job::MAX_DELAY)));
                 info!(%error, ?delay, "attempt failed; will retry");
                 let placement = Placement::Delayed { job, due_ms };
-                let result = match producer
-                    .commit(&queue, &config, vec![placement], claimed.remove_ops())
-                    .await
-                {
+                let remove = claimed.remove_ops();
+                match producer.commit(&queue, &config, vec![placement], remove).await {
                     Ok(()) => Ok(Settled::Committed),
                     Err(Error::Zk {
-                        source: zk::Error::NoNode | zk::Error::BadVersion,
+                        source: source @ (zk::Error::NoNode | zk::Error::BadVersion),
+                        path,
                         ..
-                    }) => Ok(Settled::ClaimLost),
+                    }) if claimed.remove_ops().iter().any(|op| op.path() == path) => {
+                        let index = claimed.remove_ops().iter().position(|op| op.path() == path);
+                        Ok(Settled::lost(index, &source))
+                    }
                     Err(e) => Err(e),
-                };
-                (result, Settle::Retried)
+                }
             }
-            Outcome::Retry { error, .. } | Outcome::Dead { error } => {
+            (Outcome::Retry { error, .. } | Outcome::Dead { error }, _) => {
                 job.record_error(&error);
-                warn!(%error, attempts = job.attempt, "job dead-lettered");
                 let mut ops = claimed.remove_ops();
                 ops.push(claim::dead_letter_op(&self.layout, &queue, &job)?);
-                (claim::settle(client, "dead-letter", ops).await, Settle::Dead)
+                let result = claim::settle(client, "dead-letter", ops).await;
+                if let Ok(Settled::Committed) = result {
+                    warn!(%error, attempts = job.attempt, "job dead-lettered");
+                }
+                result
             }
         };
-        match result {
-            Ok(Settled::Committed) => {
-                let metric = match settle {
-                    Settle::Done => telemetry::DONE,
-                    Settle::Retried => telemetry::RETRIED,
-                    _ => telemetry::DEAD,
-                };
-                metrics::counter!(metric, "queue" => queue).increment(1);
-                debug!("attempt settled");
-                Ok(settle)
-            }
-            Ok(Settled::ClaimLost) => {
-                warn!("claim lost before the attempt settled; the job will run again elsewhere");
+        match result? {
+            Settled::Committed => Ok(self.settled(claimed, intended)),
+            Settled::ClaimLost => {
+                warn!("claim lost before the attempt settled (its session ended, or the job was claimed again): nothing written; the job runs again");
                 metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
                 Ok(Settle::Lost)
             }
-            Err(e) => Err(e),
+            Settled::JobGone => {
+                warn!("the job is gone (settled elsewhere after this claim was lost, or removed): nothing written");
+                metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
+                Ok(Settle::Lost)
+            }
         }
+    }
+
+    /// Counts an attempt whose outcome committed.
+    fn settled(&self, claimed: &Claimed, settle: Settle) -> Settle {
+        let metric = match settle {
+            Settle::Done => telemetry::DONE,
+            Settle::Retried => telemetry::RETRIED,
+            _ => telemetry::DEAD,
+        };
+        metrics::counter!(metric, "queue" => claimed.queue().to_string()).increment(1);
+        debug!("attempt settled");
+        settle
     }
 
     fn settle_failed(&self, claimed: &Claimed, e: Error) -> Settle {
@@ -928,6 +957,42 @@ enum Interrupt {
     SessionLost,
     /// No reply from ZooKeeper for the worker's fence share of the session timeout.
     Fenced,
+}
+
+/// Waits up to `within` for the running attempts to end, counting them. Returns whether all of
+/// them ended.
+async fn join_within(
+    running: &mut JoinSet<Vec<Settle>>,
+    summary: &mut WorkerSummary,
+    within: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        tokio::select! {
+            next = running.join_next() => match next {
+                Some(done) => tally(summary, done),
+                None => return true,
+            },
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
+}
+
+/// Like [`join_within`], but attempts still running then are dropped (a command's process group
+/// is killed), so that a worker always stops in bounded time, whatever its session is doing;
+/// their claims go with the session.
+async fn drain_within(running: &mut JoinSet<Vec<Settle>>, summary: &mut WorkerSummary, within: Duration) {
+    if !join_within(running, summary, within).await {
+        error!(
+            running = running.len(),
+            ?within,
+            "stopped attempts did not end in time: dropped"
+        );
+        running.abort_all();
+        while let Some(done) = running.join_next().await {
+            tally(summary, done);
+        }
+    }
 }
 
 fn tally(summary: &mut WorkerSummary, done: std::result::Result<Vec<Settle>, tokio::task::JoinError>) {
@@ -954,12 +1019,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 async fn watch_session(client: zk::Client, lost: CancellationToken) {
     let mut states = client.state_watcher();
     drop(client);
-    loop {
-        let state = states.changed().await;
-        if state.is_terminated() {
-            warn!(?state, "ZooKeeper session ended");
-            lost.cancel();
-            return;
-        }
-    }
+    let ended = crate::line::session_ended(&mut states).await;
+    warn!(state = ?states.peek_state(), error = %ended, "ZooKeeper session ended");
+    lost.cancel();
 }

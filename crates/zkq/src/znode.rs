@@ -139,12 +139,17 @@ pub(crate) async fn close(client: zk::Client, within: Duration) {
 /// [`Error::SessionLost`] when the session ends instead.
 pub(crate) async fn connected(client: &zk::Client) -> Result<()> {
     let mut states = client.state_watcher();
-    while states.peek_state() != zk::SessionState::SyncConnected {
-        if states.changed().await.is_terminated() {
+    let mut state = states.peek_state();
+    loop {
+        if state == zk::SessionState::SyncConnected {
+            return Ok(());
+        }
+        // A session already over sends no more changes: waiting for one would never end.
+        if state.is_terminated() {
             return Err(Error::SessionLost(zk::Error::SessionExpired));
         }
+        state = states.changed().await;
     }
-    Ok(())
 }
 
 /// Deletes the ephemeral `path` of `client`'s session (a lock node, a place in line) for sure:
@@ -228,4 +233,36 @@ pub(crate) async fn get_many(
         }));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_for_a_connection_ends_when_the_session_is_already_over() {
+        let server = zkq_testkit::shared();
+        let proxy = zkq_testkit::Proxy::start(&server.connect_string()).unwrap();
+        let zk = ZkConfig {
+            address: proxy.address(),
+            session_timeout: Duration::from_millis(1000),
+            connect_timeout: Duration::from_secs(20),
+        };
+        let client = zk.connect().await.unwrap();
+        // Cut off until the session has expired, then let the client find out.
+        proxy.partition();
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        proxy.heal();
+        let mut states = client.state_watcher();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !states.state().is_terminated() {
+                states.changed().await;
+            }
+        })
+        .await
+        .expect("the client learns that its session expired");
+        // The session ended before anyone asked: the wait must end too, not wait for a change.
+        let waited = tokio::time::timeout(Duration::from_secs(5), connected(&client)).await;
+        assert!(matches!(waited, Ok(Err(Error::SessionLost(_)))), "{waited:?}");
+    }
 }

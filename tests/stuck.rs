@@ -1,0 +1,274 @@
+//! No job lost or stuck: lost replies, jobs near the size limits, far-future delays and a
+//! corrupt queue must neither strand a job nor hold up the others.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use zkq::job::{MAX_DELAY, MAX_ERROR_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
+use zkq::zookeeper_client as zk;
+use zkq::{NewJob, Outcome, QueueConfig, ZkConfig};
+use zkq_testkit::Proxy;
+use zkq_tests::{count_ready, recording, small_queue, spawn_worker, take, within, Env, Run};
+
+/// Receives runs until every one of `ids` ran at least once.
+async fn until_all_ran(runs: &mut tokio::sync::mpsc::UnboundedReceiver<Run>, ids: &HashSet<zkq::JobId>) {
+    let mut seen = HashSet::new();
+    while seen.len() < ids.len() {
+        match tokio::time::timeout(zkq_tests::PATIENCE, runs.recv()).await {
+            Ok(Some(run)) => {
+                seen.insert(run.id);
+            }
+            _ => panic!("only {} of {} jobs ran", seen.len(), ids.len()),
+        }
+    }
+}
+
+async fn claims_left(client: &zk::Client, root: &str, queue: &str, partitions: u32) -> Vec<String> {
+    let mut left = Vec::new();
+    for p in 0..partitions {
+        let dir = format!("{root}/queues/{queue}/p/{p}/claims");
+        left.extend(client.list_children(&dir).await.unwrap_or_default());
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_acks_whose_replies_are_lost_with_the_connection_strand_no_job() {
+    let env = Env::new("cut-claims");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let mut ids = HashSet::new();
+    for _ in 0..6 {
+        let batch: Vec<NewJob> = (0..500).map(|i| NewJob::new("k", format!("{i}"))).collect();
+        ids.extend(producer.enqueue_batch("q", batch).await.unwrap());
+    }
+
+    // The worker reaches ZooKeeper through a proxy that drops its connections every 150 ms:
+    // its session survives each cut, and whatever claim or ack was in flight loses its reply.
+    let proxy = std::sync::Arc::new(Proxy::start(&env.zk.address).unwrap());
+    let zk = ZkConfig {
+        address: proxy.address(),
+        ..env.zk.clone()
+    };
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let worker = zkq::Worker::new(zk, &env.root, env.worker_config("q", 32))
+        .unwrap()
+        .handle("k", handler)
+        .unwrap();
+    let (stop, handle) = spawn_worker(worker);
+    let cuts = proxy.clone();
+    let cutter = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            cuts.cut();
+        }
+    });
+    until_all_ran(&mut runs, &ids).await;
+    cutter.abort();
+
+    let client = env.client().await;
+    within(async {
+        while count_ready(&client, &env.root, "q").await > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        claims_left(&client, &env.root, "q", 1).await,
+        Vec::<String>::new()
+    );
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}
+
+/// Three jobs of 400 KB: together far over one request, each well within the queue's limit.
+fn large_jobs(delay: Option<Duration>) -> Vec<NewJob> {
+    (0..3u8)
+        .map(|i| {
+            let job = NewJob::new("k", vec![i; 400 * 1024]);
+            match delay {
+                Some(d) => job.delay(d),
+                None => job,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_jobs_are_claimed_in_requests_that_fit() {
+    let env = Env::new("large-claims");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let mut ids = HashSet::new();
+    for job in large_jobs(None) {
+        ids.insert(producer.enqueue("q", job).await.unwrap());
+    }
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let worker = env
+        .worker(env.worker_config("q", 8))
+        .handle("k", handler)
+        .unwrap();
+    let (stop, handle) = spawn_worker(worker);
+    until_all_ran(&mut runs, &ids).await;
+    drop(stop);
+    assert_eq!(handle.await.unwrap().unwrap().done, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_delayed_jobs_are_promoted_in_requests_that_fit() {
+    let env = Env::new("large-promotions");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let mut ids = HashSet::new();
+    for job in large_jobs(Some(Duration::from_secs(1))) {
+        ids.insert(producer.enqueue("q", job).await.unwrap());
+    }
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let worker = env
+        .worker(env.worker_config("q", 8))
+        .handle("k", handler)
+        .unwrap();
+    let (stop, handle) = spawn_worker(worker);
+    until_all_ran(&mut runs, &ids).await;
+    drop(stop);
+    assert_eq!(handle.await.unwrap().unwrap().done, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_job_a_queue_accepts_is_retried_and_dead_lettered_with_its_history() {
+    let env = Env::new("largest");
+    let config = QueueConfig {
+        max_payload_bytes: MAX_PAYLOAD_BYTES as u32,
+        ..small_queue()
+    };
+    let producer = env.producer_for("q", &config).await;
+    let job = NewJob::new("k", vec![7u8; MAX_PAYLOAD_BYTES])
+        .max_attempts(3)
+        .header("trace", "t".repeat(4096));
+    let id = producer.enqueue("q", job).await.unwrap();
+
+    // Every attempt fails with the longest error message kept.
+    let error = "e".repeat(MAX_ERROR_MESSAGE_BYTES);
+    let (handler, mut runs) = recording(move |_| Outcome::retry(error.clone()));
+    let worker = env
+        .worker(env.worker_config("q", 2))
+        .handle("k", handler)
+        .unwrap();
+    let (stop, handle) = spawn_worker(worker);
+    let attempts: Vec<u32> = take(&mut runs, 3).await.iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+
+    let client = env.client().await;
+    let path = format!("{}/queues/q/dead/{id}", env.root);
+    zkq_tests::wait_for_node(&client, &path).await;
+    let (data, _) = client.get_data(&path).await.unwrap();
+    let dead = zkq::Job::decode(&path, &data).unwrap();
+    assert_eq!(dead.payload.len(), MAX_PAYLOAD_BYTES);
+    assert_eq!(dead.errors.len(), 3);
+    assert!(claims_left(&client, &env.root, "q", 1).await.is_empty());
+    drop(stop);
+    let summary = handle.await.unwrap().unwrap();
+    assert_eq!((summary.retried, summary.dead), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_over_the_maximum_is_refused_and_a_far_future_bucket_holds_up_nothing() {
+    let env = Env::new("far-future");
+    let producer = env.producer_for("q", &small_queue()).await;
+    for delay in [
+        MAX_DELAY + Duration::from_secs(86_400),
+        Duration::from_secs(600_000_000 * 365 * 86_400),
+    ] {
+        let err = producer
+            .enqueue("q", NewJob::new("k", "x").delay(delay))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("over the maximum"), "{err}");
+    }
+    producer
+        .enqueue("q", NewJob::new("k", "far").delay(MAX_DELAY))
+        .await
+        .unwrap();
+
+    // A bucket whose start has more digits than the name's padding (past the year 2286), as an
+    // older producer could write: it must not stop promotion of the buckets due before it.
+    let client = env.client().await;
+    let far = format!("{}/queues/q/delayed/b-99999999960000", env.root);
+    client
+        .create(
+            &far,
+            &[],
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    let soon = producer
+        .enqueue("q", NewJob::new("k", "soon").delay(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let worker = env
+        .worker(env.worker_config("q", 2))
+        .handle("k", handler)
+        .unwrap();
+    let (stop, handle) = spawn_worker(worker);
+    assert_eq!(take(&mut runs, 1).await[0].id, soon);
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_queue_config_holds_up_no_other_queues_rebalancing() {
+    let env = Env::new("corrupt-config");
+    let config = QueueConfig {
+        partitions: 4,
+        ..small_queue()
+    };
+    let producer = env.producer_for("q", &config).await;
+    let client = env.client().await;
+
+    // Worker A will crash; B must get its partitions.
+    let (handler_a, _runs_a) = recording(|_| Outcome::Done);
+    let a = env
+        .worker(env.worker_config("q", 4))
+        .detached()
+        .handle("k", handler_a)
+        .unwrap();
+    let a_id = a.id().to_string();
+    let (_stop_a, handle_a) = spawn_worker(a);
+    let (handler_b, mut runs) = recording(|_| Outcome::Done);
+    let b = env
+        .worker(env.worker_config("q", 4))
+        .handle("k", handler_b)
+        .unwrap();
+    let b_id = b.id().to_string();
+    let (stop_b, handle_b) = spawn_worker(b);
+    let assignment = format!("{}/scheduler/assignment/q", env.root);
+    within(async {
+        loop {
+            if let Ok((data, _)) = client.get_data(&assignment).await {
+                let text = String::from_utf8_lossy(&data);
+                if text.contains(&a_id) && text.contains(&b_id) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+
+    // A queue whose config is garbage, sorting before q, then A crashes.
+    let garbage = format!("{}/queues/gbad", env.root);
+    client
+        .create(
+            &garbage,
+            b"\xc1\x00garbage",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    handle_a.abort();
+    let mut ids = HashSet::new();
+    let batch: Vec<NewJob> = (0..40).map(|i| NewJob::new("k", format!("{i}"))).collect();
+    ids.extend(producer.enqueue_batch("q", batch).await.unwrap());
+    until_all_ran(&mut runs, &ids).await;
+    drop(stop_b);
+    handle_b.await.unwrap().unwrap();
+}
