@@ -3,6 +3,7 @@
 use std::io::Read;
 
 use zkq::producer::MAX_REQUEST_BYTES;
+use zkq::NewJob;
 
 /// Job payloads read and checked, ready to send.
 #[derive(Debug)]
@@ -68,15 +69,22 @@ impl Payloads {
         self.0.len()
     }
 
-    /// Splits into batches of at most `size` jobs that each fit in one ZooKeeper request.
-    pub fn into_batches(self, size: usize) -> Vec<Vec<Vec<u8>>> {
-        // Room per job for its record's metadata and its path.
-        const OVERHEAD: usize = 512;
+    /// One job per payload, made by `job`.
+    pub fn into_jobs(self, job: impl Fn(Vec<u8>) -> NewJob) -> Vec<NewJob> {
+        self.0.into_iter().map(job).collect()
+    }
+
+    /// Splits `jobs` into batches of at most `size` jobs that each fit in one ZooKeeper request,
+    /// each job carrying `headers` bytes of headers besides its payload.
+    pub fn batches(jobs: Vec<NewJob>, size: usize, headers: usize) -> Vec<Vec<NewJob>> {
+        // Room per job for its record's other fields and its path (kind and keys are at most
+        // 640 bytes together).
+        const OVERHEAD: usize = 1024;
         let budget = MAX_REQUEST_BYTES * 3 / 4;
-        let mut batches: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut batches: Vec<Vec<NewJob>> = Vec::new();
         let mut bytes = 0;
-        for payload in self.0 {
-            let cost = payload.len() + OVERHEAD;
+        for job in jobs {
+            let cost = job.payload().len() + headers + OVERHEAD;
             let full = batches
                 .last()
                 .is_none_or(|b| b.len() >= size || bytes + cost > budget);
@@ -86,10 +94,15 @@ impl Payloads {
             }
             bytes += cost;
             if let Some(batch) = batches.last_mut() {
-                batch.push(payload);
+                batch.push(job);
             }
         }
         batches
+    }
+
+    /// The single payload read (the first, if there are several).
+    pub fn into_first(self) -> Vec<u8> {
+        self.0.into_iter().next().unwrap_or_default()
     }
 }
 
@@ -110,18 +123,13 @@ mod tests {
 
     #[test]
     fn batches_respect_count_and_bytes() {
-        let p = Payloads((0..10).map(|_| vec![0u8; 10]).collect());
-        assert_eq!(
-            p.into_batches(4).iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![4, 4, 2]
-        );
-        let big = Payloads((0..5).map(|_| vec![0u8; 300 * 1024]).collect());
-        let batches = big.into_batches(100);
-        assert!(
-            batches.iter().all(|b| b.len() <= 2),
-            "{:?}",
-            batches.iter().map(Vec::len).collect::<Vec<_>>()
-        );
-        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 5);
+        let jobs = |n: usize, size: usize| (0..n).map(|_| NewJob::new("k", vec![0u8; size])).collect();
+        let sizes = |b: &Vec<Vec<NewJob>>| b.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(&Payloads::batches(jobs(10, 10), 4, 0)), vec![4, 4, 2]);
+        let big = Payloads::batches(jobs(5, 300 * 1024), 100, 0);
+        assert!(big.iter().all(|b| b.len() <= 2), "{:?}", sizes(&big));
+        assert_eq!(big.iter().map(Vec::len).sum::<usize>(), 5);
+        let headed = Payloads::batches(jobs(5, 100 * 1024), 100, 200 * 1024);
+        assert!(headed.iter().all(|b| b.len() <= 2), "{:?}", sizes(&headed));
     }
 }

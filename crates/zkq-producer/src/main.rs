@@ -295,12 +295,7 @@ async fn cron(cli: &Cli, command: &CronCommand) -> Result<(), String> {
 }
 
 fn periodic_job(args: &CronSetArgs) -> Result<PeriodicJob, String> {
-    let payload = Payloads::read(Some(&args.payload), None)?
-        .into_batches(1)
-        .into_iter()
-        .flatten()
-        .next()
-        .unwrap_or_default();
+    let payload = Payloads::read(Some(&args.payload), None)?.into_first();
     let job = args.options.apply(NewJob::new(args.kind.clone(), payload));
     PeriodicJob::new(args.queue.clone(), args.cron.clone(), job)
         .map(|p| p.catch_up(args.catch_up))
@@ -351,28 +346,56 @@ async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let total = payloads.len();
+    // Every job is checked against the queue's limits before the first one is sent: bad input
+    // enqueues nothing.
+    let jobs: Vec<NewJob> = payloads.into_jobs(|p| job_for(args, p));
+    for (n, job) in jobs.iter().enumerate() {
+        if let Err(e) = producer.check(&args.queue, job).await {
+            producer.close().await;
+            return Err(match (&args.file, total) {
+                (Some(file), _) => format!("job {} of {file}: {e}; nothing was enqueued", n + 1),
+                _ => e.to_string(),
+            });
+        }
+    }
+    let headers: usize = args.options.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let batches = Payloads::batches(jobs, args.batch_size as usize, headers);
     let progress = progress_bar(total as u64, cli.quiet);
     let started = Instant::now();
-    let batches = payloads.into_batches(args.batch_size as usize);
     let producer_ref = &producer;
     // Up to 4 batches in flight, committed in file order (the producer orders its commits).
+    // After a failure no new batch is sent, but those already in flight are heard out: their
+    // jobs may have committed, and every committed id is printed.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed = &failed;
     let mut committed = futures::stream::iter(batches)
-        .map(|batch| {
-            let jobs: Vec<NewJob> = batch.into_iter().map(|p| job_for(args, p)).collect();
-            async move { producer_ref.enqueue_batch(&args.queue, jobs).await }
+        .map(|jobs| async move {
+            if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
+            let ids: Vec<String> = jobs.iter().map(|j| j.id().to_string()).collect();
+            let result = producer_ref.enqueue_batch(&args.queue, jobs).await;
+            if result.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Some((ids, result))
         })
         .buffered(4);
     let mut done = 0usize;
+    let mut first_error = None;
+    let mut unknown: Vec<String> = Vec::new();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    while let Some(result) = committed.next().await {
+    while let Some(sent) = committed.next().await {
+        let Some((ids, result)) = sent else { continue };
         let ids = match result {
             Ok(ids) => ids,
             Err(e) => {
-                progress.abandon();
-                return Err(format!(
-                    "{e}\n{done} of {total} jobs were enqueued before this error; their ids are printed above"
-                ));
+                if e.is_outcome_unknown() {
+                    unknown.extend(ids);
+                }
+                first_error.get_or_insert(e);
+                continue;
             }
         };
         for id in &ids {
@@ -386,6 +409,25 @@ async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
         done += ids.len();
         progress.set_position(done as u64);
     }
+    drop(committed);
+    if let Some(e) = first_error {
+        progress.abandon();
+        producer.close().await;
+        let mut message = e.to_string();
+        if total > 1 {
+            message.push_str(&format!(
+                "\n{done} of {total} jobs were enqueued; the ids printed are exactly those"
+            ));
+        }
+        if !unknown.is_empty() {
+            message.push_str(&format!(
+                "\n{} jobs may or may not have been enqueued (the connection dropped with them in flight); look for these ids before sending them again:\n{}",
+                unknown.len(),
+                unknown.join("\n")
+            ));
+        }
+        return Err(message);
+    }
     progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if !cli.quiet && total > 1 {
@@ -395,7 +437,6 @@ async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
             total as f64 / secs
         );
     }
-    drop(committed);
     producer.close().await;
     Ok(())
 }

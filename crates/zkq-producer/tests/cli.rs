@@ -181,6 +181,43 @@ async fn a_bad_json_line_enqueues_nothing_and_names_the_line() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_line_enqueues_nothing_even_after_thousands_of_good_ones() {
+    let root = zkq_testkit::unique_root("cli-bigline");
+    // 5,000 good lines, then one over the queue's payload limit (valid JSON all the same).
+    let mut file = String::new();
+    for i in 0..5_000 {
+        file.push_str(&format!("{{\"n\":{i}}}\n"));
+    }
+    file.push_str(&format!("\"{}\"\n", "x".repeat(600 * 1024)));
+    for i in 0..1_000 {
+        file.push_str(&format!("{{\"m\":{i}}}\n"));
+    }
+    let out = producer(
+        &root,
+        &["enqueue", "-q", "q", "-k", "k", "--file", "-"],
+        Some(file.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("job 5001 of -"), "{err}");
+    assert!(err.contains("nothing was enqueued"), "{err}");
+    assert_eq!(text(&out.stdout), "", "no id printed");
+    assert_eq!(ready_jobs(&root, "q").await.len(), 0);
+
+    // A single job that fails says nothing about ids printed above.
+    let big = "y".repeat(600 * 1024);
+    let out = producer(
+        &root,
+        &["enqueue", "-q", "q", "-k", "k", "-"],
+        Some(big.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("over the limit"), "{err}");
+    assert!(!err.contains("printed above"), "{err}");
+}
+
 #[test]
 fn bad_values_and_an_unreachable_zookeeper_give_clear_errors() {
     let out = producer("/zkq", &["enqueue", "-q", "bad/name", "-k", "k", "x"], None);

@@ -142,11 +142,17 @@ impl Election {
         Ok(())
     }
 
+    /// Deletes a candidate node of this session; a delete whose reply is lost with the
+    /// connection is sent again once connected (a node left behind would keep a place in line
+    /// for the life of the session).
     async fn delete_candidate(&self, name: &str) -> Result<()> {
         let path = format!("{}/{name}", self.candidates());
-        match self.client.delete(&path, None).await {
-            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
-            Err(e) => Err(Error::zk("delete candidate", &path, e)),
+        loop {
+            match self.client.delete(&path, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
+                Err(e) if crate::error::outcome_unknown(&e) => znode::connected(&self.client).await?,
+                Err(e) => return Err(Error::zk("delete candidate", &path, e)),
+            }
         }
     }
 
@@ -264,9 +270,20 @@ impl Leadership {
     /// when the session ends.
     pub async fn resign(self) {
         self.lost.cancel();
-        match self.client.delete(&self.node, None).await {
-            Ok(()) | Err(zk::Error::NoNode) => info!(node = %self.node, "resigned"),
-            Err(e) => warn!(node = %self.node, error = %e, "cannot resign; the node goes with the session"),
+        loop {
+            match self.client.delete(&self.node, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => return info!(node = %self.node, "resigned"),
+                // Lost with the connection: send it again once connected, or the node stays
+                // first in line for the life of the session.
+                Err(e) if crate::error::outcome_unknown(&e) => {
+                    if znode::connected(&self.client).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    return warn!(node = %self.node, error = %e, "cannot resign; the node goes with the session")
+                }
+            }
         }
     }
 

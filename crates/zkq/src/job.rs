@@ -228,6 +228,11 @@ impl NewJob {
         self.id
     }
 
+    /// The job's payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
     /// Priority level (lane), 0 lowest; must be below the queue's `priorities`.
     pub fn priority(mut self, priority: u8) -> NewJob {
         self.priority = priority;

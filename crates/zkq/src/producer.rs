@@ -117,6 +117,28 @@ impl Producer {
         Ok(ids)
     }
 
+    /// Checks `job` against `queue`'s limits as [`Producer::enqueue`] would, without sending
+    /// anything: a caller with many jobs can refuse bad input before any of it is enqueued.
+    ///
+    /// # Errors
+    /// The validation error [`Producer::enqueue`] would return; reading (or creating) the
+    /// queue's config can fail as in [`Producer::enqueue`].
+    pub async fn check(&self, queue: &str, job: &NewJob) -> Result<()> {
+        let config = self.config(queue).await?;
+        let (job, _) = job.clone().into_job(
+            config.priorities,
+            config.max_attempts,
+            config.max_payload_bytes as usize,
+        )?;
+        let bytes = codec::encode(&job)?.len();
+        if bytes + self.layout.queue(queue).len() + 100 > MAX_REQUEST_BYTES {
+            return Err(Error::InvalidJob(format!(
+                "the job's record takes {bytes} bytes, over what one ZooKeeper request carries"
+            )));
+        }
+        Ok(())
+    }
+
     /// Commits `placements` together with `extra` operations (which come first in the `multi`)
     /// as one transaction. Used by enqueue, promotion of delayed jobs and retries.
     pub(crate) async fn commit(
