@@ -93,12 +93,12 @@ fn large_jobs(delay: Option<Duration>) -> Vec<NewJob> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_jobs_are_claimed_in_requests_that_fit() {
-    let env = Env::new("large-claims");
+/// Enqueues [`large_jobs`] one by one on a fresh root and waits until a worker ran all three.
+async fn run_large_jobs(name: &str, delay: Option<Duration>) {
+    let env = Env::new(name);
     let producer = env.producer_for("q", &small_queue()).await;
     let mut ids = HashSet::new();
-    for job in large_jobs(None) {
+    for job in large_jobs(delay) {
         ids.insert(producer.enqueue("q", job).await.unwrap());
     }
     let (handler, mut runs) = recording(|_| Outcome::Done);
@@ -113,22 +113,13 @@ async fn large_jobs_are_claimed_in_requests_that_fit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_jobs_are_claimed_in_requests_that_fit() {
+    run_large_jobs("large-claims", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_delayed_jobs_are_promoted_in_requests_that_fit() {
-    let env = Env::new("large-promotions");
-    let producer = env.producer_for("q", &small_queue()).await;
-    let mut ids = HashSet::new();
-    for job in large_jobs(Some(Duration::from_secs(1))) {
-        ids.insert(producer.enqueue("q", job).await.unwrap());
-    }
-    let (handler, mut runs) = recording(|_| Outcome::Done);
-    let worker = env
-        .worker(env.worker_config("q", 8))
-        .handle("k", handler)
-        .unwrap();
-    let (stop, handle) = spawn_worker(worker);
-    until_all_ran(&mut runs, &ids).await;
-    drop(stop);
-    assert_eq!(handle.await.unwrap().unwrap().done, 3);
+    run_large_jobs("large-promotions", Some(Duration::from_secs(1))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

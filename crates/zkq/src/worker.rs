@@ -893,14 +893,17 @@ impl Worker {
                 info!(%error, ?delay, "attempt failed; will retry");
                 let placement = Placement::Delayed { job, due_ms };
                 let remove = claimed.remove_ops();
-                match producer.commit(&queue, &config, vec![placement], remove).await {
+                match producer
+                    .commit(&queue, &config, vec![placement], remove.clone())
+                    .await
+                {
                     Ok(()) => Ok(Settled::Committed),
                     Err(Error::Zk {
                         source: source @ (zk::Error::NoNode | zk::Error::BadVersion),
                         path,
                         ..
-                    }) if claimed.remove_ops().iter().any(|op| op.path() == path) => {
-                        let index = claimed.remove_ops().iter().position(|op| op.path() == path);
+                    }) if remove.iter().any(|op| op.path() == path) => {
+                        let index = remove.iter().position(|op| op.path() == path);
                         Ok(Settled::lost(index, &source))
                     }
                     Err(e) => Err(e),
