@@ -276,3 +276,81 @@ async fn a_corrupt_queue_config_holds_up_no_other_queues_rebalancing() {
     drop(stop_b);
     handle_b.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_node_among_the_claims_is_removed_and_its_job_runs() {
+    let env = Env::new("stray-claim");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let id = producer.enqueue("q", NewJob::new("k", "blocked")).await.unwrap();
+
+    // A persistent node with the name of the job's claim, as a hand-made or foreign write
+    // would leave: no session's end will ever remove it.
+    let client = env.client().await;
+    let lane = format!("{}/queues/q/p/0/l0", env.root);
+    let segment = client.list_children(&lane).await.unwrap().remove(0);
+    let node = client
+        .list_children(&format!("{lane}/{segment}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.starts_with("j-"))
+        .unwrap();
+    let stray = format!("{}/queues/q/p/0/claims/l0.{segment}.{node}", env.root);
+    client
+        .create(
+            &stray,
+            b"",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+
+    let mut config = env.worker_config("q", 2);
+    config.scheduling.trim_interval = Duration::from_millis(200);
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let worker = env.worker(config).handle("k", handler).unwrap();
+    let (stop, handle) = spawn_worker(worker);
+    assert_eq!(take(&mut runs, 1).await[0].id, id);
+    // Once acknowledged, nothing is left at the claim's path: not the stray, not the claim.
+    within(async {
+        while client.check_stat(&stray).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_ticks_of_a_large_periodic_job_all_fire_in_requests_that_fit() {
+    let env = Env::new("cron-large");
+    let config = QueueConfig {
+        max_payload_bytes: MAX_PAYLOAD_BYTES as u32,
+        ..small_queue()
+    };
+    let producer = env.producer_for("q", &config).await;
+
+    // Refused up front: the schedule holds the payload too, and both must fit one request.
+    let too_large = zkq::PeriodicJob::new("q", "* * * * * *", NewJob::new("k", vec![b'x'; 600_000])).unwrap();
+    let err = producer.schedule("too-large", too_large).await.unwrap_err();
+    assert!(err.to_string().contains("does not fit one request"), "{err}");
+
+    // 30 missed ticks of a 100 KB job: about 3 MB, three times what one request holds.
+    let mut periodic = zkq::PeriodicJob::new("q", "* * * * * *", NewJob::new("k", vec![b'x'; 100_000]))
+        .unwrap()
+        .catch_up(zkq::CatchUp::All);
+    periodic.created_at_ms = zkq::job::now_ms() - 30_500;
+    producer.schedule("big", periodic).await.unwrap();
+
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let worker = env
+        .worker(env.worker_config("q", 8))
+        .handle("k", handler)
+        .unwrap();
+    let (stop, handle) = spawn_worker(worker);
+    let ran: HashSet<zkq::JobId> = take(&mut runs, 30).await.into_iter().map(|r| r.id).collect();
+    assert_eq!(ran.len(), 30);
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}

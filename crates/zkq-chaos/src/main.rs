@@ -237,33 +237,43 @@ async fn run(cli: Cli) -> Result<bool, String> {
     );
     ensemble.wait_ready(Duration::from_secs(60))?;
 
-    // Drain: until no job is ready, claimed or delayed, except the far-future ones.
+    // Drain: until no job is ready, claimed or delayed, except the far-future ones, in two scans
+    // in a row. A scan is not a snapshot: it can miss a job that moves between a delayed bucket
+    // and its lane while it walks. It only decides when to stop the fleet; what is judged is
+    // the tree after the fleet stopped, when nothing writes to it any more.
     let client = zk.connect().await.map_err(|e| e.to_string())?;
     let drain_until = Instant::now() + cli.drain_timeout;
-    let mut left = Vec::new();
-    let mut orphans = Vec::new();
     let due = |l: &Left| {
         !l.id
             .as_ref()
             .is_some_and(|id| acknowledged.get(id).is_some_and(|a| a.far_future))
     };
-    let mut drained = false;
-    while Instant::now() < drain_until {
+    let mut empty_scans = 0;
+    while Instant::now() < drain_until && empty_scans < 2 {
         match remaining_jobs(&client, &setup.root).await {
-            Ok((jobs, claims)) => {
-                left = jobs;
-                orphans = claims;
-                if !left.iter().any(due) && orphans.is_empty() {
-                    drained = true;
-                    break;
-                }
-            }
+            Ok((jobs, claims)) if !jobs.iter().any(due) && claims.is_empty() => empty_scans += 1,
+            Ok(_) => empty_scans = 0,
             Err(e) => eprintln!("chaos: cannot count remaining jobs: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Shutdown grace (5 s) + a command's stop grace (1 s) + closing the sessions, with room.
+    let deadline = Instant::now() + STOP_WITHIN;
+    slots.iter().for_each(Slot::terminate);
+    let mut hung = 0;
+    for slot in slots.iter_mut() {
+        if !slot.wait_exit(deadline) {
+            hung += 1;
+            eprintln!(
+                "chaos: HUNG: {} did not exit within {STOP_WITHIN:?} of SIGTERM; killed",
+                slot.id()
+            );
+        }
+    }
+    // The judged state, read after a sync: the member answering has applied every write.
+    let (left, orphans) = final_state(&client, &setup.root).await?;
     let stuck: Vec<&Left> = left.iter().filter(|l| due(l)).collect();
-    if !drained {
+    if !stuck.is_empty() || !orphans.is_empty() {
         eprintln!(
             "chaos: NOT DRAINED: {} jobs and {} claims without a job left after {:?}",
             stuck.len(),
@@ -287,19 +297,6 @@ async fn run(cli: Cli) -> Result<bool, String> {
         }
     }
     let in_tree: HashSet<String> = left.iter().filter_map(|l| l.id.clone()).collect();
-    // Shutdown grace (5 s) + a command's stop grace (1 s) + closing the sessions, with room.
-    let deadline = Instant::now() + STOP_WITHIN;
-    slots.iter().for_each(Slot::terminate);
-    let mut hung = 0;
-    for slot in slots.iter_mut() {
-        if !slot.wait_exit(deadline) {
-            hung += 1;
-            eprintln!(
-                "chaos: HUNG: {} did not exit within {STOP_WITHIN:?} of SIGTERM; killed",
-                slot.id()
-            );
-        }
-    }
     let dead = dead_letters(&client, &setup.root).await?;
 
     let executions = check::read_executions(&setup.job_ledger);
@@ -513,6 +510,27 @@ async fn remaining_jobs(client: &zk::Client, root: &str) -> Result<(Vec<Left>, V
         }
     }
     Ok((left, orphans))
+}
+
+/// The jobs and stray claims left once the fleet stopped, read after a `sync` (retried for a
+/// while: ZooKeeper members were being restarted until recently).
+async fn final_state(client: &zk::Client, root: &str) -> Result<(Vec<Left>, Vec<String>), String> {
+    let mut tries = 0;
+    loop {
+        let scan = async {
+            client.sync(root).await?;
+            remaining_jobs(client, root).await
+        };
+        match scan.await {
+            Ok(state) => return Ok(state),
+            Err(e) if tries < 20 => {
+                tries += 1;
+                eprintln!("chaos: cannot read what is left ({e}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(format!("cannot read what is left: {e}")),
+        }
+    }
 }
 
 async fn dead_letters(client: &zk::Client, root: &str) -> Result<HashSet<String>, String> {

@@ -124,16 +124,35 @@ impl Ensemble {
     }
 }
 
+static SHARED: OnceLock<Ensemble> = OnceLock::new();
+
 /// One standalone server shared by every test in this process, started on first use.
 ///
 /// It lives until the process exits (the server is tied to the process with
-/// `PR_SET_PDEATHSIG`). Tests sharing it keep apart through [`unique_root`].
+/// `PR_SET_PDEATHSIG`), and its directory is removed then: a static is never dropped, so an
+/// exit handler does what `Drop` does for the other ensembles. Tests sharing it keep apart
+/// through [`unique_root`].
 pub fn shared() -> &'static Ensemble {
-    static SHARED: OnceLock<Ensemble> = OnceLock::new();
     SHARED.get_or_init(|| match Ensemble::standalone() {
-        Ok(ensemble) => ensemble,
+        Ok(ensemble) => {
+            // SAFETY: registers a plain `extern "C"` function with no arguments.
+            unsafe { libc::atexit(remove_shared) };
+            ensemble
+        }
         Err(e) => panic!("cannot start the shared ZooKeeper server: {e}"),
     })
+}
+
+/// Stops the shared server and removes its directory, at process exit.
+extern "C" fn remove_shared() {
+    if let Some(ensemble) = SHARED.get() {
+        for member in &ensemble.members {
+            member.kill();
+        }
+        if ensemble.dir.is_some() {
+            let _ = std::fs::remove_dir_all(&ensemble.path);
+        }
+    }
 }
 
 /// A root path no other test uses, such as `/t-fifo-3f2a9c1e`.

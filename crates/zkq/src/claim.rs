@@ -34,8 +34,9 @@
 //! Forgetting such a write is not an option: a committed claim nobody runs holds its job for the
 //! life of the session.
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, warn};
 use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
@@ -380,13 +381,20 @@ async fn claimed_meanwhile(client: &zk::Client, batch: Vec<Prepared>) -> (Vec<Cl
 }
 
 /// The creation zxid of the claim node at `path` if this session owns it, asked once connected
-/// (a connection lost again meanwhile is waited out too).
+/// (a connection lost again meanwhile is waited out too). The read follows a `sync`: after a
+/// reconnect, the server may be another member, one that has not yet applied the write whose
+/// reply was lost.
 ///
 /// # Errors
 /// [`Error::SessionLost`] when the session ends first.
 async fn own_claim(client: &zk::Client, path: &str) -> Result<Option<i64>> {
     loop {
         znode::connected(client).await?;
+        match client.sync(path).await {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(e) if outcome_unknown(&e) => continue,
+            Err(e) => return Err(Error::zk("sync before reading a claim", path, e)),
+        }
         match client.check_stat(path).await {
             Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => return Ok(Some(stat.czxid)),
             Ok(_) => return Ok(None),
@@ -491,4 +499,55 @@ async fn release_once(client: &zk::Client, claimed: &Claimed) -> Result<Settled>
         },
     ];
     settle(client, "release claim", ops).await
+}
+
+/// Stat requests in flight while looking for stray nodes among a queue's claims.
+const STATS_IN_FLIGHT: usize = 64;
+
+/// Removes the stray nodes in `queue`'s `claims/` folders and returns how many: persistent
+/// znodes (made by hand or by another tool). Every real claim is EPHEMERAL and ends with its
+/// session; a persistent one would hold its job unrun forever, with no session whose end could
+/// free it. Each removal is reported.
+pub(crate) async fn remove_stray(
+    client: &zk::Client,
+    layout: &Layout,
+    queue: &str,
+    partitions: u32,
+) -> Result<usize> {
+    let mut removed = 0;
+    for partition in 0..partitions {
+        let dir = layout.claims(queue, partition);
+        let names = match client.list_children(&dir).await {
+            Ok(names) => names,
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => return Err(Error::zk("list claims", dir, e)),
+        };
+        let stray: Vec<(String, i32)> = futures::stream::iter(names)
+            .map(|name| {
+                let path = format!("{dir}/{name}");
+                async move {
+                    match client.check_stat(&path).await {
+                        Ok(Some(stat)) if stat.ephemeral_owner == 0 => Some((path, stat.version)),
+                        _ => None,
+                    }
+                }
+            })
+            .buffer_unordered(STATS_IN_FLIGHT)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        for (path, version) in stray {
+            match client.delete(&path, Some(version)).await {
+                Ok(()) => {
+                    warn!(%path, "removed a persistent node among the claims: no claim is persistent, and it held its job");
+                    removed += 1;
+                }
+                Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
+                Err(e) => {
+                    warn!(%path, error = %e, "cannot remove a persistent node among the claims; it holds its job")
+                }
+            }
+        }
+    }
+    Ok(removed)
 }

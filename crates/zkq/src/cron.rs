@@ -6,6 +6,9 @@
 //! `set_data(schedule, last tick = T, expected version)` + `create(job)`. The job exists if and
 //! only if the schedule says tick T was fired, and two schedulers can never both advance the
 //! same version, so no tick fires twice, whoever leads and however often leadership changes.
+//! Ticks caught up together share a `multi` as far as one request holds them with the
+//! schedule record (which holds the payload too); a payload too large for that is refused when
+//! the schedule is written.
 //!
 //! # Expressions
 //! Six or seven fields, seconds first, evaluated in UTC: `sec min hour day-of-month month
@@ -37,7 +40,7 @@ use zookeeper_client as zk;
 use crate::codec::{self, Record};
 use crate::election::Leadership;
 use crate::error::{Error, Result};
-use crate::job::{now_ms, JobId, NewJob};
+use crate::job::{now_ms, Job, JobId, NewJob, MAX_REQUEST_BYTES};
 use crate::layout;
 use crate::producer::{Placement, Producer};
 use crate::txn::Op;
@@ -222,16 +225,18 @@ impl Producer {
     /// tick, so changing a schedule never re-fires a tick.
     ///
     /// # Errors
-    /// Bad names or a job the queue would refuse (payload size, priority).
+    /// Bad names or a job the queue would refuse (payload size, priority); a payload too large
+    /// to fire: a tick's job and the schedule, which holds the payload too, must fit one request.
     pub async fn schedule(&self, name: &str, job: PeriodicJob) -> Result<()> {
         layout::validate_name("schedule name", name)?;
         parse(&job.cron)?;
         let config = self.config(&job.queue).await?;
-        job.job_for(name, 0).into_job(
+        let (sample, _) = job.job_for(name, u64::MAX).into_job(
             config.priorities,
             config.max_attempts,
             config.max_payload_bytes as usize,
         )?;
+        tick_batches(self, &job, vec![(u64::MAX, sample)])?;
         znode::ensure_path(self.client(), &self.layout().schedules()).await?;
         let path = self.layout().schedule(name);
         loop {
@@ -372,8 +377,11 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Fires the due ticks of one schedule: the jobs and the schedule's new last tick in one
-/// fenced `multi`.
+/// Fires the due ticks of one schedule: the jobs and the schedule's new last tick in fenced
+/// `multi`s, as many ticks in each as one request holds ([`tick_batches`]). Each `multi`
+/// advances the last tick to its own last one, with the schedule's version as the guard, so a
+/// `multi` whose reply is lost is resolved by the next pass: if it committed, the schedule's
+/// last tick and version moved on and its ticks are not due again; if not, they still are.
 async fn fire(
     producer: &Producer,
     leadership: &Leadership,
@@ -386,58 +394,120 @@ async fn fire(
         return Ok(());
     };
     let config = producer.config(&record.queue).await?;
-    let mut placements = Vec::with_capacity(ticks.len());
-    let mut refused = None;
-    for tick in &ticks {
-        match record.job_for(name, *tick).into_job(
-            config.priorities,
-            config.max_attempts,
-            config.max_payload_bytes as usize,
-        ) {
-            Ok((job, _)) => placements.push(Placement::Ready(job)),
-            Err(e) => refused = Some(e),
-        }
-    }
+    let path = producer.layout().schedule(name);
     let mut advanced = record.clone();
     advanced.last_tick_ms = Some(last);
-    let path = producer.layout().schedule(name);
-    let extra = vec![
-        leadership.fence(),
-        Op::SetData {
-            path: path.clone(),
-            data: codec::encode(&advanced)?,
-            version: Some(version),
-        },
-    ];
-    if let Some(e) = &refused {
-        // The queue refuses the job (its limits changed since the schedule was written):
-        // skip the ticks rather than retry them forever.
-        warn!(schedule = name, error = %e, ticks = ticks.len(), "periodic job refused by its queue; ticks skipped");
-        placements.clear();
-    }
-    let result = if placements.is_empty() {
-        leadership.commit_fenced("skip ticks", extra[1..].to_vec()).await
-    } else {
-        producer
+    let jobs: Result<Vec<(u64, Job)>> = ticks
+        .iter()
+        .map(|tick| {
+            let (job, _) = record.job_for(name, *tick).into_job(
+                config.priorities,
+                config.max_attempts,
+                config.max_payload_bytes as usize,
+            )?;
+            Ok((*tick, job))
+        })
+        .collect();
+    let batches = jobs.and_then(|jobs| tick_batches(producer, record, jobs));
+    let batches = match batches {
+        Ok(batches) => batches,
+        Err(e) => {
+            // The queue refuses the job (its limits changed since the schedule was written), or
+            // it can never fit a request with its schedule: skip the ticks rather than retry
+            // them forever.
+            warn!(schedule = name, error = %e, ticks = ticks.len(), "periodic job refused; ticks skipped");
+            let skip = Op::SetData {
+                path: path.clone(),
+                data: codec::encode(&advanced)?,
+                version: Some(version),
+            };
+            return settled(leadership.commit_fenced("skip ticks", vec![skip]).await, &path);
+        }
+    };
+    // Each commit bumps the schedule's version by one.
+    for (version, batch) in (version..).zip(batches) {
+        let count = batch.len();
+        advanced.last_tick_ms = batch.last().map(|(tick, _)| *tick);
+        let extra = vec![
+            leadership.fence(),
+            Op::SetData {
+                path: path.clone(),
+                data: codec::encode(&advanced)?,
+                version: Some(version),
+            },
+        ];
+        let placements = batch.into_iter().map(|(_, job)| Placement::Ready(job)).collect();
+        let result = producer
             .commit(&record.queue, &config, placements, extra)
             .await
-            .map_err(|e| leadership.fenced(e))
-    };
-    match result {
-        Ok(()) => {
-            debug!(schedule = name, ticks = ticks.len(), last, "periodic job fired");
-            metrics::counter!(crate::telemetry::CRON_FIRED, "schedule" => name.to_string())
-                .increment(ticks.len() as u64);
-            Ok(())
+            .map_err(|e| leadership.fenced(e));
+        if let Err(e) = result {
+            return settled(Err(e), &path);
         }
-        // Edited or removed meanwhile: the next pass reads it again.
+        debug!(
+            schedule = name,
+            ticks = count,
+            last = advanced.last_tick_ms,
+            "periodic job fired"
+        );
+        metrics::counter!(crate::telemetry::CRON_FIRED, "schedule" => name.to_string())
+            .increment(count as u64);
+    }
+    Ok(())
+}
+
+/// A fire's outcome: a schedule edited or removed meanwhile is not an error (the next pass
+/// reads it again).
+fn settled(result: Result<()>, path: &str) -> Result<()> {
+    match result {
         Err(Error::Zk {
             source: zk::Error::BadVersion | zk::Error::NoNode,
             path: failed,
             ..
         }) if failed == path => Ok(()),
-        Err(e) => Err(e),
+        other => other,
     }
+}
+
+/// Room in one request for a schedule's `multi` besides its jobs: the fence, the op headers.
+const FIRE_OVERHEAD_BYTES: usize = 1024;
+
+/// Splits the jobs of due ticks into batches that each fit one request together with the
+/// schedule record (which holds the job's template, payload included).
+///
+/// # Errors
+/// [`Error::InvalidJob`] when not even one job fits with its schedule.
+fn tick_batches(
+    producer: &Producer,
+    record: &PeriodicJob,
+    jobs: Vec<(u64, Job)>,
+) -> Result<Vec<Vec<(u64, Job)>>> {
+    let mut sized = record.clone();
+    sized.last_tick_ms = Some(u64::MAX);
+    let room = MAX_REQUEST_BYTES
+        .saturating_sub(codec::encode(&sized)?.len() + producer.layout().schedules().len() + 64)
+        .saturating_sub(FIRE_OVERHEAD_BYTES);
+    let mut batches: Vec<Vec<(u64, Job)>> = Vec::new();
+    let mut used = 0;
+    for (tick, job) in jobs {
+        let size = producer.placement_bytes(&record.queue, codec::encode(&job)?.len());
+        if size > room {
+            return Err(Error::InvalidJob(format!(
+                "a periodic job of {size} bytes does not fit one request together with its schedule \
+                 ({MAX_REQUEST_BYTES} bytes for both, and the schedule holds the payload too): use a \
+                 smaller payload"
+            )));
+        }
+        match batches.last_mut() {
+            Some(batch) if used + size <= room => batch.push((tick, job)),
+            _ => {
+                batches.push(vec![(tick, job)]);
+                used = 0;
+            }
+        }
+        used += size;
+    }
+    Ok(batches)
 }
 
 #[cfg(test)]

@@ -25,9 +25,15 @@ pub enum Error {
     #[error("invalid job: {0}")]
     InvalidJob(String),
 
-    /// A queue config is not acceptable.
-    #[error("invalid queue config: {0}")]
+    /// A setting (of a queue, a worker, a schedule or a singleton) is not acceptable, or the
+    /// environment it needs is missing.
+    #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+
+    /// Another live worker is registered under this worker's id: ids must be unique in the
+    /// fleet.
+    #[error("worker id {id:?} is already registered by a live worker; ids must be unique in the fleet")]
+    WorkerIdInUse { id: String },
 
     /// Bytes in a znode are not what zkq wrote there.
     #[error("cannot decode {what} at {path}: {reason}")]

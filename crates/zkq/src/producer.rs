@@ -139,6 +139,13 @@ impl Producer {
         Ok(())
     }
 
+    /// The request bytes a job record of `encoded` bytes takes in a `multi` of [`Self::commit`]:
+    /// the record, and the path of a job or delayed entry with room for segment and sequence
+    /// names.
+    pub(crate) fn placement_bytes(&self, queue: &str, encoded: usize) -> usize {
+        encoded + self.layout.queue(queue).len() + 100
+    }
+
     /// Commits `placements` together with `extra` operations (which come first in the `multi`)
     /// as one transaction. Used by enqueue, promotion of delayed jobs and retries.
     pub(crate) async fn commit(
@@ -152,8 +159,7 @@ impl Producer {
         let mut budget = extra.iter().map(Op::wire_size).sum::<usize>();
         for placement in &placements {
             let bytes = codec::encode(placement.job())?;
-            // Path of a job or delayed entry, with room for segment and sequence names.
-            budget += bytes.len() + self.layout.queue(queue).len() + 100;
+            budget += self.placement_bytes(queue, bytes.len());
             encoded.push(bytes);
         }
         if budget > MAX_REQUEST_BYTES {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
-use crate::error::{Error, Result};
+use crate::error::{outcome_unknown, Error, Result};
 use crate::job::now_ms;
 use crate::layout::Layout;
 use crate::znode::{self, EPHEMERAL};
@@ -50,20 +50,28 @@ impl WorkerInfo {
     }
 }
 
-/// Creates the worker's ephemeral node.
+/// Creates the worker's ephemeral node. A create whose reply was lost with the connection is
+/// looked up once connected again: a node this session owns is the worker's own.
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] when another live session registered the same id.
+/// [`Error::WorkerIdInUse`] when another live session registered the same id.
 pub async fn register(client: &zk::Client, layout: &Layout, info: &WorkerInfo) -> Result<()> {
     znode::ensure_path(client, &layout.workers()).await?;
     let path = layout.worker(&info.id);
-    match client.create(&path, &codec::encode(info)?, &EPHEMERAL).await {
-        Ok(_) => Ok(()),
-        Err(zk::Error::NodeExists) => Err(Error::InvalidConfig(format!(
-            "worker id {:?} is already registered by a live worker; ids must be unique in the fleet",
-            info.id
-        ))),
-        Err(e) => Err(Error::zk("register worker", path, e)),
+    let data = codec::encode(info)?;
+    loop {
+        match client.create(&path, &data, &EPHEMERAL).await {
+            Ok(_) => return Ok(()),
+            Err(zk::Error::NodeExists) => match client.check_stat(&path).await {
+                Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => return Ok(()),
+                Ok(Some(_)) => return Err(Error::WorkerIdInUse { id: info.id.clone() }),
+                // Its session just ended: try again.
+                Ok(None) => {}
+                Err(e) => return Err(Error::zk("read worker registration", path, e)),
+            },
+            Err(e) if outcome_unknown(&e) => znode::connected(client).await?,
+            Err(e) => return Err(Error::zk("register worker", path, e)),
+        }
     }
 }
 

@@ -36,7 +36,8 @@ pub struct SchedulerConfig {
     /// Quiet time after a worker joins or leaves before partitions are reassigned, so that a
     /// burst of changes costs one rebalance. Defaults to 1 s.
     pub rebalance_delay: Duration,
-    /// How often dead letters are trimmed. Defaults to 60 s.
+    /// How often dead letters are trimmed and stray nodes removed from the claims. Defaults to
+    /// 60 s.
     pub trim_interval: Duration,
 }
 

@@ -275,7 +275,7 @@ impl SingletonRunner {
                 return RunEnd::Exited(crate::watchdog::CANNOT_START);
             }
         };
-        info!(token, program = %self.program, pid = ?watchdog.id(), "command started");
+        info!(token, program = %self.program, pid = watchdog.id(), "command started");
         let lost = leadership.lost().clone();
         let mut kill_at = deadline(sent);
         let mut beat = tokio::time::interval(interval);

@@ -1,4 +1,5 @@
-//! Trimming of dead letters by count and age, a scheduler service.
+//! Trimming of dead letters by count and age, a scheduler service. Each pass also removes stray
+//! persistent nodes from the queues' claims ([`claim::remove_stray`]).
 //!
 //! Dead letters are kept for operators, but not forever: every queue says how many it keeps
 //! ([`QueueConfig::dead_max`]) and for how long ([`QueueConfig::dead_max_age_ms`]). The
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zookeeper_client as zk;
 
+use crate::claim;
 use crate::election::Leadership;
 use crate::error::{Error, Result};
 use crate::job::now_ms;
@@ -61,6 +63,7 @@ async fn trim_all(
     for q in queue::list(client, layout).await? {
         if let Some(config) = unreadable.load(client, layout, &q).await? {
             trim_queue(client, layout, leadership, &q, &config).await?;
+            claim::remove_stray(client, layout, &q, config.partitions).await?;
         }
     }
     Ok(())
