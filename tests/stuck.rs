@@ -23,6 +23,18 @@ async fn until_all_ran(runs: &mut tokio::sync::mpsc::UnboundedReceiver<Run>, ids
     }
 }
 
+/// Creates a persistent znode by hand, as an operator or another tool could.
+async fn create_persistent(client: &zk::Client, path: &str, data: &[u8]) {
+    client
+        .create(
+            path,
+            data,
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+}
+
 async fn claims_left(client: &zk::Client, root: &str, queue: &str, partitions: u32) -> Vec<String> {
     let mut left = Vec::new();
     for p in 0..partitions {
@@ -195,14 +207,7 @@ async fn a_delay_over_the_maximum_is_refused_and_a_far_future_bucket_holds_up_no
     // older producer could write: it must not stop promotion of the buckets due before it.
     let client = env.client().await;
     let far = format!("{}/queues/q/delayed/b-99999999960000", env.root);
-    client
-        .create(
-            &far,
-            &[],
-            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-        )
-        .await
-        .unwrap();
+    create_persistent(&client, &far, &[]).await;
     let soon = producer
         .enqueue("q", NewJob::new("k", "soon").delay(Duration::from_secs(1)))
         .await
@@ -260,14 +265,7 @@ async fn a_corrupt_queue_config_holds_up_no_other_queues_rebalancing() {
 
     // A queue whose config is garbage, sorting before q, then A crashes.
     let garbage = format!("{}/queues/gbad", env.root);
-    client
-        .create(
-            &garbage,
-            b"\xc1\x00garbage",
-            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-        )
-        .await
-        .unwrap();
+    create_persistent(&client, &garbage, b"\xc1\x00garbage").await;
     handle_a.abort();
     let mut ids = HashSet::new();
     let batch: Vec<NewJob> = (0..40).map(|i| NewJob::new("k", format!("{i}"))).collect();
@@ -296,14 +294,7 @@ async fn a_persistent_node_among_the_claims_is_removed_and_its_job_runs() {
         .find(|n| n.starts_with("j-"))
         .unwrap();
     let stray = format!("{}/queues/q/p/0/claims/l0.{segment}.{node}", env.root);
-    client
-        .create(
-            &stray,
-            b"",
-            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-        )
-        .await
-        .unwrap();
+    create_persistent(&client, &stray, b"").await;
 
     let mut config = env.worker_config("q", 2);
     config.scheduling.trim_interval = Duration::from_millis(200);
