@@ -142,8 +142,5 @@ async fn commit_batch(client: &zk::Client, mut batch: Vec<Group>) {
 
 /// Failures that belong to one operation's own state, not to the request or the session.
 fn is_conflict(e: &zk::Error) -> bool {
-    matches!(
-        e,
-        zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists | zk::Error::NotEmpty
-    )
+    crate::txn::lost_race(e) || matches!(e, zk::Error::NodeExists | zk::Error::NotEmpty)
 }

@@ -253,12 +253,10 @@ impl Prepared {
     }
 }
 
-/// A race lost to another worker (it claimed, finished or re-claimed the job first).
-pub(crate) fn lost_race(e: &zk::Error) -> bool {
-    matches!(
-        e,
-        zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists
-    )
+/// A claim race lost to another worker (it claimed, finished or re-claimed the job first): the
+/// job's version moved, or the job or a claim node is in the way.
+pub(crate) fn claim_race(e: &zk::Error) -> bool {
+    txn::lost_race(e) || matches!(e, zk::Error::NodeExists)
 }
 
 /// Claims `jobs` (each read at its version): up to [`CLAIM_BATCH`] per `multi` and
@@ -319,7 +317,7 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
                     .collect();
                 return (won, Vec::new());
             }
-            Err(e) if lost_race(&e.source) => {
+            Err(e) if claim_race(&e.source) => {
                 races += 1;
                 match e.index.map(|i| i / 2).filter(|i| *i < batch.len()) {
                     Some(i) => drop(batch.remove(i)),
@@ -342,7 +340,7 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
     for (p, result) in futures::future::join_all(singles).await {
         match result {
             Ok(results) => won.push(stamped(p.claimed, &results, 0)),
-            Err(e) if lost_race(&e.source) => {}
+            Err(e) if claim_race(&e.source) => {}
             Err(e) if outcome_unknown(&e.source) => unknown.push(p),
             Err(e) => errors.push(e.into_error("claim", &p.ops)),
         }
@@ -426,15 +424,9 @@ fn stamped(mut claimed: Claimed, results: &[zk::MultiWriteResult], index: usize)
 pub(crate) async fn settle(client: &zk::Client, what: &'static str, ops: Vec<Op>) -> Result<Settled> {
     match txn::commit(client, &ops).await {
         Ok(_) => Ok(Settled::Committed),
-        Err(e) if claim_lost(&e.source) => Ok(Settled::lost(e.index, &e.source)),
+        Err(e) if txn::lost_race(&e.source) => Ok(Settled::lost(e.index, &e.source)),
         Err(e) => Err(e.into_error(what, &ops)),
     }
-}
-
-/// Whether a settle step failed because the claim was gone (its checks found another version,
-/// or no job).
-pub(crate) fn claim_lost(e: &zk::Error) -> bool {
-    matches!(e, zk::Error::BadVersion | zk::Error::NoNode)
 }
 
 /// How settling a claim went.
@@ -542,7 +534,7 @@ pub(crate) async fn remove_stray(
                     warn!(%path, "removed a persistent node among the claims: no claim is persistent, and it held its job");
                     removed += 1;
                 }
-                Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
+                Err(e) if txn::lost_race(&e) => {}
                 Err(e) => {
                     warn!(%path, error = %e, "cannot remove a persistent node among the claims; it holds its job")
                 }

@@ -460,11 +460,7 @@ async fn fire(
 /// reads it again).
 fn settled(result: Result<()>, path: &str) -> Result<()> {
     match result {
-        Err(Error::Zk {
-            source: zk::Error::BadVersion | zk::Error::NoNode,
-            path: failed,
-            ..
-        }) if failed == path => Ok(()),
+        Err(e) if e.lost_race().is_some_and(|(failed, _)| failed == path) => Ok(()),
         other => other,
     }
 }

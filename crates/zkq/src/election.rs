@@ -78,7 +78,9 @@ impl Election {
         format!("{}/epoch", self.dir)
     }
 
-    /// How often this candidate was woken by its predecessor's watch.
+    /// How often this candidate was woken by its predecessor's watch (for tests of the herd
+    /// effect).
+    #[cfg(feature = "testing")]
     pub fn wakeups(&self) -> u64 {
         self.wakeups.load(Ordering::Relaxed)
     }

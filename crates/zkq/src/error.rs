@@ -75,6 +75,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The path and cause of a write that lost a race ([`crate::txn::lost_race`]), if that is
+    /// what this error is.
+    pub(crate) fn lost_race(&self) -> Option<(&str, &zk::Error)> {
+        match self {
+            Error::Zk { path, source, .. } if crate::txn::lost_race(source) => Some((path, source)),
+            _ => None,
+        }
+    }
+
     /// Wraps a ZooKeeper error with what was being done, classifying the ones that need
     /// different handling (unknown outcome, lost session).
     pub(crate) fn zk(op: &'static str, path: impl Into<String>, source: zk::Error) -> Error {

@@ -103,7 +103,9 @@ impl Lock {
         &self.key
     }
 
-    /// How often waiters on this lock (and its clones) were woken by their predecessor's watch.
+    /// How often waiters on this lock (and its clones) were woken by their predecessor's watch
+    /// (for tests of the herd effect).
+    #[cfg(feature = "testing")]
     pub fn wakeups(&self) -> u64 {
         self.wakeups.load(Ordering::Relaxed)
     }

@@ -142,10 +142,7 @@ async fn commit_moves(
         .map_err(fenced)
     {
         Ok(()) => return Ok(count),
-        Err(Error::Zk {
-            source: zk::Error::NoNode | zk::Error::BadVersion,
-            ..
-        }) => {}
+        Err(e) if e.lost_race().is_some() => {}
         Err(e) => return Err(e),
     }
     let mut moved = 0;
@@ -157,10 +154,7 @@ async fn commit_moves(
             .map_err(fenced)
         {
             Ok(()) => moved += 1,
-            Err(Error::Zk {
-                source: zk::Error::NoNode | zk::Error::BadVersion,
-                ..
-            }) => {}
+            Err(e) if e.lost_race().is_some() => {}
             Err(e) => return Err(e),
         }
     }

@@ -66,6 +66,13 @@ impl Op {
     }
 }
 
+/// Whether a write lost a race: a node it expected was gone (`NoNode`) or had been changed
+/// (`BadVersion`) by someone else first. This is how a guarded write fails once its guard (a
+/// version, a claim, a lock node) no longer holds: a normal outcome, not an error to retry.
+pub(crate) fn lost_race(e: &zk::Error) -> bool {
+    matches!(e, zk::Error::NoNode | zk::Error::BadVersion)
+}
+
 /// Why a transaction failed.
 #[derive(Debug)]
 pub(crate) struct TxnError {

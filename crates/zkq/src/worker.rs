@@ -263,6 +263,7 @@ impl Worker {
 
     /// Leaves the session to expire instead of closing it when the worker stops, the way a
     /// crashed process does. For failure tests.
+    #[cfg(feature = "testing")]
     pub fn detached(mut self) -> Worker {
         self.detached = true;
         self
@@ -881,7 +882,7 @@ impl Worker {
                 let ops = claimed.remove_ops();
                 match acks.commit(ops.clone()).await {
                     Ok(()) => Ok(Settled::Committed),
-                    Err(e) if claim::claim_lost(&e.source) => Ok(Settled::lost(e.index, &e.source)),
+                    Err(e) if crate::txn::lost_race(&e.source) => Ok(Settled::lost(e.index, &e.source)),
                     Err(e) => Err(e.into_error("ack", &ops)),
                 }
             }
@@ -898,15 +899,14 @@ impl Worker {
                     .await
                 {
                     Ok(()) => Ok(Settled::Committed),
-                    Err(Error::Zk {
-                        source: source @ (zk::Error::NoNode | zk::Error::BadVersion),
-                        path,
-                        ..
-                    }) if remove.iter().any(|op| op.path() == path) => {
-                        let index = remove.iter().position(|op| op.path() == path);
-                        Ok(Settled::lost(index, &source))
+                    // A race lost on the claim's own ops: the claim or the job is gone.
+                    Err(e) => {
+                        let lost = e.lost_race().and_then(|(path, source)| {
+                            let index = remove.iter().position(|op| op.path() == path)?;
+                            Some(Settled::lost(Some(index), source))
+                        });
+                        lost.ok_or(e)
                     }
-                    Err(e) => Err(e),
                 }
             }
             (Outcome::Retry { error, .. } | Outcome::Dead { error }, _) => {
