@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::queue;
 use crate::registry::WorkerInfo;
+use crate::service::{Next, Passes};
 use crate::txn::{NodeKind, Op};
 use crate::znode;
 
@@ -132,38 +133,22 @@ pub(crate) async fn serve(
     znode::ensure_path(client, &layout.workers()).await?;
     znode::ensure_path(client, &layout.queues()).await?;
     let mut unreadable = queue::Unreadable::default();
-    loop {
-        let watchers = match rebalance(client, layout, leadership, &mut unreadable).await {
-            Ok(w) => Some(w),
-            Err(e @ Error::Fenced { .. }) => return Err(e),
-            Err(e) if e.is_session_lost() => return Err(e),
-            Err(e) => {
-                warn!(error = %e, "rebalancing partitions failed; will retry");
-                None
-            }
-        };
-        let changed = async {
-            match watchers {
-                Some((workers, queues)) => {
-                    tokio::select! {
-                        _ = workers.changed() => {}
-                        _ = queues.changed() => {}
-                    }
-                }
-                None => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = changed => {
-                // Let a burst of joins and leaves settle into one rebalance.
+    let retry = Duration::from_secs(1) + delay;
+    let mut passes = Passes::new(stop, "rebalancing partitions failed", retry);
+    while passes.ready().await {
+        let result = rebalance(client, layout, leadership, &mut unreadable).await;
+        passes.ended(result.map(|(workers, queues)| {
+            Next::When(Box::pin(async move {
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = workers.changed() => {}
+                    _ = queues.changed() => {}
                 }
-            }
-        }
+                // Let a burst of joins and leaves settle into one rebalance.
+                tokio::time::sleep(delay).await;
+            }))
+        }))?;
     }
+    Ok(())
 }
 
 /// Reads membership and the queues (arming a watch on each) and rewrites every queue's

@@ -43,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::job::{now_ms, Job, JobId, NewJob, MAX_REQUEST_BYTES};
 use crate::layout;
 use crate::producer::{Placement, Producer};
+use crate::service::{self, Next, Passes};
 use crate::txn::Op;
 use crate::znode;
 
@@ -334,45 +335,38 @@ pub(crate) async fn serve(
 ) -> Result<()> {
     let dir = producer.layout().schedules();
     let mut unreadable: Vec<String> = Vec::new();
-    while !stop.is_cancelled() {
-        let mut next = now_ms() + LOOK_AGAIN.as_millis() as u64;
-        let schedules = match read_all(producer.client(), &dir).await {
-            Ok(s) => s,
-            Err(e) if e.is_session_lost() => return Err(e),
-            Err(e) => {
-                warn!(error = %e, "cannot read schedules");
-                Vec::new()
-            }
-        };
-        for (name, record, version) in schedules {
-            if stop.is_cancelled() {
-                break;
-            }
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    if !unreadable.contains(&name) {
-                        warn!(schedule = %name, error = %e, "unreadable schedule skipped");
-                        unreadable.push(name);
-                    }
-                    continue;
+    let mut passes = Passes::new(stop, "cannot read schedules", LOOK_AGAIN);
+    while passes.ready().await {
+        let pass = async {
+            let mut next = now_ms() + LOOK_AGAIN.as_millis() as u64;
+            for (name, record, version) in read_all(producer.client(), &dir).await? {
+                if stop.is_cancelled() {
+                    break;
                 }
-            };
-            match fire(producer, leadership, &name, &record, version).await {
-                Ok(()) => {}
-                Err(e @ Error::Fenced { .. }) => return Err(e),
-                Err(e) if e.is_session_lost() => return Err(e),
-                Err(e) => warn!(schedule = %name, error = %e, "cannot fire periodic job; will retry"),
+                let record = match record {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if !unreadable.contains(&name) {
+                            warn!(schedule = %name, error = %e, "unreadable schedule skipped");
+                            unreadable.push(name);
+                        }
+                        continue;
+                    }
+                };
+                match fire(producer, leadership, &name, &record, version).await {
+                    Ok(()) => {}
+                    Err(e) if service::ends_service(&e) => return Err(e),
+                    Err(e) => warn!(schedule = %name, error = %e, "cannot fire periodic job; will retry"),
+                }
+                if let Ok(Some(at)) = record.next_tick(now_ms()) {
+                    next = next.min(at);
+                }
             }
-            if let Ok(Some(at)) = record.next_tick(now_ms()) {
-                next = next.min(at);
-            }
-        }
-        let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(5));
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
+            Ok(Next::After(Duration::from_millis(
+                next.saturating_sub(now_ms()).max(5),
+            )))
+        };
+        passes.ended(pass.await)?;
     }
     Ok(())
 }

@@ -71,6 +71,7 @@ pub mod registry;
 pub mod retry;
 pub mod scheduler;
 mod segment;
+mod service;
 pub mod singleton;
 pub mod telemetry;
 mod trim;

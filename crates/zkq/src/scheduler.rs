@@ -25,6 +25,7 @@ use crate::election::{Election, Leadership};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::producer::Producer;
+use crate::service::{self, Next, Passes};
 use crate::znode::{self, ZkConfig};
 use crate::{assignment, cron, promoter, queue, trim};
 
@@ -234,31 +235,23 @@ async fn promote_loop(
     stop: &CancellationToken,
 ) -> Result<()> {
     let mut unreadable = queue::Unreadable::default();
-    while !stop.is_cancelled() {
-        let queues = match queue::list(producer.client(), producer.layout()).await {
-            Ok(q) => q,
-            Err(e) if e.is_session_lost() => return Err(e),
-            Err(e) => {
-                warn!(error = %e, "cannot list queues");
-                Vec::new()
+    let mut passes = Passes::new(stop, "cannot list queues", interval);
+    while passes.ready().await {
+        let pass = async {
+            for q in queue::list(producer.client(), producer.layout()).await? {
+                if stop.is_cancelled() {
+                    break;
+                }
+                match promoter::promote_due(producer, &q, Some(leadership)).await {
+                    Ok(_) => unreadable.served(&q),
+                    Err(e) if queue::is_unreadable(&e) => unreadable.skip(&q, &e),
+                    Err(e) if service::ends_service(&e) => return Err(e),
+                    Err(e) => warn!(queue = %q, error = %e, "promoting delayed jobs failed; will retry"),
+                }
             }
+            Ok(Next::After(interval))
         };
-        for q in queues {
-            if stop.is_cancelled() {
-                break;
-            }
-            match promoter::promote_due(producer, &q, Some(leadership)).await {
-                Ok(_) => unreadable.served(&q),
-                Err(e) if queue::is_unreadable(&e) => unreadable.skip(&q, &e),
-                Err(e @ Error::Fenced { .. }) => return Err(e),
-                Err(e) if e.is_session_lost() => return Err(e),
-                Err(e) => warn!(queue = %q, error = %e, "promoting delayed jobs failed; will retry"),
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(interval) => {}
-        }
+        passes.ended(pass.await)?;
     }
     Ok(())
 }

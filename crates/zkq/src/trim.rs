@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use zookeeper_client as zk;
 
 use crate::claim;
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::job::now_ms;
 use crate::layout::Layout;
 use crate::queue::{self, QueueConfig};
+use crate::service::{Next, Passes};
 use crate::telemetry;
 use crate::txn::Op;
 
@@ -39,17 +40,10 @@ pub(crate) async fn serve(
     stop: &CancellationToken,
 ) -> Result<()> {
     let mut unreadable = queue::Unreadable::default();
-    while !stop.is_cancelled() {
-        match trim_all(client, layout, leadership, &mut unreadable).await {
-            Ok(()) => {}
-            Err(e @ Error::Fenced { .. }) => return Err(e),
-            Err(e) if e.is_session_lost() => return Err(e),
-            Err(e) => warn!(error = %e, "trimming dead letters failed; will retry"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(interval) => {}
-        }
+    let mut passes = Passes::new(stop, "trimming dead letters failed", interval);
+    while passes.ready().await {
+        let result = trim_all(client, layout, leadership, &mut unreadable).await;
+        passes.ended(result.map(|()| Next::After(interval)))?;
     }
     Ok(())
 }
