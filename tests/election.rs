@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use zkq::election::{Election, Leadership};
 use zkq::zookeeper_client as zk;
+use zkq::{Election, Leadership};
 use zkq_tests::{within, Env};
 
 async fn candidates(env: &Env, n: usize) -> Vec<(zk::Client, Election)> {

@@ -197,7 +197,7 @@ async fn jobs_with_one_partition_key_land_in_one_partition_and_others_spread() {
         counts
     };
     let counts = per_partition(client.clone(), env.root.clone()).await;
-    let expected = zkq::producer::partition_of_key("user-42", 8) as usize;
+    let expected = zkq::inspect::partition_of_key("user-42", 8) as usize;
     assert_eq!(counts[expected], 20, "{counts:?}");
     assert_eq!(counts.iter().sum::<usize>(), 20);
 

@@ -240,7 +240,7 @@ async fn a_running_worker_is_registered_and_its_registration_goes_with_it() {
 
     let client = env.client().await;
     let layout = zkq::Layout::new(&env.root).unwrap();
-    let workers = zkq::registry::list(&client, &layout).await.unwrap();
+    let workers = zkq::inspect::workers(&client, &layout).await.unwrap();
     assert_eq!(workers.len(), 1);
     let me = &workers[0];
     assert_eq!(
@@ -254,7 +254,7 @@ async fn a_running_worker_is_registered_and_its_registration_goes_with_it() {
 
     drop(stop);
     within(handle).await.unwrap().unwrap();
-    assert!(zkq::registry::list(&client, &layout).await.unwrap().is_empty());
+    assert!(zkq::inspect::workers(&client, &layout).await.unwrap().is_empty());
 }
 
 /// Lane watches are persistent watches, which the client does not set again on a new connection.

@@ -25,7 +25,7 @@ async fn a_delayed_job_does_not_run_before_its_time() {
     );
 
     let delay = Duration::from_millis(1500);
-    let before = zkq::job::now_ms();
+    let before = zkq_tests::now_ms();
     producer
         .enqueue("later", NewJob::new("k", "delayed").delay(delay))
         .await

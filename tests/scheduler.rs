@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use zkq::assignment::Assignment;
-use zkq::producer::partition_of_key;
+use zkq::inspect::{partition_of_key, Assignment};
 use zkq::zookeeper_client as zk;
 use zkq::{Handler, NewJob, Outcome, QueueConfig};
 use zkq_tests::{recording, spawn_worker, take, within, Env};
@@ -14,7 +13,7 @@ const PARTITIONS: u32 = 8;
 
 async fn read_assignment(client: &zk::Client, env: &Env) -> Option<Assignment> {
     let layout = zkq::Layout::new(&env.root).unwrap();
-    zkq::assignment::read(client, &layout, "q").await.unwrap()
+    zkq::inspect::assignment(client, &layout, "q").await.unwrap()
 }
 
 fn loads(a: &Assignment) -> BTreeMap<String, usize> {

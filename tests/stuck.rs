@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use zkq::job::{MAX_DELAY, MAX_ERROR_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
+use zkq::limits::{MAX_DELAY, MAX_ERROR_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
 use zkq::zookeeper_client as zk;
 use zkq::{NewJob, Outcome, QueueConfig, ZkConfig};
 use zkq_testkit::Proxy;
@@ -331,7 +331,7 @@ async fn missed_ticks_of_a_large_periodic_job_all_fire_in_requests_that_fit() {
     let mut periodic = zkq::PeriodicJob::new("q", "* * * * * *", NewJob::new("k", vec![b'x'; 100_000]))
         .unwrap()
         .catch_up(zkq::CatchUp::All);
-    periodic.created_at_ms = zkq::job::now_ms() - 30_500;
+    periodic.created_at_ms = zkq_tests::now_ms() - 30_500;
     producer.schedule("big", periodic).await.unwrap();
 
     let (handler, mut runs) = recording(|_| Outcome::Done);

@@ -8,6 +8,14 @@ use tokio::sync::mpsc;
 use zkq::zookeeper_client as zk;
 use zkq::{JobContext, Outcome, Producer, QueueConfig, Worker, WorkerConfig, ZkConfig};
 
+/// Milliseconds since the Unix epoch: the clock of a job's timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Upper bound for any single wait in a test: generous, since a failing test should fail, not
 /// hang, and a loaded CI machine is slow.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -121,7 +129,7 @@ where
             attempt: ctx.job.attempt,
             id: ctx.job.id,
             worker: ctx.worker_id.clone(),
-            started_ms: zkq::job::now_ms(),
+            started_ms: now_ms(),
         };
         let outcome = decide(&run);
         let _ = tx.send(run);

@@ -191,7 +191,7 @@ pub async fn serve(zk: String, root: String, queue: String, concurrency: usize) 
             let latency = crate::stamp::read(&ctx.job.payload)
                 .map(|t| crate::stamp::now_us().saturating_sub(t).to_string())
                 .unwrap_or_else(|| "-".into());
-            let late = zkq::job::now_ms().saturating_sub(ctx.job.ready_at_ms);
+            let late = (crate::stamp::now_us() / 1000).saturating_sub(ctx.job.ready_at_ms);
             let mut out = reports.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(out, "{:032x} {latency} {late}", ctx.job.id.0.as_u128());
             async { Outcome::Done }

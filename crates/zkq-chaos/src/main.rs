@@ -99,7 +99,7 @@ enum Command {
 const STOP_WITHIN: Duration = Duration::from_secs(15);
 
 /// The chaos queue's payload limit (the default); large jobs come close to it.
-const MAX_PAYLOAD: u32 = zkq::job::DEFAULT_MAX_PAYLOAD_BYTES as u32;
+const MAX_PAYLOAD: u32 = zkq::limits::DEFAULT_MAX_PAYLOAD_BYTES as u32;
 
 /// Lock keys jobs share: few enough that jobs of one key often meet.
 const KEYS: u32 = 16;

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use zkq::producer::MAX_REQUEST_BYTES;
+use zkq::limits::MAX_REQUEST_BYTES;
 use zkq::NewJob;
 
 /// Job payloads read and checked, ready to send.

@@ -47,29 +47,31 @@
 //! - [`telemetry`]: metric names.
 //! - [`error`]: [`Error`], infrastructure errors.
 
-pub mod assignment;
+mod assignment;
 mod batcher;
-pub mod claim;
+mod claim;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod codec;
-pub mod cron;
-pub mod election;
-pub mod error;
-pub mod exec;
+mod cron;
+mod election;
+mod error;
+mod exec;
 mod fetch;
-pub mod handler;
-pub mod job;
-pub mod layout;
+mod handler;
+pub mod inspect;
+mod job;
+mod layout;
+pub mod limits;
 mod line;
-pub mod liveness;
-pub mod lock;
-pub mod producer;
-pub mod promoter;
-pub mod queue;
-pub mod registry;
-pub mod retry;
-pub mod scheduler;
+mod liveness;
+mod lock;
+mod producer;
+mod promoter;
+mod queue;
+mod registry;
+mod retry;
+mod scheduler;
 mod segment;
 mod service;
 pub mod singleton;
@@ -77,13 +79,14 @@ pub mod telemetry;
 mod trim;
 mod txn;
 pub mod watchdog;
-pub mod worker;
+mod worker;
 mod znode;
 
 pub use cron::{CatchUp, PeriodicJob};
+pub use election::{Election, Leadership};
 pub use error::{Error, Result};
 pub use exec::CommandHandler;
-pub use handler::{Fence, Handler, JobContext, Outcome};
+pub use handler::{Fence, Handler, HandlerFuture, JobContext, Outcome};
 pub use job::{AttemptError, Job, JobId, NewJob};
 pub use layout::Layout;
 pub use liveness::Liveness;

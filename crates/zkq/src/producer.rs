@@ -22,7 +22,7 @@ use crate::telemetry;
 use crate::txn::{self, NodeKind, Op};
 use crate::znode::{ZkConfig, PERSISTENT};
 
-pub use crate::job::MAX_REQUEST_BYTES;
+use crate::job::MAX_REQUEST_BYTES;
 
 /// How often a `multi` is retried into fresh segments when a segment vanished under it.
 const SEGMENT_RETRIES: usize = 5;
