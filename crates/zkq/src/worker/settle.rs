@@ -1,0 +1,151 @@
+//! Settling an attempt: its outcome committed as an ack, a retry or a dead letter, and
+//! reconciled when the reply is lost with the connection.
+
+use tracing::{debug, error, info, instrument, warn};
+
+use crate::claim::{self, Claimed, Settled};
+use crate::error::{Error, Result};
+use crate::handler::Outcome;
+use crate::job::now_ms;
+use crate::producer::Placement;
+use crate::telemetry;
+
+use super::session::Session;
+use super::Worker;
+
+/// How one attempt ended, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settle {
+    Done,
+    Retried,
+    Dead,
+    Released,
+    Lost,
+}
+
+impl Worker {
+    /// Commits an attempt's outcome. When the connection drops with the commit in flight, the
+    /// outcome is reconciled once the connection is back ([`claim::settled_meanwhile`]): if it
+    /// committed, the attempt is settled; if not, it is sent again, until it lands or the session
+    /// ends. A claim left standing would hold the job for the rest of the session.
+    #[instrument(name = "settle", skip_all)]
+    pub(super) async fn settle(&self, session: &Session, claimed: &Claimed, outcome: Outcome) -> Settle {
+        let intended = match &outcome {
+            Outcome::Done => Settle::Done,
+            Outcome::Retry { .. } if claimed.job.has_attempts_left() => Settle::Retried,
+            _ => Settle::Dead,
+        };
+        loop {
+            match self
+                .settle_once(session, claimed, outcome.clone(), intended)
+                .await
+            {
+                Err(e) if e.is_outcome_unknown() => {
+                    match claim::settled_meanwhile(&session.client, claimed).await {
+                        Ok(true) => {
+                            info!("the attempt's outcome committed before the connection dropped");
+                            return self.settled(claimed, intended);
+                        }
+                        Ok(false) => {
+                            warn!("connection lost while settling, nothing committed; sending again")
+                        }
+                        Err(e) => return self.settle_failed(claimed, e),
+                    }
+                }
+                Err(e) => return self.settle_failed(claimed, e),
+                Ok(settle) => return settle,
+            }
+        }
+    }
+
+    pub(super) async fn settle_once(
+        &self,
+        session: &Session,
+        claimed: &Claimed,
+        outcome: Outcome,
+        intended: Settle,
+    ) -> Result<Settle> {
+        let Session {
+            client,
+            producer,
+            acks,
+            ..
+        } = session;
+        let queue = claimed.queue().to_string();
+        let mut job = claimed.job.clone();
+        let result = match (outcome, intended) {
+            (Outcome::Done, _) => {
+                let ops = claimed.remove_ops();
+                match acks.commit(ops.clone()).await {
+                    Ok(()) => Ok(Settled::Committed),
+                    Err(e) if crate::txn::lost_race(&e.source) => Ok(Settled::lost(e.index, &e.source)),
+                    Err(e) => Err(e.into_error("ack", &ops)),
+                }
+            }
+            (Outcome::Retry { error, after }, Settle::Retried) => {
+                job.record_error(&error);
+                let config = producer.config(&queue).await?;
+                let delay = after.unwrap_or_else(|| config.retry.delay(job.attempt));
+                let due_ms = now_ms().saturating_add(crate::job::millis(delay.min(crate::job::MAX_DELAY)));
+                info!(%error, ?delay, "attempt failed; will retry");
+                let placement = Placement::Delayed { job, due_ms };
+                let remove = claimed.remove_ops();
+                match producer
+                    .commit(&queue, &config, vec![placement], remove.clone())
+                    .await
+                {
+                    Ok(()) => Ok(Settled::Committed),
+                    // A race lost on the claim's own ops: the claim or the job is gone.
+                    Err(e) => {
+                        let lost = e.lost_race().and_then(|(path, source)| {
+                            let index = remove.iter().position(|op| op.path() == path)?;
+                            Some(Settled::lost(Some(index), source))
+                        });
+                        lost.ok_or(e)
+                    }
+                }
+            }
+            (Outcome::Retry { error, .. } | Outcome::Dead { error }, _) => {
+                job.record_error(&error);
+                let mut ops = claimed.remove_ops();
+                ops.push(claim::dead_letter_op(&self.layout, &queue, &job)?);
+                let result = claim::settle(client, "dead-letter", ops).await;
+                if let Ok(Settled::Committed) = result {
+                    warn!(%error, attempts = job.attempt, "job dead-lettered");
+                }
+                result
+            }
+        };
+        match result? {
+            Settled::Committed => Ok(self.settled(claimed, intended)),
+            Settled::ClaimLost => {
+                warn!("claim lost before the attempt settled (its session ended, or the job was claimed again): nothing written; the job runs again");
+                metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
+                Ok(Settle::Lost)
+            }
+            Settled::JobGone => {
+                warn!("the job is gone (settled elsewhere after this claim was lost, or removed): nothing written");
+                metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
+                Ok(Settle::Lost)
+            }
+        }
+    }
+
+    /// Counts an attempt whose outcome committed.
+    pub(super) fn settled(&self, claimed: &Claimed, settle: Settle) -> Settle {
+        let metric = match settle {
+            Settle::Done => telemetry::DONE,
+            Settle::Retried => telemetry::RETRIED,
+            _ => telemetry::DEAD,
+        };
+        metrics::counter!(metric, "queue" => claimed.queue().to_string()).increment(1);
+        debug!("attempt settled");
+        settle
+    }
+
+    pub(super) fn settle_failed(&self, claimed: &Claimed, e: Error) -> Settle {
+        // The claim stays until the session ends; the job then runs again (at-least-once).
+        error!(id = %claimed.job.id, error = %e, "cannot settle attempt");
+        Settle::Lost
+    }
+}
