@@ -57,7 +57,6 @@ mod cron;
 mod election;
 mod error;
 mod exec;
-mod fetch;
 mod handler;
 pub mod inspect;
 mod job;

@@ -11,11 +11,11 @@ use tracing::{info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
 use crate::claim::{self, Candidate, Claimed, Settled};
-use crate::fetch::Found;
 use crate::job::now_ms;
 use crate::promoter;
 use crate::telemetry;
 use crate::txn::Op;
+use crate::worker::fetch::Found;
 
 use super::session::Session;
 use super::settle::Settle;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::fetch::Found;
 use crate::job::JobId;
 use crate::lock::{Lock, LockGuard};
+use crate::worker::fetch::Found;
 
 use super::session::Session;
 use super::Worker;

@@ -37,6 +37,7 @@
 mod attempt;
 mod batch;
 mod config;
+pub(crate) mod fetch;
 mod keys;
 mod session;
 mod settle;

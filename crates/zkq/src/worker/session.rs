@@ -14,12 +14,12 @@ use crate::assignment;
 use crate::batcher::Batcher;
 use crate::election::Election;
 use crate::error::Result;
-use crate::fetch::{Fetcher, Parking};
 use crate::liveness::{self, Liveness};
 use crate::producer::Producer;
 use crate::queue;
 use crate::registry::{self, WorkerInfo};
 use crate::scheduler;
+use crate::worker::fetch::{Fetcher, Parking};
 use crate::znode;
 
 use super::keys::Keys;

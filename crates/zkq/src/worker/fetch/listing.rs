@@ -1,0 +1,298 @@
+//! Listing: the lanes of the owned partitions walked segment by segment, claimed jobs skipped,
+//! drained segments deleted, and the job data of what is found read in batches.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use zookeeper_client as zk;
+
+use crate::claim::{self, Candidate, Held};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::queue::QueueConfig;
+use crate::znode;
+
+use super::watches::{forward, Wakes};
+use super::{AbortOnDrop, Fetcher, Found, LaneId};
+
+/// Segments of one lane listed at once.
+pub(super) const SEGMENTS_AT_ONCE: usize = 4;
+
+/// What a listing of one lane found.
+#[derive(Debug)]
+pub(super) struct Listed {
+    lane: u8,
+    /// Unclaimed jobs, oldest first.
+    jobs: Vec<Candidate>,
+    /// Whether the listing reached the lane's last segment.
+    complete: bool,
+    /// Whether some job was skipped because another worker holds its claim.
+    foreign: bool,
+}
+
+/// One lane being listed.
+pub(super) struct Walk<'a> {
+    queue: &'a str,
+    partition: u32,
+    lane: u8,
+    lane_path: &'a str,
+    /// The partition's claims.
+    claims: &'a HashSet<String>,
+}
+
+impl Fetcher {
+    pub(super) async fn scan_queue(
+        &mut self,
+        queue: &str,
+        config: &QueueConfig,
+        want: usize,
+        out: &mut Vec<Candidate>,
+        to_arm: &mut Vec<Wakes>,
+    ) -> Result<()> {
+        let mut partitions: Vec<u32> = match self.owned.borrow_and_update().get(queue) {
+            Some(Some(owned)) => owned.iter().copied().filter(|p| *p < config.partitions).collect(),
+            _ => (0..config.partitions).collect(),
+        };
+        // Forget lanes of partitions given away: their jobs are another worker's now.
+        let mine = |id: &LaneId| id.queue != queue || partitions.contains(&id.partition);
+        self.lanes.retain(|id, _| mine(id));
+        self.watching.retain(|id, _| mine(id));
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        // Start at a different partition each scan so that none is always last.
+        let turn = self.cursor % partitions.len();
+        partitions.rotate_left(turn);
+        let id = |partition: u32, lane: u8| LaneId {
+            queue: queue.to_string(),
+            partition,
+            lane,
+        };
+        // List every lane worth listing, all partitions at once.
+        let stale: Vec<(u32, Vec<u8>)> = partitions
+            .iter()
+            .map(|p| {
+                let lanes = (0..config.priorities)
+                    .filter(|lane| match self.lanes.get(&id(*p, *lane)) {
+                        None => true,
+                        Some(c) => c.ready.is_empty() && c.stale,
+                    })
+                    .collect::<Vec<_>>();
+                (*p, lanes)
+            })
+            .filter(|(_, lanes)| !lanes.is_empty())
+            .collect();
+        // Watches first: requests are answered in order, so each watch is live before its
+        // lane's listing is taken.
+        let unwatched: Vec<LaneId> = stale
+            .iter()
+            .flat_map(|(p, lanes)| lanes.iter().map(move |lane| id(*p, *lane)))
+            .filter(|lane| !self.watching.contains_key(lane))
+            .collect();
+        let watches = futures::future::join_all(unwatched.iter().map(|lane| {
+            self.reader.watch(
+                &self.layout.lane(&lane.queue, lane.partition, lane.lane),
+                zk::AddWatchMode::PersistentRecursive,
+            )
+        }));
+        let this = &*self;
+        let listings = futures::future::join_all(
+            stale
+                .iter()
+                .map(|(p, lanes)| this.list_partition(queue, *p, lanes, want)),
+        );
+        let (watches, listed) = futures::future::join(watches, listings).await;
+        for (lane, watch) in unwatched.into_iter().zip(watches) {
+            let path = self.layout.lane(&lane.queue, lane.partition, lane.lane);
+            let watcher = watch.map_err(|e| Error::zk("watch lane", &path, e))?;
+            let task = tokio::spawn(forward(watcher, lane.clone(), path, self.events_tx.clone()));
+            self.watching.insert(lane, AbortOnDrop(task));
+        }
+        let claims_path = |p: u32| self.layout.claims(queue, p);
+        for ((p, _), listing) in stale.iter().zip(listed) {
+            for Listed {
+                lane,
+                jobs,
+                complete,
+                foreign,
+            } in listing?
+            {
+                // Jobs held by another worker come back only through the claims watch.
+                let claims_armed = !foreign || self.armed.contains_key(&claims_path(*p));
+                if foreign && !claims_armed {
+                    to_arm.push((claims_path(*p), (queue.to_string(), *p)));
+                }
+                let cache = self.lanes.entry(id(*p, lane)).or_default();
+                cache.complete = complete;
+                cache.stale = !(complete && claims_armed);
+                cache.ready.extend(jobs);
+            }
+        }
+        // Highest lane first; within a lane, take from partitions in turn so none starves.
+        for lane in (0..config.priorities).rev() {
+            let mut progress = true;
+            while out.len() < want && progress {
+                progress = false;
+                for p in &partitions {
+                    if out.len() >= want {
+                        break;
+                    }
+                    let Some(cache) = self.lanes.get_mut(&id(*p, lane)) else {
+                        continue;
+                    };
+                    // A job both listed and reported by its watch is in the cache twice.
+                    while let Some(mut c) = cache.ready.pop_front() {
+                        let path = c.path(&self.layout);
+                        if claim::is_held(&self.holding, &path) {
+                            continue;
+                        }
+                        c.held = Some(Arc::new(Held::new(&self.holding, path)));
+                        out.push(c);
+                        progress = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists `lanes` of one partition: for each, its unclaimed jobs (at least `want` if there
+    /// are that many).
+    pub(super) async fn list_partition(
+        &self,
+        queue: &str,
+        partition: u32,
+        lanes: &[u8],
+        want: usize,
+    ) -> Result<Vec<Listed>> {
+        let claims_path = self.layout.claims(queue, partition);
+        let lane_paths: Vec<String> = lanes
+            .iter()
+            .map(|lane| self.layout.lane(queue, partition, *lane))
+            .collect();
+        // The claims and the lanes' segments in one round trip.
+        let (claims, segments) = futures::future::join(
+            self.reader.list_children(&claims_path),
+            futures::future::join_all(lane_paths.iter().map(|l| self.reader.list_children(l))),
+        )
+        .await;
+        let claims: HashSet<String> = match claims {
+            Ok(names) => names.into_iter().collect(),
+            Err(zk::Error::NoNode) => HashSet::new(),
+            Err(e) => return Err(Error::zk("list claims", claims_path, e)),
+        };
+        let walks = lanes
+            .iter()
+            .zip(&lane_paths)
+            .zip(segments)
+            .map(|((lane, path), segments)| {
+                let claims = &claims;
+                async move {
+                    let segments = match segments {
+                        Ok(s) => s,
+                        Err(zk::Error::NoNode) => Vec::new(),
+                        Err(e) => return Err(Error::zk("list segments", path.clone(), e)),
+                    };
+                    let walk = Walk {
+                        queue,
+                        partition,
+                        lane: *lane,
+                        lane_path: path,
+                        claims,
+                    };
+                    self.walk_lane(&walk, segments, want).await
+                }
+            });
+        futures::future::join_all(walks).await.into_iter().collect()
+    }
+
+    /// Unclaimed jobs of one lane, oldest first, listing its segments a few at a time until it
+    /// has at least `want`.
+    pub(super) async fn walk_lane(
+        &self,
+        walk: &Walk<'_>,
+        mut segments: Vec<String>,
+        want: usize,
+    ) -> Result<Listed> {
+        segments.sort();
+        let mut jobs = Vec::new();
+        let mut foreign = false;
+        let mut complete = true;
+        let groups: Vec<&[String]> = segments.chunks(SEGMENTS_AT_ONCE).collect();
+        for (i, group) in groups.iter().enumerate() {
+            let paths: Vec<String> = group.iter().map(|s| format!("{}/{s}", walk.lane_path)).collect();
+            let listed = futures::future::join_all(paths.iter().map(|p| self.reader.list_children(p))).await;
+            for ((segment, path), children) in group.iter().zip(paths).zip(listed) {
+                let mut children = match children {
+                    Ok(c) => c,
+                    Err(zk::Error::NoNode) => continue,
+                    Err(e) => return Err(Error::zk("list jobs", path, e)),
+                };
+                if children.is_empty() {
+                    // Drained and nobody writing: remove it. Fails harmlessly if a job just
+                    // arrived.
+                    drop(self.reader.delete(&path, None));
+                    continue;
+                }
+                children.sort();
+                for node in children.into_iter().filter(|c| c.starts_with("j-")) {
+                    if claim::is_held(&self.holding, &format!("{path}/{node}")) {
+                        continue;
+                    }
+                    if walk
+                        .claims
+                        .contains(&claim::claim_name(walk.lane, segment, &node))
+                    {
+                        foreign = true;
+                        continue;
+                    }
+                    jobs.push(Candidate {
+                        queue: walk.queue.to_string(),
+                        partition: walk.partition,
+                        lane: walk.lane,
+                        segment: segment.clone(),
+                        node,
+                        held: None,
+                    });
+                }
+            }
+            if jobs.len() >= want && i + 1 < groups.len() {
+                complete = false;
+                break;
+            }
+        }
+        Ok(Listed {
+            lane: walk.lane,
+            jobs,
+            complete,
+            foreign,
+        })
+    }
+
+    /// Reads the data of `candidates` in pipelined multi-reads, in order.
+    pub(super) async fn read(&self, candidates: Vec<Candidate>) -> Result<Vec<Found>> {
+        let paths: Vec<String> = candidates.iter().map(|c| c.path(&self.layout)).collect();
+        let results = znode::get_many(&self.reader, "read jobs", &paths).await?;
+        let mut out = Vec::with_capacity(candidates.len());
+        for ((candidate, path), result) in candidates.into_iter().zip(paths).zip(results) {
+            // None: taken and finished by another worker since the listing.
+            let Some((data, stat)) = result else { continue };
+            out.push(match codec::decode::<Job>(&path, &data) {
+                Ok(job) => Found::Job {
+                    candidate,
+                    job,
+                    version: stat.version,
+                },
+                Err(e) => Found::Garbage {
+                    candidate,
+                    data,
+                    version: stat.version,
+                    reason: e.to_string(),
+                },
+            });
+        }
+        Ok(out)
+    }
+}

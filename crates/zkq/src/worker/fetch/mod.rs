@@ -1,0 +1,345 @@
+//! Finding ready jobs: scans lanes (highest priority first) across the partitions this worker
+//! owns, skips claimed jobs, reads job data in batches, and cleans up drained segments.
+//!
+//! # Lane watches and the listing cache
+//! Each lane this worker scans has a persistent recursive watch (ZooKeeper 3.6+), set up in the
+//! same round trip as the lane's first listing and before it, so nothing created after the
+//! listing goes unseen. A listing returns all the children of a segment in one reply; the
+//! unclaimed jobs seen go into a per-lane cache that the following scans hand out.
+//!
+//! - A lane whose listing reached its last segment is **complete**: from then on each new job
+//!   arrives as a watch event carrying its path, and goes straight into the cache. Nothing is
+//!   listed to find it: a job costs one data read (batched) and one claim.
+//! - A lane with more jobs than one listing takes in (a backlog) is listed again, from its
+//!   oldest segment, whenever its cache runs dry; events for it are ignored meanwhile, since
+//!   that next listing sees those jobs in order. So does a complete lane whose cache grew past
+//!   [`MAX_CACHED`].
+//!
+//! Jobs that become ready again without being created (a claim released on shutdown, or gone
+//! with a crashed worker's session) produce no lane event. A listing that skipped jobs because
+//! another worker holds their claims arms a one-shot watch on the partition's claims (this
+//! worker's own claims end through its own hands and need none); when it fires, the lane is
+//! listed again. So is every lane after a reconnect (a persistent watch may miss events while
+//! disconnected, and the client does not set persistent watches again on the new connection: the
+//! fetcher drops them and sets new ones before those listings), after the worker slept a whole poll interval (a safety net), and every
+//! [`TIDY_INTERVAL`], which also deletes drained segments.
+//!
+//! A cached job may have been taken meanwhile by another worker: reading it (gone) or claiming
+//! it (the version moved, or the claim exists) tells, and it is skipped. Partition ownership
+//! makes that rare. Jobs this worker already holds (handed out, claims in flight or running)
+//! are never offered again, although a claim in flight is not in the claims directory yet.
+
+mod listing;
+mod parking;
+mod watches;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use zookeeper_client as zk;
+
+use crate::assignment::Owned;
+use crate::claim::{Candidate, Holding};
+use crate::error::Result;
+use crate::job::Job;
+use crate::layout::Layout;
+use crate::queue::QueueConfig;
+
+use self::parking::Parked;
+use self::watches::WatchFuture;
+
+pub(crate) use self::parking::Parking;
+
+/// A candidate with its data as read.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// A decodable job at `version`.
+    Job {
+        candidate: Candidate,
+        job: Job,
+        version: i32,
+    },
+    /// A znode whose data is not a job zkq can read.
+    Garbage {
+        candidate: Candidate,
+        data: Vec<u8>,
+        version: i32,
+        reason: String,
+    },
+}
+
+/// One lane of one partition of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LaneId {
+    queue: String,
+    partition: u32,
+    lane: u8,
+}
+
+/// What the fetcher knows about a lane between scans.
+#[derive(Debug)]
+struct LaneCache {
+    /// Known, unclaimed when seen, not handed out yet; oldest first.
+    ready: VecDeque<Candidate>,
+    /// New jobs arrive by event: the last listing saw the whole lane, under a live watch.
+    complete: bool,
+    /// To be listed again once `ready` runs dry.
+    stale: bool,
+}
+
+impl Default for LaneCache {
+    fn default() -> Self {
+        LaneCache {
+            ready: VecDeque::new(),
+            complete: false,
+            stale: true,
+        }
+    }
+}
+
+/// Most jobs a complete lane takes in by event before it goes back to listings: a worker that
+/// falls behind a producer keeps a bounded cache.
+const MAX_CACHED: usize = 4096;
+
+/// How often every lane is listed again even though its watch is live: drained segments are
+/// deleted by listings.
+const TIDY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What a lane watch reports.
+#[derive(Debug)]
+enum LaneEvent {
+    /// A job znode was created in the lane.
+    Created {
+        lane: LaneId,
+        segment: String,
+        node: String,
+    },
+    /// The reader reconnected: events may have been missed, and the lane watches are gone from
+    /// the server (zookeeper-client 0.11 sets only one-shot watches again on a new connection).
+    /// Every lane is watched anew and listed again.
+    Reconnected,
+    /// A job whose lock key is held elsewhere, kept until the key is free ([`Parking`]).
+    Park { key: String, candidate: Candidate },
+    /// The holder of a lock key that parked jobs wait for has let go.
+    KeyFree(String),
+}
+
+/// Scans the worker's queues. Keeps listings and watches between scans.
+pub(crate) struct Fetcher {
+    /// A session of its own for listings, job data reads and watches. ZooKeeper answers a
+    /// session's requests in order, so on the worker's session a scan would wait for every
+    /// claim and ack commit (an fsync each) sent before it; here it waits for none.
+    reader: zk::Client,
+    layout: Layout,
+    queues: Vec<(String, QueueConfig)>,
+    cursor: usize,
+    lanes: HashMap<LaneId, LaneCache>,
+    /// Lane watches, each forwarding its events to `events`; aborted when dropped.
+    watching: HashMap<LaneId, AbortOnDrop>,
+    events: mpsc::UnboundedReceiver<LaneEvent>,
+    events_tx: mpsc::UnboundedSender<LaneEvent>,
+    /// Armed claims watches: path -> the (queue, partition) whose lanes it wakes.
+    armed: HashMap<String, (String, u32)>,
+    /// Whether a scan that found nothing should be repeated before sleeping.
+    rescan: bool,
+    /// Armed claims watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only
+    /// touched through `&mut self`, with `get_mut`, never locked).
+    fired: std::sync::Mutex<FuturesUnordered<WatchFuture>>,
+    /// The partitions this worker owns, per queue ([`crate::assignment::follow`]).
+    owned: watch::Receiver<Owned>,
+    /// Jobs handed out and not let go of yet.
+    holding: Holding,
+    /// Jobs waiting for their lock key, by key. They stay in `holding` meanwhile, so that
+    /// listings do not offer them.
+    parked: HashMap<String, Parked>,
+    last_tidy: Instant,
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("queues", &self.queues.len())
+            .field("lanes", &self.lanes.len())
+            .field("watching", &self.watching.len())
+            .field("armed", &self.armed.len())
+            .finish()
+    }
+}
+
+impl Fetcher {
+    pub(crate) fn new(
+        reader: zk::Client,
+        layout: Layout,
+        queues: Vec<(String, QueueConfig)>,
+        owned: watch::Receiver<Owned>,
+    ) -> Fetcher {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Fetcher {
+            owned,
+            reader,
+            layout,
+            queues,
+            cursor: 0,
+            lanes: HashMap::new(),
+            watching: HashMap::new(),
+            events,
+            events_tx,
+            armed: HashMap::new(),
+            rescan: false,
+            fired: std::sync::Mutex::new(FuturesUnordered::new()),
+            holding: Holding::default(),
+            parked: HashMap::new(),
+            last_tidy: Instant::now(),
+        }
+    }
+
+    /// Where the worker hands back jobs whose lock key is busy.
+    pub(crate) fn parking(&self) -> Parking {
+        Parking(self.events_tx.clone())
+    }
+
+    /// Up to `want` ready, unclaimed jobs with their data, highest priority first.
+    pub(crate) async fn scan(&mut self, want: usize) -> Result<Vec<Found>> {
+        self.take_events();
+        if self.last_tidy.elapsed() >= TIDY_INTERVAL {
+            self.last_tidy = Instant::now();
+            self.all_stale();
+        }
+        self.cursor = self.cursor.wrapping_add(1);
+        let mut to_arm = Vec::new();
+        let mut found = Vec::new();
+        for q in 0..self.queues.len() {
+            let (queue, config) = self.queues[(q + self.cursor) % self.queues.len()].clone();
+            self.scan_queue(&queue, &config, want - found.len(), &mut found, &mut to_arm)
+                .await?;
+            if found.len() >= want {
+                break;
+            }
+        }
+        let armed_new = self.arm(to_arm).await?;
+        let handed = found.len();
+        let read = self.read(found).await?;
+        self.rescan = armed_new || read.len() < handed;
+        // Jobs of a key already waiting wait with them, in order.
+        let mut found = Vec::with_capacity(read.len());
+        for f in read {
+            match f {
+                Found::Job { candidate, job, .. }
+                    if job.lock_key.as_ref().is_some_and(|k| self.parked.contains_key(k)) =>
+                {
+                    let key = job.lock_key.unwrap_or_default();
+                    self.park(key, candidate);
+                }
+                f => found.push(f),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether a scan that found nothing should be repeated before sleeping:
+    /// - it armed new claims watches, and a claim may have ended between the listing and the
+    ///   watch;
+    /// - jobs it took from a lane's cache were gone when read (taken by another worker since
+    ///   seen): the rest of the cache, or a new listing, may hold ready jobs.
+    pub(crate) fn rescan(&self) -> bool {
+        self.rescan
+    }
+
+    /// Sleeps until a lane event or claims watch brings something to do, the owned partitions
+    /// change, or `fallback` passes (after which every lane is listed again).
+    pub(crate) async fn wait(&mut self, fallback: Duration) {
+        let deadline = tokio::time::Instant::now() + fallback;
+        let mut owned = self.owned.clone();
+        loop {
+            let fired = self.fired.get_mut().unwrap_or_else(|p| p.into_inner());
+            let watch = async {
+                if fired.is_empty() {
+                    std::future::pending().await
+                } else {
+                    fired.next().await
+                }
+            };
+            tokio::select! {
+                Some(path) = watch => self.woken(&path),
+                Some(event) = self.events.recv() => self.apply(event),
+                Ok(()) = owned.changed() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.all_stale();
+                    return;
+                }
+            }
+            self.take_events();
+            if self.worth_scanning() {
+                return;
+            }
+        }
+    }
+
+    /// Whether a scan would find something to list or hand out.
+    fn worth_scanning(&self) -> bool {
+        self.lanes.values().any(|c| !c.ready.is_empty() || c.stale)
+    }
+
+    fn take_events(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.apply(event);
+        }
+        while let Some(Some(path)) = self.fired().next().now_or_never() {
+            self.woken(&path);
+        }
+    }
+
+    fn apply(&mut self, event: LaneEvent) {
+        match event {
+            LaneEvent::Created { lane, segment, node } => {
+                let Some(cache) = self.lanes.get_mut(&lane) else {
+                    return;
+                };
+                if !cache.complete {
+                    // The next listing sees it, in order.
+                    return;
+                }
+                if cache.ready.len() >= MAX_CACHED {
+                    cache.complete = false;
+                    cache.stale = true;
+                    return;
+                }
+                cache.ready.push_back(Candidate {
+                    queue: lane.queue,
+                    partition: lane.partition,
+                    lane: lane.lane,
+                    segment,
+                    node,
+                    held: None,
+                });
+            }
+            LaneEvent::Park { key, candidate } => self.park(key, candidate),
+            LaneEvent::KeyFree(key) => self.unpark(&key),
+            LaneEvent::Reconnected => {
+                // Dropping a watcher removes its watch; the next scan sets a new one before it
+                // lists the lane, in the same round trip.
+                self.watching.clear();
+                self.all_stale();
+            }
+        }
+    }
+
+    fn all_stale(&mut self) {
+        for cache in self.lanes.values_mut() {
+            cache.stale = true;
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Watches: the persistent recursive watch on each lane, whose creation events feed the lane
+//! caches, and the one-shot watches on claims that wake a lane when another worker lets go.
+
+use futures::stream::FuturesUnordered;
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use zookeeper_client as zk;
+
+use crate::error::{Error, Result};
+
+use super::{Fetcher, LaneEvent, LaneId};
+
+/// A claims watch path and the partition whose lanes it wakes.
+pub(super) type Wakes = (String, (String, u32));
+
+pub(super) type WatchFuture = futures::future::BoxFuture<'static, String>;
+
+/// Forwards the job creations a lane watch reports, and reconnects, until the session ends.
+pub(super) async fn forward(
+    mut watcher: zk::PersistentWatcher,
+    lane: LaneId,
+    lane_path: String,
+    events: mpsc::UnboundedSender<LaneEvent>,
+) {
+    loop {
+        let event = watcher.changed().await;
+        let forwarded = match event.event_type {
+            zk::EventType::NodeCreated => match job_in_lane(&lane_path, &event.path) {
+                Some((segment, node)) => events.send(LaneEvent::Created {
+                    lane: lane.clone(),
+                    segment: segment.to_string(),
+                    node: node.to_string(),
+                }),
+                None => Ok(()),
+            },
+            zk::EventType::Session if event.session_state.is_terminated() => return,
+            zk::EventType::Session if event.session_state == zk::SessionState::SyncConnected => {
+                events.send(LaneEvent::Reconnected)
+            }
+            _ => Ok(()),
+        };
+        if forwarded.is_err() {
+            return;
+        }
+    }
+}
+
+/// The segment and job names of `path` if it is a job znode of the lane at `lane_path`.
+pub(super) fn job_in_lane<'a>(lane_path: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = path.strip_prefix(lane_path)?.strip_prefix('/')?;
+    let (segment, node) = rest.split_once('/')?;
+    (node.starts_with("j-") && !node.contains('/')).then_some((segment, node))
+}
+
+impl Fetcher {
+    /// Arms one-shot watches on claims `paths` that are not armed yet, all at once. Returns
+    /// whether it armed any.
+    pub(super) async fn arm(&mut self, mut paths: Vec<Wakes>) -> Result<bool> {
+        paths.retain(|(path, _)| !self.armed.contains_key(path));
+        paths.sort_by(|a, b| a.0.cmp(&b.0));
+        paths.dedup_by(|a, b| a.0 == b.0);
+        if paths.is_empty() {
+            return Ok(false);
+        }
+        let client = &self.reader;
+        let results =
+            futures::future::join_all(paths.iter().map(|(path, _)| client.get_and_watch_children(path)))
+                .await;
+        let mut armed_new = false;
+        for ((path, wakes), result) in paths.into_iter().zip(results) {
+            match result {
+                Ok((_, _, watcher)) => {
+                    self.armed.insert(path.clone(), wakes);
+                    self.fired().push(
+                        async move {
+                            watcher.changed().await;
+                            path
+                        }
+                        .boxed(),
+                    );
+                    armed_new = true;
+                }
+                // No claims directory yet: nothing to wait for.
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(Error::zk("watch", path, e)),
+            }
+        }
+        Ok(armed_new)
+    }
+
+    /// A claims watch on `path` fired: the lanes of its partition are worth listing again.
+    pub(super) fn woken(&mut self, path: &str) {
+        if let Some((queue, partition)) = self.armed.remove(path) {
+            for (id, cache) in self.lanes.iter_mut() {
+                if id.partition == partition && id.queue == queue {
+                    cache.stale = true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn fired(&mut self) -> &mut FuturesUnordered<WatchFuture> {
+        self.fired.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_in_lane;
+
+    #[test]
+    fn job_paths_are_told_from_segments_and_markers() {
+        let lane = "/zkq/queues/q/p/3/l0";
+        assert_eq!(
+            job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001/j-0000000042"),
+            Some(("s-0000000001", "j-0000000042"))
+        );
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001"), None);
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001/open"), None);
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l01/s-0000000001/j-1"), None);
+        assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0"), None);
+    }
+}
