@@ -355,15 +355,7 @@ async fn produce(
     until: Instant,
     acknowledged: Arc<Mutex<Acknowledged>>,
 ) -> usize {
-    let producer = loop {
-        match Producer::connect(&zk, &root).await {
-            Ok(p) => break p,
-            Err(e) => {
-                eprintln!("chaos: producer cannot connect: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut producer = connect_producer(&zk, &root).await;
     let per_tick = (rate / 10).max(1) as usize;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut failures = 0;
@@ -423,12 +415,29 @@ async fn produce(
                     if failures % 20 == 1 {
                         eprintln!("chaos: enqueue failed ({failures} so far): {e}");
                     }
+                    if e.is_session_lost() {
+                        // A producer is bound to its session: a new one for the rest of the run.
+                        producer = connect_producer(&zk, &root).await;
+                    }
                 }
             }
         }
     }
     producer.close().await;
     failures
+}
+
+/// A producer, trying again every second until ZooKeeper answers.
+async fn connect_producer(zk: &ZkConfig, root: &str) -> Producer {
+    loop {
+        match Producer::connect(zk, root).await {
+            Ok(p) => return p,
+            Err(e) => {
+                eprintln!("chaos: producer cannot connect: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// A job still in the chaos queue.
