@@ -1,4 +1,6 @@
-//! Claims: how a worker takes a job, and how the attempt settles.
+//! Claims: how a worker takes a job. This module holds the claim protocol and the reference
+//! for the whole state model; the settle steps are decided and committed in
+//! `worker::settle`, where the attempt's outcome is known.
 //!
 //! # State model
 //! A ready job znode stays where it is while it runs; what marks it running is its claim, an
@@ -197,8 +199,9 @@ impl Claimed {
 /// Most jobs claimed in one `multi` (two operations each).
 const CLAIM_BATCH: usize = 64;
 
-/// After this many lost races in one batch, the rest of it is claimed job by job: somebody else
-/// is working the same jobs, and one lost race would fail a whole `multi` again.
+/// Lost races a batch takes while it is still sent as one `multi`: after one more (the third),
+/// the rest of it is claimed job by job, since somebody else is working the same jobs and one
+/// lost race would fail a whole `multi` again.
 const BATCH_RACES: usize = 2;
 
 /// A claim ready to be sent: the claimed state it leads to and the operations that make it.
@@ -385,7 +388,7 @@ async fn claimed_meanwhile(client: &zk::Client, batch: Vec<Prepared>) -> (Vec<Cl
 ///
 /// # Errors
 /// [`Error::SessionLost`] when the session ends first.
-async fn own_claim(client: &zk::Client, path: &str) -> Result<Option<i64>> {
+pub(crate) async fn own_claim(client: &zk::Client, path: &str) -> Result<Option<i64>> {
     loop {
         znode::connected(client).await?;
         match client.sync(path).await {
@@ -402,95 +405,12 @@ async fn own_claim(client: &zk::Client, path: &str) -> Result<Option<i64>> {
     }
 }
 
-/// Whether a settle step of `claimed` whose reply was lost with the connection committed: once
-/// connected again, the claim node is gone, or is a newer claim than this one.
-///
-/// # Errors
-/// [`Error::SessionLost`] when the session ends first (the claim went with it: nothing of this
-/// attempt can commit any more).
-pub(crate) async fn settled_meanwhile(client: &zk::Client, claimed: &Claimed) -> Result<bool> {
-    Ok(own_claim(client, &claimed.claim_path).await? != Some(claimed.token))
-}
-
 /// `claimed` with its fencing token: the zxid of its `set_data` at `index` in `results`.
 fn stamped(mut claimed: Claimed, results: &[zk::MultiWriteResult], index: usize) -> Claimed {
     if let Some(zk::MultiWriteResult::SetData { stat }) = results.get(index) {
         claimed.token = stat.mzxid;
     }
     claimed
-}
-
-/// Commits `ops` that settle a claim, telling a lost claim apart from other errors.
-pub(crate) async fn settle(client: &zk::Client, what: &'static str, ops: Vec<Op>) -> Result<Settled> {
-    match txn::commit(client, &ops).await {
-        Ok(_) => Ok(Settled::Committed),
-        Err(e) if txn::lost_race(&e.source) => Ok(Settled::lost(e.index, &e.source)),
-        Err(e) => Err(e.into_error(what, &ops)),
-    }
-}
-
-/// How settling a claim went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
-    Committed,
-    /// The claim was gone (the session ended, the job was taken over): nothing was written.
-    ClaimLost,
-    /// The job znode was gone (removed by someone else while it ran): nothing was written.
-    JobGone,
-}
-
-impl Settled {
-    /// A settle step that failed its checks at op `index` with `source`. Every settle step
-    /// starts with a versioned write of the job, so `NoNode` there means the job itself is gone;
-    /// anything else means the claim is.
-    pub(crate) fn lost(index: Option<usize>, source: &zk::Error) -> Settled {
-        match (index, source) {
-            (Some(0), zk::Error::NoNode) => Settled::JobGone,
-            _ => Settled::ClaimLost,
-        }
-    }
-}
-
-/// Ops that put `job` into the dead letters.
-pub(crate) fn dead_letter_op(layout: &Layout, queue: &str, job: &Job) -> Result<Op> {
-    Ok(Op::Create {
-        path: layout.dead_job(queue, &job.id.to_string()),
-        data: codec::encode(job)?,
-        kind: NodeKind::Persistent,
-    })
-}
-
-/// Ends the claim and puts the job back as ready, not counting the interrupted attempt. A
-/// release whose reply is lost with the connection is reconciled and, if it did not commit,
-/// sent again.
-pub(crate) async fn release(client: &zk::Client, claimed: &Claimed) -> Result<Settled> {
-    loop {
-        match release_once(client, claimed).await {
-            Err(e) if e.is_outcome_unknown() => {
-                if settled_meanwhile(client, claimed).await? {
-                    return Ok(Settled::Committed);
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn release_once(client: &zk::Client, claimed: &Claimed) -> Result<Settled> {
-    let mut job = claimed.job.clone();
-    job.attempt = job.attempt.saturating_sub(1);
-    let ops = vec![
-        Op::SetData {
-            path: claimed.job_path.clone(),
-            data: codec::encode(&job)?,
-            version: Some(claimed.version),
-        },
-        Op::Delete {
-            path: claimed.claim_path.clone(),
-            version: None,
-        },
-    ];
-    settle(client, "release claim", ops).await
 }
 
 /// Stat requests in flight while looking for stray nodes among a queue's claims.

@@ -14,15 +14,13 @@ use zookeeper_client as zk;
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::job::{Job, JobId, NewJob};
+use crate::job::{Job, JobId, NewJob, MAX_REQUEST_BYTES};
 use crate::layout::{self, Layout};
 use crate::queue::{self, QueueConfig};
 use crate::segment::{LaneKey, Segments};
 use crate::telemetry;
 use crate::txn::{self, NodeKind, Op};
 use crate::znode::{ZkConfig, PERSISTENT};
-
-use crate::job::MAX_REQUEST_BYTES;
 
 /// How often a `multi` is retried into fresh segments when a segment vanished under it.
 const SEGMENT_RETRIES: usize = 5;
@@ -328,6 +326,15 @@ pub fn partition_of_key(key: &str, partitions: u32) -> u32 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     (hash % u64::from(partitions.max(1))) as u32
+}
+
+/// Ops that put `job` into the dead letters.
+pub(crate) fn dead_letter_op(layout: &Layout, queue: &str, job: &Job) -> Result<Op> {
+    Ok(Op::Create {
+        path: layout.dead_job(queue, &job.id.to_string()),
+        data: codec::encode(job)?,
+        kind: NodeKind::Persistent,
+    })
 }
 
 #[cfg(test)]

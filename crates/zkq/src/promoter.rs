@@ -9,7 +9,6 @@
 use tracing::{debug, warn};
 use zookeeper_client as zk;
 
-use crate::claim;
 use crate::codec;
 use crate::election::Leadership;
 use crate::error::{Error, Result};
@@ -107,7 +106,10 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
                     Err(e) => {
                         let dead = undecodable_job(data, &e.to_string());
                         warn!(%path, error = %e, "undecodable delayed entry moved to dead letters");
-                        moves.push((vec![delete, claim::dead_letter_op(layout, queue, &dead)?], None));
+                        moves.push((
+                            vec![delete, crate::producer::dead_letter_op(layout, queue, &dead)?],
+                            None,
+                        ));
                     }
                 }
             }

@@ -8,13 +8,14 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn, Instrument};
 
-use crate::claim::{self, Claimed, Settled};
+use crate::claim::Claimed;
+
 use crate::handler::{Fence, JobContext, Outcome};
 use crate::liveness::Liveness;
 use crate::telemetry;
 
 use super::session::Session;
-use super::settle::Settle;
+use super::settle::{Settle, Settled};
 use super::Worker;
 
 impl Worker {
@@ -88,7 +89,7 @@ impl Worker {
                 match why {
                     Some(Interrupt::Timeout) => Outcome::retry(format!("timed out after {timeout:?}")),
                     Some(Interrupt::Shutdown) => {
-                        return match claim::release(client, &claimed).await {
+                        return match super::settle::release(client, &claimed).await {
                             Ok(Settled::Committed) => Settle::Released,
                             _ => Settle::Lost,
                         };
@@ -123,7 +124,7 @@ impl Worker {
             _ = session.lost.cancelled() => {}
         }
         if !session.lost.is_cancelled() {
-            if let Ok(Settled::Committed) = claim::release(&session.client, claimed).await {
+            if let Ok(Settled::Committed) = super::settle::release(&session.client, claimed).await {
                 return Settle::Released;
             }
         }

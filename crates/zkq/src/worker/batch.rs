@@ -10,15 +10,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
-use crate::claim::{self, Candidate, Claimed, Settled};
+use crate::claim::{self, Candidate, Claimed};
+
 use crate::job::now_ms;
 use crate::promoter;
 use crate::telemetry;
 use crate::txn::Op;
-use crate::worker::fetch::Found;
 
+use super::fetch::Found;
 use super::session::Session;
-use super::settle::Settle;
+use super::settle::{Settle, Settled};
 use super::Worker;
 
 /// Claims won by one batch, and the slots taken for the whole batch.
@@ -99,7 +100,7 @@ impl Worker {
             // Claimed while shutting down: put them back unstarted.
             let mut settles = Vec::new();
             for claimed in &claims.won {
-                settles.push(match claim::release(&session.client, claimed).await {
+                settles.push(match super::settle::release(&session.client, claimed).await {
                     Ok(Settled::Committed) => Settle::Released,
                     _ => Settle::Lost,
                 });
@@ -150,7 +151,7 @@ impl Worker {
         let path = candidate.path(&self.layout);
         warn!(%path, %reason, "undecodable job moved to dead letters");
         let dead = promoter::undecodable_job(data, reason);
-        let Ok(op) = claim::dead_letter_op(&self.layout, &candidate.queue, &dead) else {
+        let Ok(op) = crate::producer::dead_letter_op(&self.layout, &candidate.queue, &dead) else {
             return;
         };
         let ops = vec![
@@ -160,7 +161,7 @@ impl Worker {
             },
             op,
         ];
-        if let Err(e) = claim::settle(client, "dead-letter garbage", ops).await {
+        if let Err(e) = super::settle::settle(client, "dead-letter garbage", ops).await {
             warn!(%path, error = %e, "cannot dead-letter undecodable job");
         } else {
             metrics::counter!(telemetry::DEAD, "queue" => candidate.queue.clone()).increment(1);

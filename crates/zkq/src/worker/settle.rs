@@ -3,12 +3,16 @@
 
 use tracing::{debug, error, info, instrument, warn};
 
-use crate::claim::{self, Claimed, Settled};
+use zookeeper_client as zk;
+
+use crate::claim::{self, Claimed};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::handler::Outcome;
 use crate::job::now_ms;
 use crate::producer::Placement;
 use crate::telemetry;
+use crate::txn::{self, Op};
 
 use super::session::Session;
 use super::Worker;
@@ -40,18 +44,16 @@ impl Worker {
                 .settle_once(session, claimed, outcome.clone(), intended)
                 .await
             {
-                Err(e) if e.is_outcome_unknown() => {
-                    match claim::settled_meanwhile(&session.client, claimed).await {
-                        Ok(true) => {
-                            info!("the attempt's outcome committed before the connection dropped");
-                            return self.settled(claimed, intended);
-                        }
-                        Ok(false) => {
-                            warn!("connection lost while settling, nothing committed; sending again")
-                        }
-                        Err(e) => return self.settle_failed(claimed, e),
+                Err(e) if e.is_outcome_unknown() => match settled_meanwhile(&session.client, claimed).await {
+                    Ok(true) => {
+                        info!("the attempt's outcome committed before the connection dropped");
+                        return self.settled(claimed, intended);
                     }
-                }
+                    Ok(false) => {
+                        warn!("connection lost while settling, nothing committed; sending again")
+                    }
+                    Err(e) => return self.settle_failed(claimed, e),
+                },
                 Err(e) => return self.settle_failed(claimed, e),
                 Ok(settle) => return settle,
             }
@@ -108,8 +110,8 @@ impl Worker {
             (Outcome::Retry { error, .. } | Outcome::Dead { error }, _) => {
                 job.record_error(&error);
                 let mut ops = claimed.remove_ops();
-                ops.push(claim::dead_letter_op(&self.layout, &queue, &job)?);
-                let result = claim::settle(client, "dead-letter", ops).await;
+                ops.push(crate::producer::dead_letter_op(&self.layout, &queue, &job)?);
+                let result = settle(client, "dead-letter", ops).await;
                 if let Ok(Settled::Committed) = result {
                     warn!(%error, attempts = job.attempt, "job dead-lettered");
                 }
@@ -148,4 +150,78 @@ impl Worker {
         error!(id = %claimed.job.id, error = %e, "cannot settle attempt");
         Settle::Lost
     }
+}
+
+/// Whether a settle step of `claimed` whose reply was lost with the connection committed: once
+/// connected again, the claim node is gone, or is a newer claim than this one.
+///
+/// # Errors
+/// [`Error::SessionLost`] when the session ends first (the claim went with it: nothing of this
+/// attempt can commit any more).
+pub(crate) async fn settled_meanwhile(client: &zk::Client, claimed: &Claimed) -> Result<bool> {
+    Ok(claim::own_claim(client, &claimed.claim_path).await? != Some(claimed.token))
+}
+
+/// Commits `ops` that settle a claim, telling a lost claim apart from other errors.
+pub(crate) async fn settle(client: &zk::Client, what: &'static str, ops: Vec<Op>) -> Result<Settled> {
+    match txn::commit(client, &ops).await {
+        Ok(_) => Ok(Settled::Committed),
+        Err(e) if txn::lost_race(&e.source) => Ok(Settled::lost(e.index, &e.source)),
+        Err(e) => Err(e.into_error(what, &ops)),
+    }
+}
+
+/// How settling a claim went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Committed,
+    /// The claim was gone (the session ended, the job was taken over): nothing was written.
+    ClaimLost,
+    /// The job znode was gone (removed by someone else while it ran): nothing was written.
+    JobGone,
+}
+
+impl Settled {
+    /// A settle step that failed its checks at op `index` with `source`. Every settle step
+    /// starts with a versioned write of the job, so `NoNode` there means the job itself is gone;
+    /// anything else means the claim is.
+    pub(crate) fn lost(index: Option<usize>, source: &zk::Error) -> Settled {
+        match (index, source) {
+            (Some(0), zk::Error::NoNode) => Settled::JobGone,
+            _ => Settled::ClaimLost,
+        }
+    }
+}
+
+/// Ends the claim and puts the job back as ready, not counting the interrupted attempt. A
+/// release whose reply is lost with the connection is reconciled and, if it did not commit,
+/// sent again.
+pub(crate) async fn release(client: &zk::Client, claimed: &Claimed) -> Result<Settled> {
+    loop {
+        match release_once(client, claimed).await {
+            Err(e) if e.is_outcome_unknown() => {
+                if settled_meanwhile(client, claimed).await? {
+                    return Ok(Settled::Committed);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+pub(crate) async fn release_once(client: &zk::Client, claimed: &Claimed) -> Result<Settled> {
+    let mut job = claimed.job.clone();
+    job.attempt = job.attempt.saturating_sub(1);
+    let ops = vec![
+        Op::SetData {
+            path: claimed.job_path.clone(),
+            data: codec::encode(&job)?,
+            version: Some(claimed.version),
+        },
+        Op::Delete {
+            path: claimed.claim_path.clone(),
+            version: None,
+        },
+    ];
+    settle(client, "release claim", ops).await
 }
