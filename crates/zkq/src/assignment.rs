@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::queue;
 use crate::registry::WorkerInfo;
-use crate::service::{Next, Passes};
+use crate::scheduler::service::{Next, Passes};
 use crate::txn::{NodeKind, Op};
 use crate::znode;
 

@@ -15,7 +15,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use zookeeper_client as zk;
 
-use crate::job::MAX_REQUEST_BYTES;
+use crate::limits::MAX_REQUEST_BYTES;
 use crate::txn::{self, Op, TxnError};
 
 /// Most operations in one `multi`.

@@ -43,8 +43,9 @@ use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
 use crate::error::{outcome_unknown, Error, Result};
-use crate::job::{now_ms, Job, JobId, MAX_REQUEST_BYTES};
+use crate::job::{now_ms, Job, JobId};
 use crate::layout::Layout;
+use crate::limits::MAX_REQUEST_BYTES;
 use crate::txn::{self, NodeKind, Op};
 use crate::znode;
 

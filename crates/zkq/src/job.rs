@@ -11,47 +11,10 @@ use uuid::Uuid;
 use crate::codec::Record;
 use crate::error::{Error, Result};
 use crate::layout;
-
-/// Default limit on a job's payload. Queues can lower or raise it up to [`MAX_PAYLOAD_BYTES`].
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 512 * 1024;
-
-/// Largest request zkq sends to ZooKeeper, well under the server's `jute.maxbuffer` (1 MiB): a
-/// request over that makes the server drop the connection, and the client send it again forever.
-pub const MAX_REQUEST_BYTES: usize = 960 * 1024;
-
-/// Most bytes a job record holds besides its payload, whatever its life: kind, keys and ids
-/// (under 1 KiB), headers ([`MAX_HEADERS_BYTES`]), error history ([`MAX_ERROR_HISTORY_BYTES`])
-/// and the record's own framing.
-pub const MAX_RECORD_OVERHEAD_BYTES: usize = 48 * 1024;
-
-/// Most bytes a single-job write adds around the record: the paths and framing of the few
-/// operations beside it (claim, claim delete, lock check, delayed entry or dead letter).
-pub const MAX_WRITE_OVERHEAD_BYTES: usize = 8 * 1024;
-
-/// Hard ceiling on a payload: the largest job record, written with the operations of its
-/// largest single-job write (a claim, a retry, a dead letter), must fit one request. So whatever
-/// a queue accepts can also be claimed, retried with its full error history and dead-lettered.
-pub const MAX_PAYLOAD_BYTES: usize = MAX_REQUEST_BYTES - MAX_RECORD_OVERHEAD_BYTES - MAX_WRITE_OVERHEAD_BYTES;
-
-/// Most bytes of headers (keys and values together) a job may carry.
-pub const MAX_HEADERS_BYTES: usize = 16 * 1024;
-
-/// Longest error message kept per attempt in the error history.
-pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
-
-/// How many failed attempts the error history keeps (the newest ones).
-pub const MAX_ERROR_HISTORY: usize = 20;
-
-/// Most bytes of error messages the history keeps (the newest ones): 20 messages of the
-/// longest size would be 40 KiB.
-pub const MAX_ERROR_HISTORY_BYTES: usize = 24 * 1024;
-
-/// Longest lock key or partition key.
-pub const MAX_KEY_BYTES: usize = 256;
-
-/// Longest delay a job can be enqueued with: 100 years of 365.25 days. A due time further out
-/// is refused.
-pub const MAX_DELAY: Duration = Duration::from_secs(36_525 * 24 * 3600);
+use crate::limits::{
+    MAX_DELAY, MAX_ERROR_HISTORY, MAX_ERROR_HISTORY_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_HEADERS_BYTES,
+    MAX_KEY_BYTES, MAX_PAYLOAD_BYTES,
+};
 
 /// A job's unique id (a random UUID), printed in its hyphenated form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,6 +121,30 @@ impl Record for Job {
 }
 
 impl Job {
+    /// A dead-letter record for bytes that are not a job: kind `zkq.undecodable`, the raw bytes
+    /// as payload, and the decode error as its history.
+    pub(crate) fn undecodable(data: Vec<u8>, reason: &str) -> Job {
+        let now = now_ms();
+        let mut job = Job {
+            v: 1,
+            id: JobId::new(),
+            kind: "zkq.undecodable".into(),
+            payload: data,
+            priority: 0,
+            attempt: 0,
+            max_attempts: 0,
+            lock_key: None,
+            partition_key: None,
+            timeout_ms: None,
+            enqueued_at_ms: now,
+            ready_at_ms: now,
+            headers: Default::default(),
+            errors: Vec::new(),
+        };
+        job.record_error(reason);
+        job
+    }
+
     /// Decodes a job record read from the znode at `path` (used in error messages).
     pub fn decode(path: &str, bytes: &[u8]) -> Result<Job> {
         crate::codec::decode(path, bytes)
@@ -389,6 +376,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::codec;
+    use crate::limits::MAX_RECORD_OVERHEAD_BYTES;
 
     #[test]
     fn job_round_trips_through_messagepack() {

@@ -14,8 +14,9 @@ use zookeeper_client as zk;
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::job::{Job, JobId, NewJob, MAX_REQUEST_BYTES};
+use crate::job::{Job, JobId, NewJob};
 use crate::layout::{self, Layout};
+use crate::limits::MAX_REQUEST_BYTES;
 use crate::queue::{self, QueueConfig};
 use crate::segment::{LaneKey, Segments};
 use crate::telemetry;

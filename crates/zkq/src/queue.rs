@@ -12,8 +12,8 @@ use zookeeper_client as zk;
 
 use crate::codec::{self, Record};
 use crate::error::{Error, Result};
-use crate::job::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES};
 use crate::layout::{self, Layout};
+use crate::limits::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES};
 use crate::retry::RetryPolicy;
 use crate::znode::{self, PERSISTENT};
 

@@ -13,7 +13,6 @@ use zookeeper_client as zk;
 use crate::claim::{self, Candidate, Claimed};
 
 use crate::job::now_ms;
-use crate::promoter;
 use crate::telemetry;
 use crate::txn::Op;
 
@@ -150,7 +149,7 @@ impl Worker {
     ) {
         let path = candidate.path(&self.layout);
         warn!(%path, %reason, "undecodable job moved to dead letters");
-        let dead = promoter::undecodable_job(data, reason);
+        let dead = crate::job::Job::undecodable(data, reason);
         let Ok(op) = crate::producer::dead_letter_op(&self.layout, &candidate.queue, &dead) else {
             return;
         };

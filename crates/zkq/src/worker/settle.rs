@@ -88,7 +88,7 @@ impl Worker {
                 job.record_error(&error);
                 let config = producer.config(&queue).await?;
                 let delay = after.unwrap_or_else(|| config.retry.delay(job.attempt));
-                let due_ms = now_ms().saturating_add(crate::job::millis(delay.min(crate::job::MAX_DELAY)));
+                let due_ms = now_ms().saturating_add(crate::job::millis(delay.min(crate::limits::MAX_DELAY)));
                 info!(%error, ?delay, "attempt failed; will retry");
                 let placement = Placement::Delayed { job, due_ms };
                 let remove = claimed.remove_ops();

@@ -19,9 +19,10 @@ use crate::error::{Error, Result};
 use crate::job::now_ms;
 use crate::layout::Layout;
 use crate::queue::{self, QueueConfig};
-use crate::service::{Next, Passes};
 use crate::telemetry;
 use crate::txn::Op;
+
+use super::service::{Next, Passes};
 
 /// Most dead letters removed in one `multi`.
 const DELETE_BATCH: usize = 100;

@@ -12,9 +12,11 @@ use zookeeper_client as zk;
 use crate::codec;
 use crate::election::Leadership;
 use crate::error::{Error, Result};
-use crate::job::{now_ms, Job, JobId, MAX_REQUEST_BYTES};
+use crate::job::{now_ms, Job};
 use crate::layout::{self, DELAYED_BUCKET_MS};
+use crate::limits::MAX_REQUEST_BYTES;
 use crate::producer::{Placement, Producer};
+use crate::queue::QueueConfig;
 use crate::telemetry;
 use crate::txn::Op;
 use crate::znode;
@@ -104,7 +106,7 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
                         moves.push((vec![delete], Some(Placement::Ready(job))));
                     }
                     Err(e) => {
-                        let dead = undecodable_job(data, &e.to_string());
+                        let dead = Job::undecodable(data, &e.to_string());
                         warn!(%path, error = %e, "undecodable delayed entry moved to dead letters");
                         moves.push((
                             vec![delete, crate::producer::dead_letter_op(layout, queue, &dead)?],
@@ -128,7 +130,7 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
 async fn commit_moves(
     producer: &Producer,
     queue: &str,
-    config: &crate::QueueConfig,
+    config: &QueueConfig,
     leadership: Option<&Leadership>,
     moves: Vec<(Vec<Op>, Option<Placement>)>,
 ) -> Result<usize> {
@@ -175,28 +177,4 @@ fn flatten(
         placements.extend(placement);
     }
     (extra, placements)
-}
-
-/// A dead-letter record for bytes that are not a job: kind `zkq.undecodable`, the raw bytes
-/// as payload, and the decode error as its history.
-pub(crate) fn undecodable_job(data: Vec<u8>, reason: &str) -> Job {
-    let now = now_ms();
-    let mut job = Job {
-        v: 1,
-        id: JobId::new(),
-        kind: "zkq.undecodable".into(),
-        payload: data,
-        priority: 0,
-        attempt: 0,
-        max_attempts: 0,
-        lock_key: None,
-        partition_key: None,
-        timeout_ms: None,
-        enqueued_at_ms: now,
-        ready_at_ms: now,
-        headers: Default::default(),
-        errors: Vec::new(),
-    };
-    job.record_error(reason);
-    job
 }

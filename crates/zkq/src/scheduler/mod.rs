@@ -5,13 +5,18 @@
 //! [`Scheduler`] runs the same without taking jobs (scheduler-only mode). While leader, a
 //! candidate runs four services side by side:
 //!
-//! - **promotion** of due delayed and retry-waiting jobs ([`crate::promoter`]);
+//! - **promotion** of due delayed and retry-waiting jobs ([`promote`]);
 //! - **partition assignment** to live workers ([`crate::assignment`]);
-//! - **periodic jobs** from cron schedules, once per tick ([`crate::cron`]);
-//! - **trimming** of dead letters by count and age ([`crate::trim`]).
+//! - **periodic jobs** from cron schedules, once per tick ([`crate::periodic`]);
+//! - **trimming** of dead letters by count and age ([`trim`]).
 //!
 //! When the leadership is in doubt (connection lost) or a write finds a newer epoch, all four
 //! stop at once and the candidate campaigns again.
+
+mod cron;
+mod promote;
+pub(crate) mod service;
+mod trim;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,9 +30,10 @@ use crate::election::{Election, Leadership};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::producer::Producer;
-use crate::service::{self, Next, Passes};
 use crate::znode::{self, ZkConfig};
-use crate::{assignment, cron, promoter, queue, trim};
+use crate::{assignment, queue};
+
+use self::service::{Next, Passes};
 
 /// How the scheduler's services pace themselves. Every field has a default.
 #[derive(Debug, Clone)]
@@ -242,7 +248,7 @@ async fn promote_loop(
                 if stop.is_cancelled() {
                     break;
                 }
-                match promoter::promote_due(producer, &q, Some(leadership)).await {
+                match promote::promote_due(producer, &q, Some(leadership)).await {
                     Ok(_) => unreadable.served(&q),
                     Err(e) if queue::is_unreadable(&e) => unreadable.skip(&q, &e),
                     Err(e) if service::ends_service(&e) => return Err(e),
