@@ -25,15 +25,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use crate::codec::{self, Record};
-use crate::election::Leadership;
 use crate::error::{Error, Result};
-use crate::layout::Layout;
 use crate::queue;
+use crate::recipes::election::Leadership;
 use crate::registry::WorkerInfo;
 use crate::scheduler::service::{Next, Passes};
-use crate::txn::{NodeKind, Op};
-use crate::znode;
+use crate::store::codec::{self, Record};
+use crate::store::layout::Layout;
+use crate::store::txn::{NodeKind, Op};
+use crate::store::znode;
 
 /// The owners of one queue's partitions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@
 //!   The version check makes a double claim impossible (the winner's write bumps the version),
 //!   and counting the attempt at claim time makes crash loops count toward `max_attempts`.
 //! - **ack**: `delete(job, version)` + `delete(claim)`, group-committed with other attempts'
-//!   acks ([`crate::batcher`]).
+//!   acks ([`crate::store::batcher`]).
 //! - **retry**: `delete(job, version)` + `delete(claim)` + `create(delayed entry)`.
 //! - **dead**: `delete(job, version)` + `delete(claim)` + `create(dead/<id>)`.
 //! - **release** (shutdown before the attempt ended): `set_data(job, attempt - 1, version)` +
@@ -41,13 +41,13 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use zookeeper_client as zk;
 
-use crate::codec::{self, Record};
 use crate::error::{outcome_unknown, Error, Result};
 use crate::job::{now_ms, Job, JobId};
-use crate::layout::Layout;
 use crate::limits::MAX_REQUEST_BYTES;
-use crate::txn::{self, NodeKind, Op};
-use crate::znode;
+use crate::store::codec::{self, Record};
+use crate::store::layout::Layout;
+use crate::store::txn::{self, NodeKind, Op};
+use crate::store::znode;
 
 /// A ready job found by a scan, not yet claimed.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::znode::ZkConfig;
+use crate::store::znode::ZkConfig;
 
 /// Flags every zkq binary takes to reach ZooKeeper.
 #[derive(Debug, Clone, clap::Args)]

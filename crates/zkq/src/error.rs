@@ -75,11 +75,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// The path and cause of a write that lost a race ([`crate::txn::lost_race`]), if that is
+    /// The path and cause of a write that lost a race ([`crate::store::txn::lost_race`]), if that is
     /// what this error is.
     pub(crate) fn lost_race(&self) -> Option<(&str, &zk::Error)> {
         match self {
-            Error::Zk { path, source, .. } if crate::txn::lost_race(source) => Some((path, source)),
+            Error::Zk { path, source, .. } if crate::store::txn::lost_race(source) => Some((path, source)),
             _ => None,
         }
     }

@@ -8,7 +8,7 @@
 //! All of that needs the worker process to run. Under a watchdog
 //! ([`CommandHandler::with_watchdog`], what `zkq-worker` does), the command's group is also
 //! killed by a separate small process when the worker has not heard from ZooKeeper for
-//! [`crate::liveness::KILL_SHARE`] of its session timeout, frozen or not: before the server can
+//! [`crate::recipes::liveness::KILL_SHARE`] of its session timeout, frozen or not: before the server can
 //! expire the session and let another worker start the job's next attempt.
 
 use std::process::Stdio;
@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::handler::{Handler, HandlerFuture, JobContext, Outcome};
-use crate::liveness::KILL_SHARE;
-use crate::watchdog::{self, monotonic_ns, Watchdog};
+use crate::recipes::liveness::KILL_SHARE;
+use crate::recipes::watchdog::{self, monotonic_ns, Watchdog};
 
 /// Bytes of stderr kept for the error history.
 const STDERR_TAIL: usize = 2048;

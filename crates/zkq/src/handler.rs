@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use crate::job::Job;
-use crate::liveness::Liveness;
+use crate::recipes::liveness::Liveness;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

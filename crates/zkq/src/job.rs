@@ -8,13 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::codec::Record;
 use crate::error::{Error, Result};
-use crate::layout;
 use crate::limits::{
     MAX_DELAY, MAX_ERROR_HISTORY, MAX_ERROR_HISTORY_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_HEADERS_BYTES,
     MAX_KEY_BYTES, MAX_PAYLOAD_BYTES,
 };
+use crate::store::codec::Record;
+use crate::store::layout;
 
 /// A job's unique id (a random UUID), printed in its hyphenated form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,12 +147,12 @@ impl Job {
 
     /// Decodes a job record read from the znode at `path` (used in error messages).
     pub fn decode(path: &str, bytes: &[u8]) -> Result<Job> {
-        crate::codec::decode(path, bytes)
+        crate::store::codec::decode(path, bytes)
     }
 
     /// Encodes the record as stored in a job znode.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        crate::codec::encode(self)
+        crate::store::codec::encode(self)
     }
 
     /// Whether another attempt is allowed after the current one.
@@ -375,8 +375,8 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec;
     use crate::limits::MAX_RECORD_OVERHEAD_BYTES;
+    use crate::store::codec;
 
     #[test]
     fn job_round_trips_through_messagepack() {

@@ -23,76 +23,66 @@
 //! ```
 //!
 //! # Layout
-//! - [`job`]: the job record and [`NewJob`], what producers submit.
-//! - [`queue`]: queues and [`QueueConfig`], stored in the queue's znode.
-//! - [`layout`]: the znode paths and the naming rules.
-//! - [`codec`](crate::codec) (private): MessagePack records with a format version.
-//! - [`segment`](crate::segment) (private): bounded runs of job znodes, one writer each.
-//! - [`producer`]: [`Producer`], enqueue one or a batch (one `multi`).
-//! - [`claim`]: claim, ack, retry, dead letter, release: the versioned `multi`s.
-//! - [`fetch`](crate::fetch) (private): scanning for ready jobs, watches when idle.
-//! - [`promoter`]: moving due delayed jobs to their lanes.
-//! - [`scheduler`]: [`Scheduler`], the elected leader's services, fenced by its epoch.
-//! - [`assignment`]: balanced, sticky partition ownership, written by the leader.
-//! - [`cron`]: [`PeriodicJob`], cron schedules fired once per tick.
-//! - [`trim`](crate::trim) (private): dead letters removed by count and age.
-//! - [`handler`]: [`Handler`], [`JobContext`], [`Outcome`].
-//! - [`exec`]: [`CommandHandler`], a shell command per job in its own process group.
-//! - [`election`]: leader election with an epoch as fencing token.
-//! - [`singleton`]: batch-job master failover, [`singleton::SingletonRunner`].
-//! - [`watchdog`]: the dead man's switch that stops a command its frozen runner cannot stop.
-//! - [`registry`]: worker registration (ephemeral znodes).
-//! - [`worker`]: [`Worker`], the run loop, sessions and graceful shutdown.
-//! - [`retry`]: [`RetryPolicy`], exponential backoff with jitter.
-//! - [`telemetry`]: metric names.
-//! - [`error`]: [`Error`], infrastructure errors.
+//! The source tree, from the bottom layer up; each layer uses only those below it.
+//!
+//! | path | what it holds |
+//! |---|---|
+//! | `store/` | talking to ZooKeeper: sessions and [`ZkConfig`] (`znode`), the znode [`Layout`], MessagePack records (`codec`), transactions and the lost-race predicate (`txn`), group commit (`batcher`) |
+//! | `recipes/` | ZooKeeper recipes: waiting in line (`line`), [`Election`] with an epoch, [`Lock`] with fencing tokens, the session heartbeat ([`Liveness`]), the [`watchdog`] process |
+//! | `job`, `queue`, `limits` | the job record and [`NewJob`], [`QueueConfig`], every size and name limit |
+//! | `producer`, `segment`, `periodic` | [`Producer`]: placing jobs (ready, delayed, dead) in one `multi`; segments with one writer each; [`PeriodicJob`] records |
+//! | `claim` | the claim protocol and the reference for a job's state model |
+//! | `worker/` | [`Worker`]: `config`, `session` (registration to session end), `batch` (claims), `keys` (lock keys), `attempt`, `settle` (ack, retry, dead letter, release, reconciliation), `fetch/` (listing, watches, parking) |
+//! | `assignment`, `registry` | partition ownership (the leader's balancer and the workers following it); worker registration |
+//! | `scheduler/` | [`Scheduler`] and the elected leader's services on one loop (`service`): `promote`, `cron`, `trim`, plus `assignment` |
+//! | [`singleton`] | batch-job master failover |
+//! | `handler`, `exec`, `retry` | [`Handler`], [`JobContext`], [`Outcome`]; [`CommandHandler`]; [`RetryPolicy`] |
+//! | [`inspect`], [`limits`], [`telemetry`], `cli` | read-only views, limits and metric names for users; flags shared by the binaries |
+//!
+//! A job's path from enqueue to ack: `producer` (placement, `segment`) → `worker::fetch` (found
+//! by a listing or a lane watch, data read) → `worker::batch` with `claim` (claimed in a
+//! `multi`) → `worker::attempt` (the handler runs) → `worker::settle` (acked through
+//! `store::batcher`).
 
 mod assignment;
-mod batcher;
 mod claim;
 #[cfg(feature = "cli")]
 pub mod cli;
-mod codec;
-mod election;
 mod error;
 mod exec;
 mod handler;
 pub mod inspect;
 mod job;
-mod layout;
 pub mod limits;
-mod line;
-mod liveness;
-mod lock;
 mod periodic;
 mod producer;
 mod queue;
+mod recipes;
 mod registry;
 mod retry;
 mod scheduler;
 mod segment;
 pub mod singleton;
+mod store;
 pub mod telemetry;
-mod txn;
-pub mod watchdog;
 mod worker;
-mod znode;
 
-pub use election::{Election, Leadership};
 pub use error::{Error, Result};
 pub use exec::CommandHandler;
 pub use handler::{Fence, Handler, HandlerFuture, JobContext, Outcome};
 pub use job::{AttemptError, Job, JobId, NewJob};
-pub use layout::Layout;
-pub use liveness::Liveness;
-pub use lock::{Lock, LockGuard};
 pub use periodic::{CatchUp, PeriodicJob};
 pub use producer::Producer;
 pub use queue::QueueConfig;
+pub use recipes::election::{Election, Leadership};
+pub use recipes::liveness::Liveness;
+pub use recipes::lock::{Lock, LockGuard};
+pub use recipes::watchdog;
 pub use retry::RetryPolicy;
 pub use scheduler::{Scheduler, SchedulerConfig};
+pub use store::layout::Layout;
+pub use store::znode::ZkConfig;
 pub use worker::{Worker, WorkerConfig, WorkerSummary};
-pub use znode::ZkConfig;
 
 /// Re-export of the ZooKeeper client, for callers that share a session with zkq.
 pub use zookeeper_client;

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-pub use crate::layout::MAX_QUEUE_NAME;
-pub use crate::liveness::KILL_SHARE;
 pub use crate::periodic::MAX_CATCH_UP;
 pub use crate::queue::{MAX_PARTITIONS, MAX_PRIORITIES, MAX_SEGMENT_SIZE};
+pub use crate::recipes::liveness::KILL_SHARE;
+pub use crate::store::layout::MAX_QUEUE_NAME;
 
 /// Default limit on a job's payload. Queues can lower or raise it up to [`MAX_PAYLOAD_BYTES`].
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 512 * 1024;

@@ -36,13 +36,13 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 use zookeeper_client as zk;
 
-use crate::codec::{self, Record};
 use crate::error::{Error, Result};
 use crate::job::{now_ms, Job, JobId, NewJob};
-use crate::layout;
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::producer::Producer;
-use crate::znode;
+use crate::store::codec::{self, Record};
+use crate::store::layout;
+use crate::store::znode;
 
 /// Most missed ticks fired in one pass under [`CatchUp::All`].
 pub const MAX_CATCH_UP: usize = 100;

@@ -12,16 +12,16 @@ use std::sync::Mutex;
 use tracing::{debug, instrument};
 use zookeeper_client as zk;
 
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, NewJob};
-use crate::layout::{self, Layout};
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::queue::{self, QueueConfig};
 use crate::segment::{LaneKey, Segments};
+use crate::store::codec;
+use crate::store::layout::{self, Layout};
+use crate::store::txn::{self, NodeKind, Op};
+use crate::store::znode::{ZkConfig, PERSISTENT};
 use crate::telemetry;
-use crate::txn::{self, NodeKind, Op};
-use crate::znode::{ZkConfig, PERSISTENT};
 
 /// How often a `multi` is retried into fresh segments when a segment vanished under it.
 const SEGMENT_RETRIES: usize = 5;

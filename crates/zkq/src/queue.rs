@@ -10,12 +10,12 @@ use std::collections::HashSet;
 use tracing::{info, warn};
 use zookeeper_client as zk;
 
-use crate::codec::{self, Record};
 use crate::error::{Error, Result};
-use crate::layout::{self, Layout};
 use crate::limits::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES};
 use crate::retry::RetryPolicy;
-use crate::znode::{self, PERSISTENT};
+use crate::store::codec::{self, Record};
+use crate::store::layout::{self, Layout};
+use crate::store::znode::{self, PERSISTENT};
 
 /// Most partitions a queue may have.
 pub const MAX_PARTITIONS: u32 = 1024;

@@ -6,11 +6,11 @@
 use serde::{Deserialize, Serialize};
 use zookeeper_client as zk;
 
-use crate::codec::{self, Record};
 use crate::error::{outcome_unknown, Error, Result};
 use crate::job::now_ms;
-use crate::layout::Layout;
-use crate::znode::{self, EPHEMERAL};
+use crate::store::codec::{self, Record};
+use crate::store::layout::Layout;
+use crate::store::znode::{self, EPHEMERAL};
 
 /// What a worker says about itself in its registration node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,9 +26,9 @@ use std::collections::HashMap;
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
-use crate::layout::{Layout, OPEN_MARKER};
-use crate::txn::{NodeKind, Op};
-use crate::znode::PERSISTENT_SEQUENTIAL;
+use crate::store::layout::{Layout, OPEN_MARKER};
+use crate::store::txn::{NodeKind, Op};
+use crate::store::znode::PERSISTENT_SEQUENTIAL;
 
 /// Where a job lands: queue, partition and lane.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

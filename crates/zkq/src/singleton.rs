@@ -2,7 +2,7 @@
 //! deposed master has stopped.
 //!
 //! Candidates elect a master under `<root>/singletons/<name>` with the same election as the
-//! scheduler ([`crate::election`]): a master's fencing token is the epoch it holds, so writes it
+//! scheduler ([`crate::Election`]): a master's fencing token is the epoch it holds, so writes it
 //! guards with `check(epoch_path, token)` fail once another master took over. In-process users
 //! take [`election`] and guard their writes with the [`Leadership`] it returns.
 //!
@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use zookeeper_client as zk;
 
-use crate::election::{Election, Leadership};
 use crate::error::{Error, Result};
-use crate::layout::{self, Layout};
-use crate::watchdog::{monotonic_ns, Watchdog};
-use crate::znode::{self, ZkConfig};
+use crate::recipes::election::{Election, Leadership};
+use crate::recipes::watchdog::{monotonic_ns, Watchdog};
+use crate::store::layout::{self, Layout};
+use crate::store::znode::{self, ZkConfig};
 
 /// The election for singleton `name` under `layout`, for a candidate named `candidate`.
 ///
@@ -272,7 +272,7 @@ impl SingletonRunner {
             Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "cannot start the command");
-                return RunEnd::Exited(crate::watchdog::CANNOT_START);
+                return RunEnd::Exited(crate::recipes::watchdog::CANNOT_START);
             }
         };
         info!(token, program = %self.program, pid = watchdog.id(), "command started");

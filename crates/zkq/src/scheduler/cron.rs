@@ -6,13 +6,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::codec;
-use crate::election::Leadership;
 use crate::error::Result;
 use crate::job::{now_ms, Job};
 use crate::periodic::{read_all, tick_batches, PeriodicJob};
 use crate::producer::{Placement, Producer};
-use crate::txn::Op;
+use crate::recipes::election::Leadership;
+use crate::store::codec;
+use crate::store::txn::Op;
 
 use super::service::{self, Next, Passes};
 

@@ -26,11 +26,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::election::{Election, Leadership};
 use crate::error::{Error, Result};
-use crate::layout::Layout;
 use crate::producer::Producer;
-use crate::znode::{self, ZkConfig};
+use crate::recipes::election::{Election, Leadership};
+use crate::store::layout::Layout;
+use crate::store::znode::{self, ZkConfig};
 use crate::{assignment, queue};
 
 use self::service::{Next, Passes};
@@ -100,7 +100,7 @@ impl Scheduler {
             let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));
             let election = Election::new(client.clone(), self.layout.scheduler(), self.id.clone());
             let stop = CancellationToken::new();
-            let served = run(producer, election, self.config.clone(), stop.clone());
+            let served = stand(producer, election, self.config.clone(), stop.clone());
             tokio::pin!(served);
             tokio::select! {
                 _ = &mut shutdown => {
@@ -118,7 +118,7 @@ impl Scheduler {
 
 /// Campaigns and serves as scheduler until `stop` is cancelled (then resigns) or the session
 /// ends.
-pub(crate) async fn run(
+pub(crate) async fn stand(
     producer: Arc<Producer>,
     election: Election,
     config: SchedulerConfig,

@@ -9,17 +9,17 @@
 use tracing::{debug, warn};
 use zookeeper_client as zk;
 
-use crate::codec;
-use crate::election::Leadership;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, Job};
-use crate::layout::{self, DELAYED_BUCKET_MS};
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::producer::{Placement, Producer};
 use crate::queue::QueueConfig;
+use crate::recipes::election::Leadership;
+use crate::store::codec;
+use crate::store::layout::{self, DELAYED_BUCKET_MS};
+use crate::store::txn::Op;
+use crate::store::znode;
 use crate::telemetry;
-use crate::txn::Op;
-use crate::znode;
 
 /// Most entries moved in one `multi`.
 const PROMOTE_BATCH: usize = 100;

@@ -14,13 +14,13 @@ use tracing::info;
 use zookeeper_client as zk;
 
 use crate::claim;
-use crate::election::Leadership;
 use crate::error::{Error, Result};
 use crate::job::now_ms;
-use crate::layout::Layout;
 use crate::queue::{self, QueueConfig};
+use crate::recipes::election::Leadership;
+use crate::store::layout::Layout;
+use crate::store::txn::Op;
 use crate::telemetry;
-use crate::txn::Op;
 
 use super::service::{Next, Passes};
 

@@ -11,11 +11,11 @@ use tracing::{info_span, warn, Instrument};
 use crate::claim::Claimed;
 
 use crate::handler::{Fence, JobContext, Outcome};
-use crate::liveness::Liveness;
+use crate::recipes::liveness::Liveness;
 use crate::telemetry;
 
 use super::session::Session;
-use super::settle::{Settle, Settled};
+use super::settle::{AttemptEnd, Settled};
 use super::Worker;
 
 impl Worker {
@@ -25,7 +25,7 @@ impl Worker {
         session: &Session,
         claimed: Claimed,
         abort: CancellationToken,
-    ) -> Settle {
+    ) -> AttemptEnd {
         let Session {
             client,
             lost: session_lost,
@@ -59,11 +59,11 @@ impl Worker {
                 stop: stop.clone(),
             },
         };
-        let mut fence = session.liveness.clone();
-        if fence.is_fenced() {
+        let mut liveness = session.liveness.clone();
+        if liveness.is_fenced() {
             // Claimed while ZooKeeper was still answering, but it has not for too long since:
             // do not start what would have to be stopped at once.
-            return self.release_when_heard(session, &claimed, &mut fence).await;
+            return self.release_when_heard(session, &claimed, &mut liveness).await;
         }
         let started = Instant::now();
         let mut attempt = AssertUnwindSafe(handler.run(ctx))
@@ -75,7 +75,7 @@ impl Worker {
             _ = tokio::time::sleep(timeout) => { interrupted = Some(Interrupt::Timeout); None }
             _ = abort.cancelled() => { interrupted = Some(Interrupt::Shutdown); None }
             _ = session_lost.cancelled() => { interrupted = Some(Interrupt::SessionLost); None }
-            _ = fence.fenced() => { interrupted = Some(Interrupt::Fenced); None }
+            _ = liveness.fenced() => { interrupted = Some(Interrupt::Fenced); None }
         };
         let outcome = match (result, interrupted) {
             (Some(Ok(outcome)), _) => outcome,
@@ -90,18 +90,18 @@ impl Worker {
                     Some(Interrupt::Timeout) => Outcome::retry(format!("timed out after {timeout:?}")),
                     Some(Interrupt::Shutdown) => {
                         return match super::settle::release(client, &claimed).await {
-                            Ok(Settled::Committed) => Settle::Released,
-                            _ => Settle::Lost,
+                            Ok(Settled::Committed) => AttemptEnd::Released,
+                            _ => AttemptEnd::Lost,
                         };
                     }
                     Some(Interrupt::Fenced) => {
                         warn!("no reply from ZooKeeper for too long: attempt stopped");
-                        return self.release_when_heard(session, &claimed, &mut fence).await;
+                        return self.release_when_heard(session, &claimed, &mut liveness).await;
                     }
                     _ => {
                         metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string())
                             .increment(1);
-                        return Settle::Lost;
+                        return AttemptEnd::Lost;
                     }
                 }
             }
@@ -117,19 +117,19 @@ impl Worker {
         &self,
         session: &Session,
         claimed: &Claimed,
-        fence: &mut Liveness,
-    ) -> Settle {
+        liveness: &mut Liveness,
+    ) -> AttemptEnd {
         tokio::select! {
-            _ = fence.cleared() => {}
+            _ = liveness.cleared() => {}
             _ = session.lost.cancelled() => {}
         }
         if !session.lost.is_cancelled() {
             if let Ok(Settled::Committed) = super::settle::release(&session.client, claimed).await {
-                return Settle::Released;
+                return AttemptEnd::Released;
             }
         }
         metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string()).increment(1);
-        Settle::Lost
+        AttemptEnd::Lost
     }
 }
 

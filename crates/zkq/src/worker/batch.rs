@@ -13,12 +13,12 @@ use zookeeper_client as zk;
 use crate::claim::{self, Candidate, Claimed};
 
 use crate::job::now_ms;
+use crate::store::txn::Op;
 use crate::telemetry;
-use crate::txn::Op;
 
 use super::fetch::Found;
 use super::session::Session;
-use super::settle::{Settle, Settled};
+use super::settle::{AttemptEnd, Settled};
 use super::Worker;
 
 /// Claims won by one batch, and the slots taken for the whole batch.
@@ -84,7 +84,7 @@ impl Worker {
         slots: OwnedSemaphorePermit,
         turn: OwnedSemaphorePermit,
         stopping: CancellationToken,
-    ) -> Vec<Settle> {
+    ) -> Vec<AttemptEnd> {
         let (found, mut holds) = self.take_keys(&session, found).await;
         let mut claims = self.claim_all(session.client.clone(), found, slots).await;
         if claims.won.is_empty() && claims.failures > 0 {
@@ -93,15 +93,15 @@ impl Worker {
         }
         drop(turn);
         if session.lost.is_cancelled() {
-            return claims.won.iter().map(|_| Settle::Lost).collect();
+            return claims.won.iter().map(|_| AttemptEnd::Lost).collect();
         }
         if stopping.is_cancelled() {
             // Claimed while shutting down: put them back unstarted.
             let mut settles = Vec::new();
             for claimed in &claims.won {
                 settles.push(match super::settle::release(&session.client, claimed).await {
-                    Ok(Settled::Committed) => Settle::Released,
-                    _ => Settle::Lost,
+                    Ok(Settled::Committed) => AttemptEnd::Released,
+                    _ => AttemptEnd::Lost,
                 });
             }
             return settles;
@@ -133,7 +133,7 @@ impl Worker {
         drop(holds);
         let mut settles = Vec::with_capacity(attempts.len());
         while let Some(done) = attempts.join_next().await {
-            settles.push(done.unwrap_or(Settle::Lost));
+            settles.push(done.unwrap_or(AttemptEnd::Lost));
         }
         settles
     }

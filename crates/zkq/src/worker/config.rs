@@ -33,7 +33,7 @@ pub struct WorkerConfig {
     pub default_queue_config: QueueConfig,
     /// Share of the session timeout without a reply from ZooKeeper after which the worker
     /// stops claiming and stops its running attempts (self-fencing). Between 0.1 and 0.75, below
-    /// the watchdog's [`liveness::KILL_SHARE`]. Defaults to 0.6.
+    /// the watchdog's [`crate::limits::KILL_SHARE`]. Defaults to 0.6.
     pub fence_share: f64,
 }
 

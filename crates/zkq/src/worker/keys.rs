@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::job::JobId;
-use crate::lock::{Lock, LockGuard};
+use crate::recipes::lock::{Lock, LockGuard};
 use crate::worker::fetch::Found;
 
 use super::session::Session;

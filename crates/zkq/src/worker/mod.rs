@@ -13,7 +13,7 @@
 //! session. Either session ending ends both.
 //!
 //! # Self-fencing
-//! A heartbeat ([`crate::liveness`]) tells how long the session is surely alive. A worker that
+//! A heartbeat ([`crate::recipes::liveness`]) tells how long the session is surely alive. A worker that
 //! has gone [`WorkerConfig::fence_share`] of its session timeout without a reply from ZooKeeper
 //! (cut off, or its server gone) stops claiming and stops its running attempts, before the
 //! server could expire the session and hand the jobs to another worker. When a reply comes
@@ -23,7 +23,7 @@
 //!
 //! # Lock keys
 //! A job with a lock key is claimed only while this worker's session holds the key's lock
-//! ([`crate::lock`]), taken with a try-lock right before the claim. A busy key sends the job
+//! ([`crate::recipes::lock`]), taken with a try-lock right before the claim. A busy key sends the job
 //! back to the fetcher unclaimed, where it waits (holding no slot) until the key's holder node
 //! goes; other jobs keep flowing. The lock is released only after the attempt has stopped and
 //! settled, and every settle step checks the lock node, so attempts of one key never overlap,
@@ -56,8 +56,8 @@ use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 use crate::handler::Handler;
-use crate::layout::Layout;
-use crate::znode::ZkConfig;
+use crate::store::layout::Layout;
+use crate::store::znode::ZkConfig;
 
 use self::session::SessionEnd;
 
@@ -109,7 +109,7 @@ impl Worker {
             return Err(Error::InvalidConfig("a worker needs at least one queue".into()));
         }
         for q in &config.queues {
-            crate::layout::validate_queue_name(q)?;
+            crate::store::layout::validate_queue_name(q)?;
         }
         if config.concurrency == 0 {
             return Err(Error::InvalidConfig("concurrency must be at least 1".into()));
@@ -132,7 +132,7 @@ impl Worker {
 
     /// Runs jobs of `kind` with `handler`.
     pub fn handle(mut self, kind: &str, handler: impl Handler) -> Result<Worker> {
-        crate::layout::validate_kind(kind)?;
+        crate::store::layout::validate_kind(kind)?;
         self.handlers.insert(kind.to_string(), Arc::new(handler));
         Ok(self)
     }

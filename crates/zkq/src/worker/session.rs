@@ -11,19 +11,19 @@ use tracing::{error, info, warn};
 use zookeeper_client as zk;
 
 use crate::assignment;
-use crate::batcher::Batcher;
-use crate::election::Election;
 use crate::error::Result;
-use crate::liveness::{self, Liveness};
 use crate::producer::Producer;
 use crate::queue;
+use crate::recipes::election::Election;
+use crate::recipes::liveness::{self, Liveness};
 use crate::registry::{self, WorkerInfo};
 use crate::scheduler;
+use crate::store::batcher::Batcher;
+use crate::store::znode;
 use crate::worker::fetch::{Fetcher, Parking};
-use crate::znode;
 
 use super::keys::Keys;
-use super::settle::Settle;
+use super::settle::AttemptEnd;
 use super::{Worker, WorkerSummary, CLAIMS_IN_FLIGHT, STOP_MARGIN};
 
 /// What an attempt needs from the session it runs in.
@@ -93,7 +93,7 @@ impl Worker {
         let scheduler_stop = CancellationToken::new();
         if self.config.scheduler {
             let election = Election::new(client.clone(), self.layout.scheduler(), self.config.id.clone());
-            background.spawn(scheduler::run(
+            background.spawn(scheduler::stand(
                 producer.clone(),
                 election,
                 self.config.scheduling.clone(),
@@ -102,7 +102,7 @@ impl Worker {
         }
 
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
-        let mut running: JoinSet<Vec<Settle>> = JoinSet::new();
+        let mut running: JoinSet<Vec<AttemptEnd>> = JoinSet::new();
         let abort_running = CancellationToken::new();
         // Partitions this worker owns; every partition until the scheduler says otherwise.
         let (owned_tx, owned) = watch::channel(assignment::Owned::new());
@@ -127,7 +127,7 @@ impl Worker {
             parking: fetcher.parking(),
             keys: Keys::default(),
         };
-        let mut fence = liveness.clone();
+        let mut liveness = liveness.clone();
         // Claim batches in flight: scans go on while earlier claims wait for their commit.
         let claim_turns = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
         let batch = (self.config.concurrency / 8).max(1);
@@ -141,12 +141,12 @@ impl Worker {
             if session_lost.is_cancelled() {
                 break SessionEnd::Lost;
             }
-            if fence.is_fenced() {
+            if liveness.is_fenced() {
                 warn!(worker = %self.config.id, "no reply from ZooKeeper for too long: fenced, not claiming");
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     _ = session_lost.cancelled() => {}
-                    _ = fence.cleared() => info!("ZooKeeper answers again: fence lifted"),
+                    _ = liveness.cleared() => info!("ZooKeeper answers again: fence lifted"),
                     Some(done) = running.join_next() => tally(summary, done),
                 }
                 continue;
@@ -249,7 +249,7 @@ impl Worker {
 /// Waits up to `within` for the running attempts to end, counting them. Returns whether all of
 /// them ended.
 pub(super) async fn join_within(
-    running: &mut JoinSet<Vec<Settle>>,
+    running: &mut JoinSet<Vec<AttemptEnd>>,
     summary: &mut WorkerSummary,
     within: Duration,
 ) -> bool {
@@ -269,7 +269,7 @@ pub(super) async fn join_within(
 /// is killed), so that a worker always stops in bounded time, whatever its session is doing;
 /// their claims go with the session.
 pub(super) async fn drain_within(
-    running: &mut JoinSet<Vec<Settle>>,
+    running: &mut JoinSet<Vec<AttemptEnd>>,
     summary: &mut WorkerSummary,
     within: Duration,
 ) {
@@ -288,15 +288,15 @@ pub(super) async fn drain_within(
 
 pub(super) fn tally(
     summary: &mut WorkerSummary,
-    done: std::result::Result<Vec<Settle>, tokio::task::JoinError>,
+    done: std::result::Result<Vec<AttemptEnd>, tokio::task::JoinError>,
 ) {
-    for settle in done.unwrap_or_else(|_| vec![Settle::Lost]) {
+    for settle in done.unwrap_or_else(|_| vec![AttemptEnd::Lost]) {
         match settle {
-            Settle::Done => summary.done += 1,
-            Settle::Retried => summary.retried += 1,
-            Settle::Dead => summary.dead += 1,
-            Settle::Released => summary.released += 1,
-            Settle::Lost => summary.lost += 1,
+            AttemptEnd::Done => summary.done += 1,
+            AttemptEnd::Retried => summary.retried += 1,
+            AttemptEnd::Dead => summary.dead += 1,
+            AttemptEnd::Released => summary.released += 1,
+            AttemptEnd::Lost => summary.lost += 1,
         }
     }
 }
@@ -305,7 +305,7 @@ pub(super) fn tally(
 pub(super) async fn watch_session(client: zk::Client, lost: CancellationToken) {
     let mut states = client.state_watcher();
     drop(client);
-    let ended = crate::line::session_ended(&mut states).await;
+    let ended = crate::recipes::line::session_ended(&mut states).await;
     warn!(state = ?states.peek_state(), error = %ended, "ZooKeeper session ended");
     lost.cancel();
 }

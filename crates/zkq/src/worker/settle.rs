@@ -6,20 +6,20 @@ use tracing::{debug, error, info, instrument, warn};
 use zookeeper_client as zk;
 
 use crate::claim::{self, Claimed};
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::handler::Outcome;
 use crate::job::now_ms;
 use crate::producer::Placement;
+use crate::store::codec;
+use crate::store::txn::{self, Op};
 use crate::telemetry;
-use crate::txn::{self, Op};
 
 use super::session::Session;
 use super::Worker;
 
 /// How one attempt ended, for the summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Settle {
+pub(super) enum AttemptEnd {
     Done,
     Retried,
     Dead,
@@ -33,11 +33,11 @@ impl Worker {
     /// committed, the attempt is settled; if not, it is sent again, until it lands or the session
     /// ends. A claim left standing would hold the job for the rest of the session.
     #[instrument(name = "settle", skip_all)]
-    pub(super) async fn settle(&self, session: &Session, claimed: &Claimed, outcome: Outcome) -> Settle {
+    pub(super) async fn settle(&self, session: &Session, claimed: &Claimed, outcome: Outcome) -> AttemptEnd {
         let intended = match &outcome {
-            Outcome::Done => Settle::Done,
-            Outcome::Retry { .. } if claimed.job.has_attempts_left() => Settle::Retried,
-            _ => Settle::Dead,
+            Outcome::Done => AttemptEnd::Done,
+            Outcome::Retry { .. } if claimed.job.has_attempts_left() => AttemptEnd::Retried,
+            _ => AttemptEnd::Dead,
         };
         loop {
             match self
@@ -65,8 +65,8 @@ impl Worker {
         session: &Session,
         claimed: &Claimed,
         outcome: Outcome,
-        intended: Settle,
-    ) -> Result<Settle> {
+        intended: AttemptEnd,
+    ) -> Result<AttemptEnd> {
         let Session {
             client,
             producer,
@@ -80,11 +80,13 @@ impl Worker {
                 let ops = claimed.remove_ops();
                 match acks.commit(ops.clone()).await {
                     Ok(()) => Ok(Settled::Committed),
-                    Err(e) if crate::txn::lost_race(&e.source) => Ok(Settled::lost(e.index, &e.source)),
+                    Err(e) if crate::store::txn::lost_race(&e.source) => {
+                        Ok(Settled::lost(e.index, &e.source))
+                    }
                     Err(e) => Err(e.into_error("ack", &ops)),
                 }
             }
-            (Outcome::Retry { error, after }, Settle::Retried) => {
+            (Outcome::Retry { error, after }, AttemptEnd::Retried) => {
                 job.record_error(&error);
                 let config = producer.config(&queue).await?;
                 let delay = after.unwrap_or_else(|| config.retry.delay(job.attempt));
@@ -123,21 +125,21 @@ impl Worker {
             Settled::ClaimLost => {
                 warn!("claim lost before the attempt settled (its session ended, or the job was claimed again): nothing written; the job runs again");
                 metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
-                Ok(Settle::Lost)
+                Ok(AttemptEnd::Lost)
             }
             Settled::JobGone => {
                 warn!("the job is gone (settled elsewhere after this claim was lost, or removed): nothing written");
                 metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
-                Ok(Settle::Lost)
+                Ok(AttemptEnd::Lost)
             }
         }
     }
 
     /// Counts an attempt whose outcome committed.
-    pub(super) fn settled(&self, claimed: &Claimed, settle: Settle) -> Settle {
+    pub(super) fn settled(&self, claimed: &Claimed, settle: AttemptEnd) -> AttemptEnd {
         let metric = match settle {
-            Settle::Done => telemetry::DONE,
-            Settle::Retried => telemetry::RETRIED,
+            AttemptEnd::Done => telemetry::DONE,
+            AttemptEnd::Retried => telemetry::RETRIED,
             _ => telemetry::DEAD,
         };
         metrics::counter!(metric, "queue" => claimed.queue().to_string()).increment(1);
@@ -145,10 +147,10 @@ impl Worker {
         settle
     }
 
-    pub(super) fn settle_failed(&self, claimed: &Claimed, e: Error) -> Settle {
+    pub(super) fn settle_failed(&self, claimed: &Claimed, e: Error) -> AttemptEnd {
         // The claim stays until the session ends; the job then runs again (at-least-once).
         error!(id = %claimed.job.id, error = %e, "cannot settle attempt");
-        Settle::Lost
+        AttemptEnd::Lost
     }
 }
 

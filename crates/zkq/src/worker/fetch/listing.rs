@@ -7,11 +7,11 @@ use std::sync::Arc;
 use zookeeper_client as zk;
 
 use crate::claim::{self, Candidate, Held};
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::queue::QueueConfig;
-use crate::znode;
+use crate::store::codec;
+use crate::store::znode;
 
 use super::watches::{forward, Wakes};
 use super::{AbortOnDrop, Fetcher, Found, LaneId};

@@ -46,8 +46,8 @@ use crate::assignment::Owned;
 use crate::claim::{Candidate, Holding};
 use crate::error::Result;
 use crate::job::Job;
-use crate::layout::Layout;
 use crate::queue::QueueConfig;
+use crate::store::layout::Layout;
 
 use self::parking::Parked;
 use self::watches::WatchFuture;

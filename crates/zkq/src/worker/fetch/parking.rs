@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use zookeeper_client as zk;
 
 use crate::claim::Candidate;
-use crate::line;
+use crate::recipes::line;
 
 use super::{AbortOnDrop, Fetcher, LaneEvent, LaneId};
 

@@ -10,7 +10,7 @@
 //!  held ──connection in doubt, or node gone──► lost
 //! ```
 //!
-//! Each waiter watches only its predecessor ([`crate::line`]), so a release wakes exactly one
+//! Each waiter watches only its predecessor ([`crate::recipes::line`]), so a release wakes exactly one
 //! process, however many wait (no herd effect). Each node name carries an id of its own, so
 //! several waiters of one session (two jobs with the same key on one worker) never mistake each
 //! other's nodes, and a create whose reply was lost with the connection is found again rather
@@ -42,12 +42,10 @@ use tracing::debug;
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
-use crate::layout::Layout;
-use crate::line::{self, Place, Waited};
-use crate::znode::{self, EPHEMERAL_SEQUENTIAL};
-
-/// Longest lock key, in bytes.
-pub const MAX_KEY: usize = 256;
+use crate::limits::MAX_KEY_BYTES;
+use crate::recipes::line::{self, Place, Waited};
+use crate::store::layout::Layout;
+use crate::store::znode::{self, EPHEMERAL_SEQUENTIAL};
 
 const CONTAINER: zk::CreateOptions<'static> = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
 
@@ -80,9 +78,9 @@ impl Lock {
     /// lock node for operators (a worker id, a host name).
     ///
     /// # Errors
-    /// [`Error::InvalidName`] for an empty key or one over [`MAX_KEY`] bytes.
+    /// [`Error::InvalidName`] for an empty key or one over [`MAX_KEY_BYTES`](crate::limits::MAX_KEY_BYTES) bytes.
     pub fn new(client: zk::Client, layout: &Layout, key: &str, holder: &str) -> Result<Lock> {
-        if key.is_empty() || key.len() > MAX_KEY {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(Error::InvalidName {
                 what: "lock key",
                 name: key.to_string(),

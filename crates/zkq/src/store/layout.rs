@@ -140,7 +140,7 @@ impl Layout {
         format!("{}/singletons/{name}", self.root)
     }
 
-    /// Locks, one CONTAINER child per key in use, see [`crate::lock`].
+    /// Locks, one CONTAINER child per key in use, see [`crate::Lock`].
     pub fn locks(&self) -> String {
         format!("{}/locks", self.root)
     }

@@ -10,7 +10,7 @@ use zookeeper_client as zk;
 
 use crate::error::Error;
 
-use crate::znode::{EPHEMERAL, PERSISTENT, PERSISTENT_SEQUENTIAL};
+use crate::store::znode::{EPHEMERAL, PERSISTENT, PERSISTENT_SEQUENTIAL};
 
 /// What kind of znode a create makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

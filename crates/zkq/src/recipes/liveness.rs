@@ -11,7 +11,7 @@
 //!   jobs. The fence lifts when a reply comes again (the session survived).
 //! - **kill** at `T + KILL_SHARE x timeout`: the deadline handed to a command's watchdog, a
 //!   separate process that stops the command even when the worker itself is frozen and cannot
-//!   fence ([`crate::watchdog`]).
+//!   fence ([`crate::recipes::watchdog`]).
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds, the clock the watchdog shares.
 
@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zookeeper_client as zk;
 
-use crate::watchdog::monotonic_ns;
+use crate::recipes::watchdog::monotonic_ns;
 
 /// Share of the session timeout after the last answered probe at which a command's watchdog
 /// kills it: a fifth of the timeout is left as margin before the server can expire the session.

@@ -33,9 +33,9 @@ use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
-use crate::line::{self, Place, Waited};
-use crate::txn::{self, Op};
-use crate::znode::{self, EPHEMERAL_SEQUENTIAL};
+use crate::recipes::line::{self, Place, Waited};
+use crate::store::txn::{self, Op};
+use crate::store::znode::{self, EPHEMERAL_SEQUENTIAL};
 
 /// A candidate in one election, identified by the directory it runs under.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use zookeeper_client as zk;
 
 use crate::limits::MAX_REQUEST_BYTES;
-use crate::txn::{self, Op, TxnError};
+use crate::store::txn::{self, Op, TxnError};
 
 /// Most operations in one `multi`.
 const MAX_OPS: usize = 512;
@@ -142,5 +142,5 @@ async fn commit_batch(client: &zk::Client, mut batch: Vec<Group>) {
 
 /// Failures that belong to one operation's own state, not to the request or the session.
 fn is_conflict(e: &zk::Error) -> bool {
-    crate::txn::lost_race(e) || matches!(e, zk::Error::NodeExists | zk::Error::NotEmpty)
+    crate::store::txn::lost_race(e) || matches!(e, zk::Error::NodeExists | zk::Error::NotEmpty)
 }

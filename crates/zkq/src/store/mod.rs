@@ -1,0 +1,9 @@
+//! The store layer: how zkq talks to ZooKeeper. Sessions and [`ZkConfig`](znode::ZkConfig),
+//! the znode layout, MessagePack records, transactions (`multi`) with their error attribution
+//! and the lost-race predicate, and group commit. Nothing here knows what a job's life is.
+
+pub(crate) mod batcher;
+pub(crate) mod codec;
+pub mod layout;
+pub(crate) mod txn;
+pub mod znode;
