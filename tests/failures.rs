@@ -77,11 +77,22 @@ async fn graceful_shutdown_finishes_running_jobs_and_loses_none() {
     for _ in 0..4 {
         running.push(within(started.recv()).await.unwrap());
     }
+    // The worker stands for scheduler election; it gives up its candidacy once its claim loop
+    // has ended on shutdown. Only then are the running jobs let go, so that none of the slots
+    // they free can start another job.
+    let client = env.client().await;
+    let candidates = format!("{}/scheduler/candidates", env.root);
+    let candidacy = |present: bool| {
+        let (client, candidates) = (&client, &candidates);
+        async move {
+            while client.list_children(candidates).await.unwrap_or_default().is_empty() == present {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    within(candidacy(true)).await;
     stop.send(()).unwrap();
-    // Give the worker a moment to act on the shutdown before the running jobs are released
-    // (an ordering aid only: the assertions below hold whatever this delay is, except that a
-    // worker that had not yet seen the shutdown would start more jobs and finish them too).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    within(candidacy(false)).await;
     go.add_permits(100);
     let summary = within(handle).await.unwrap().unwrap();
     assert_eq!(summary.done, 4, "{summary:?}");
@@ -95,7 +106,6 @@ async fn graceful_shutdown_finishes_running_jobs_and_loses_none() {
     assert!(started.try_recv().is_err(), "no job started after shutdown began");
 
     // Nothing lost: the other 16 are still ready, and a new worker runs them once each.
-    let client = env.client().await;
     assert_eq!(count_ready(&client, &env.root, "q").await, 16);
     let (handler, mut runs) = recording(|_| Outcome::Done);
     let (stop, _h) = spawn_worker(
