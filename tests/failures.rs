@@ -85,7 +85,13 @@ async fn graceful_shutdown_finishes_running_jobs_and_loses_none() {
     let candidacy = |present: bool| {
         let (client, candidates) = (&client, &candidates);
         async move {
-            while client.list_children(candidates).await.unwrap_or_default().is_empty() == present {
+            while client
+                .list_children(candidates)
+                .await
+                .unwrap_or_default()
+                .is_empty()
+                == present
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

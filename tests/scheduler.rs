@@ -42,6 +42,45 @@ async fn converged(client: &zk::Client, env: &Env, workers: &[&str]) -> Assignme
     .await
 }
 
+/// Waits until the workers follow `assignment`: one job per partition, enqueued in rounds until
+/// a whole round ran on the partitions' owners.
+async fn followed(
+    producer: &zkq::Producer,
+    runs: &mut tokio::sync::mpsc::UnboundedReceiver<zkq_tests::Run>,
+    assignment: &Assignment,
+) {
+    // A key for each partition.
+    let mut probes: Vec<Option<String>> = vec![None; PARTITIONS as usize];
+    for n in 0.. {
+        let key = format!("probe-{n}");
+        let slot = &mut probes[partition_of_key(&key, PARTITIONS) as usize];
+        slot.get_or_insert(key);
+        if probes.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let probes: Vec<String> = probes.into_iter().flatten().collect();
+    within(async {
+        loop {
+            for key in &probes {
+                producer
+                    .enqueue("q", NewJob::new("k", key.clone()).partition_key(key.clone()))
+                    .await
+                    .unwrap();
+            }
+            let round = take(runs, probes.len()).await;
+            let on_owner = |run: &zkq_tests::Run| {
+                let partition = partition_of_key(&run.text(), PARTITIONS) as usize;
+                assignment.owners[partition].as_deref() == Some(run.worker.as_str())
+            };
+            if round.iter().all(on_owner) {
+                return;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_assignment_converges_and_workers_follow_it() {
     let ensemble = zkq_testkit::Ensemble::quorum(3).unwrap();
@@ -72,9 +111,10 @@ async fn partition_assignment_converges_and_workers_follow_it() {
     sizes.sort();
     assert_eq!(sizes, vec![2, 3, 3]);
 
-    // Workers take jobs only from the partitions they own. The record is in ZooKeeper; give
-    // the workers' watches a moment to deliver it (they scanned every partition before).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Workers take jobs only from the partitions they own. The record is in ZooKeeper, and the
+    // workers follow it once their watch delivers it (they scanned every partition before):
+    // wait until a job in each partition runs on its owner, then check 40 more.
+    followed(&producer, &mut runs, &first).await;
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
     for key in &keys {
         producer
