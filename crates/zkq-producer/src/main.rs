@@ -195,6 +195,34 @@ struct CreateQueueArgs {
     dead_max_age: Duration,
 }
 
+/// Why a command failed. Each prints as `error: ` and its message; the exit status is 1.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// zkq or ZooKeeper refused or failed; its own message names the category (invalid job,
+    /// invalid configuration, unreachable, outcome unknown, ...).
+    #[error(transparent)]
+    Zkq(#[from] zkq::Error),
+    /// The input cannot be used (a file, stdin, a payload); nothing was sent.
+    #[error("{0}")]
+    Input(String),
+    /// A command-line value names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A job of a file is refused by the queue; nothing was sent.
+    #[error("job {line} of {file}: {source}; nothing was enqueued")]
+    Refused {
+        line: usize,
+        file: String,
+        source: zkq::Error,
+    },
+    /// Part of a file went in before a failure: the failure, and what is known of the rest.
+    #[error("{source}\n{report}")]
+    Partial { source: zkq::Error, report: String },
+    /// The results could not be written.
+    #[error("cannot write to stdout: {0}")]
+    Output(#[from] std::io::Error),
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -213,14 +241,14 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(failure) => {
+            eprintln!("error: {failure}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), String> {
+async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), Failure> {
     let config = QueueConfig {
         partitions: args.partitions,
         priorities: args.priorities,
@@ -236,14 +264,9 @@ async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), String> {
         dead_max_age_ms: Some(args.dead_max_age.as_millis() as u64).filter(|ms| *ms > 0),
         ..QueueConfig::default()
     };
-    config.validate().map_err(|e| e.to_string())?;
-    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root)
-        .await
-        .map_err(|e| e.to_string())?;
-    let in_force = producer
-        .create_queue(&args.queue, &config)
-        .await
-        .map_err(|e| e.to_string())?;
+    config.validate()?;
+    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
+    let in_force = producer.create_queue(&args.queue, &config).await?;
     if in_force != config && !cli.quiet {
         eprintln!(
             "queue {} already exists; its settings are unchanged: {in_force:?}",
@@ -254,26 +277,23 @@ async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn cron(cli: &Cli, command: &CronCommand) -> Result<(), String> {
+async fn cron(cli: &Cli, command: &CronCommand) -> Result<(), Failure> {
     // Check what can be checked before connecting.
     let periodic = match command {
         CronCommand::Set(args) => Some(periodic_job(args)?),
         _ => None,
     };
-    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root)
-        .await
-        .map_err(|e| e.to_string())?;
+    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
     let result = match (command, periodic) {
-        (CronCommand::Set(args), Some(job)) => producer
-            .schedule(&args.name, job)
-            .await
-            .map_err(|e| e.to_string()),
+        (CronCommand::Set(args), Some(job)) => {
+            producer.schedule(&args.name, job).await.map_err(Failure::from)
+        }
         (CronCommand::Delete { name }, _) => match producer.unschedule(name).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(format!("no periodic job named {name:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(false) => Err(Failure::NotFound(format!("no periodic job named {name:?}"))),
+            Err(e) => Err(e.into()),
         },
-        (CronCommand::List, _) => producer.schedules().await.map_err(|e| e.to_string()).map(|all| {
+        (CronCommand::List, _) => producer.schedules().await.map_err(Failure::from).map(|all| {
             for (name, job) in all {
                 let line = serde_json::json!({
                     "name": name,
@@ -294,12 +314,12 @@ async fn cron(cli: &Cli, command: &CronCommand) -> Result<(), String> {
     result
 }
 
-fn periodic_job(args: &CronSetArgs) -> Result<PeriodicJob, String> {
-    let payload = Payloads::read(Some(&args.payload), None)?.into_first();
+fn periodic_job(args: &CronSetArgs) -> Result<PeriodicJob, Failure> {
+    let payload = Payloads::read(Some(&args.payload), None)
+        .map_err(Failure::Input)?
+        .into_first();
     let job = args.options.apply(NewJob::new(args.kind.clone(), payload));
-    PeriodicJob::new(args.queue.clone(), args.cron.clone(), job)
-        .map(|p| p.catch_up(args.catch_up))
-        .map_err(|e| e.to_string())
+    Ok(PeriodicJob::new(args.queue.clone(), args.cron.clone(), job)?.catch_up(args.catch_up))
 }
 
 impl JobOptions {
@@ -333,17 +353,14 @@ fn job_for(args: &EnqueueArgs, payload: Vec<u8>) -> NewJob {
     job
 }
 
-async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
+async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), Failure> {
     // Read and check all input before connecting: bad input never leaves half a file enqueued.
-    let payloads = Payloads::read(args.payload.as_deref(), args.file.as_deref())?;
-    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root)
-        .await
-        .map_err(|e| e.to_string())?;
+    let payloads = Payloads::read(args.payload.as_deref(), args.file.as_deref()).map_err(Failure::Input)?;
+    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
     // Load (or create) the queue once, so batches below go out in order without extra reads.
     producer
         .create_queue(&args.queue, &QueueConfig::default())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
 
     let total = payloads.len();
     // Every job is checked against the queue's limits before the first one is sent: bad input
@@ -352,9 +369,13 @@ async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
     for (n, job) in jobs.iter().enumerate() {
         if let Err(e) = producer.check(&args.queue, job).await {
             producer.close().await;
-            return Err(match (&args.file, total) {
-                (Some(file), _) => format!("job {} of {file}: {e}; nothing was enqueued", n + 1),
-                _ => e.to_string(),
+            return Err(match &args.file {
+                Some(file) => Failure::Refused {
+                    line: n + 1,
+                    file: file.clone(),
+                    source: e,
+                },
+                None => e.into(),
             });
         }
     }
@@ -404,7 +425,7 @@ async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
             } else {
                 id.to_string()
             };
-            writeln!(out, "{line}").map_err(|e| format!("cannot write to stdout: {e}"))?;
+            writeln!(out, "{line}")?;
         }
         done += ids.len();
         progress.set_position(done as u64);
@@ -413,20 +434,27 @@ async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), String> {
     if let Some(e) = first_error {
         progress.abandon();
         producer.close().await;
-        let mut message = e.to_string();
+        let mut report = Vec::new();
         if total > 1 {
-            message.push_str(&format!(
-                "\n{done} of {total} jobs were enqueued; the ids printed are exactly those"
+            report.push(format!(
+                "{done} of {total} jobs were enqueued; the ids printed are exactly those"
             ));
         }
         if !unknown.is_empty() {
-            message.push_str(&format!(
-                "\n{} jobs may or may not have been enqueued (the connection dropped with them in flight); look for these ids before sending them again:\n{}",
+            report.push(format!(
+                "{} jobs may or may not have been enqueued (the connection dropped with them in flight); look for these ids before sending them again:\n{}",
                 unknown.len(),
                 unknown.join("\n")
             ));
         }
-        return Err(message);
+        return Err(if report.is_empty() {
+            e.into()
+        } else {
+            Failure::Partial {
+                source: e,
+                report: report.join("\n"),
+            }
+        });
     }
     progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
