@@ -189,14 +189,14 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run_scheduler(connect: &ConnectArgs, args: SchedulerArgs) -> Result<(), String> {
+async fn run_scheduler(connect: &ConnectArgs, args: SchedulerArgs) -> zkq::Result<()> {
     let config = SchedulerConfig {
         promote_interval: args.promote_interval,
         rebalance_delay: args.rebalance_delay,
@@ -204,14 +204,12 @@ async fn run_scheduler(connect: &ConnectArgs, args: SchedulerArgs) -> Result<(),
     };
     let id = args.id.unwrap_or_else(|| WorkerConfig::default().id);
     info!(%id, "scheduler-only mode: standing for election");
-    Scheduler::new(connect.zk_config(), &connect.root, id, config)
-        .map_err(|e| e.to_string())?
+    Scheduler::new(connect.zk_config(), &connect.root, id, config)?
         .run(shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
 }
 
-async fn run_singleton(connect: &ConnectArgs, args: SingletonArgs) -> Result<i32, String> {
+async fn run_singleton(connect: &ConnectArgs, args: SingletonArgs) -> zkq::Result<i32> {
     let id = args.id.unwrap_or_else(|| WorkerConfig::default().id);
     let config = SingletonConfig {
         restart: args.restart,
@@ -219,14 +217,12 @@ async fn run_singleton(connect: &ConnectArgs, args: SingletonArgs) -> Result<i32
         stop_grace: args.stop_grace,
         ..SingletonConfig::new(args.name, id)
     };
-    SingletonRunner::new(connect.zk_config(), &connect.root, config, args.command)
-        .map_err(|e| e.to_string())?
+    SingletonRunner::new(connect.zk_config(), &connect.root, config, args.command)?
         .run(shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
 }
 
-async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> Result<(), String> {
+async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> zkq::Result<()> {
     let mut config = WorkerConfig {
         queues: cli.queue.clone(),
         concurrency: cli.concurrency as usize,
@@ -240,17 +236,15 @@ async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> Result<(), String> {
     if let Some(id) = &cli.id {
         config.id = id.clone();
     }
-    let mut worker = Worker::new(connect.zk_config(), &connect.root, config).map_err(|e| e.to_string())?;
+    let mut worker = Worker::new(connect.zk_config(), &connect.root, config)?;
     for (kind, command) in &cli.exec {
         worker = if kind == "*" {
             worker.handle_any(CommandHandler::new(command.clone()).with_watchdog())
         } else {
-            worker
-                .handle(kind, CommandHandler::new(command.clone()).with_watchdog())
-                .map_err(|e| e.to_string())?
+            worker.handle(kind, CommandHandler::new(command.clone()).with_watchdog())?
         };
     }
-    let summary = worker.run(shutdown_signal()).await.map_err(|e| e.to_string())?;
+    let summary = worker.run(shutdown_signal()).await?;
     info!(
         done = summary.done,
         retried = summary.retried,
