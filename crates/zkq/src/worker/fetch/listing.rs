@@ -13,7 +13,7 @@ use crate::queue::QueueConfig;
 use crate::store::codec;
 use crate::store::znode;
 
-use super::watches::{forward, Wakes};
+use super::watches::{forward, ClaimsWatch, PartitionId};
 use super::{AbortOnDrop, Fetcher, Found, LaneId};
 
 /// Segments of one lane listed at once.
@@ -48,7 +48,7 @@ impl Fetcher {
         config: &QueueConfig,
         want: usize,
         out: &mut Vec<Candidate>,
-        to_arm: &mut Vec<Wakes>,
+        to_arm: &mut Vec<ClaimsWatch>,
     ) -> Result<()> {
         let mut partitions: Vec<u32> = match self.owned.borrow_and_update().get(queue) {
             Some(Some(owned)) => owned.iter().copied().filter(|p| *p < config.partitions).collect(),
@@ -121,7 +121,13 @@ impl Fetcher {
                 // Jobs held by another worker come back only through the claims watch.
                 let claims_armed = !foreign || self.armed.contains_key(&claims_path(*p));
                 if foreign && !claims_armed {
-                    to_arm.push((claims_path(*p), (queue.to_string(), *p)));
+                    to_arm.push(ClaimsWatch {
+                        path: claims_path(*p),
+                        wakes: PartitionId {
+                            queue: queue.to_string(),
+                            partition: *p,
+                        },
+                    });
                 }
                 let cache = self.lanes.entry(id(*p, lane)).or_default();
                 cache.complete = complete;

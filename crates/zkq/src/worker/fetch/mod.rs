@@ -50,7 +50,7 @@ use crate::queue::QueueConfig;
 use crate::store::layout::Layout;
 
 use self::parking::Parked;
-use self::watches::WatchFuture;
+use self::watches::{PartitionId, WatchFuture};
 
 pub(crate) use self::parking::Parking;
 
@@ -142,8 +142,8 @@ pub(crate) struct Fetcher {
     watching: HashMap<LaneId, AbortOnDrop>,
     events: mpsc::UnboundedReceiver<LaneEvent>,
     events_tx: mpsc::UnboundedSender<LaneEvent>,
-    /// Armed claims watches: path -> the (queue, partition) whose lanes it wakes.
-    armed: HashMap<String, (String, u32)>,
+    /// Armed claims watches: path -> the partition whose lanes it wakes.
+    armed: HashMap<String, PartitionId>,
     /// Whether a scan that found nothing should be repeated before sleeping.
     rescan: bool,
     /// Armed claims watches. In a `Mutex` only so that `&Fetcher` is `Send` (it is only

@@ -10,8 +10,18 @@ use crate::error::{Error, Result};
 
 use super::{Fetcher, LaneEvent, LaneId};
 
-/// A claims watch path and the partition whose lanes it wakes.
-pub(super) type Wakes = (String, (String, u32));
+/// A partition of a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PartitionId {
+    pub(super) queue: String,
+    pub(super) partition: u32,
+}
+
+/// A claims folder to watch, and the partition whose lanes its change wakes.
+pub(super) struct ClaimsWatch {
+    pub(super) path: String,
+    pub(super) wakes: PartitionId,
+}
 
 pub(super) type WatchFuture = futures::future::BoxFuture<'static, String>;
 
@@ -55,19 +65,18 @@ pub(super) fn job_in_lane<'a>(lane_path: &str, path: &'a str) -> Option<(&'a str
 impl Fetcher {
     /// Arms one-shot watches on claims `paths` that are not armed yet, all at once. Returns
     /// whether it armed any.
-    pub(super) async fn arm(&mut self, mut paths: Vec<Wakes>) -> Result<bool> {
-        paths.retain(|(path, _)| !self.armed.contains_key(path));
-        paths.sort_by(|a, b| a.0.cmp(&b.0));
-        paths.dedup_by(|a, b| a.0 == b.0);
+    pub(super) async fn arm(&mut self, mut paths: Vec<ClaimsWatch>) -> Result<bool> {
+        paths.retain(|w| !self.armed.contains_key(&w.path));
+        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        paths.dedup_by(|a, b| a.path == b.path);
         if paths.is_empty() {
             return Ok(false);
         }
         let client = &self.reader;
         let results =
-            futures::future::join_all(paths.iter().map(|(path, _)| client.get_and_watch_children(path)))
-                .await;
+            futures::future::join_all(paths.iter().map(|w| client.get_and_watch_children(&w.path))).await;
         let mut armed_new = false;
-        for ((path, wakes), result) in paths.into_iter().zip(results) {
+        for (ClaimsWatch { path, wakes }, result) in paths.into_iter().zip(results) {
             match result {
                 Ok((_, _, watcher)) => {
                     self.armed.insert(path.clone(), wakes);
@@ -90,9 +99,9 @@ impl Fetcher {
 
     /// A claims watch on `path` fired: the lanes of its partition are worth listing again.
     pub(super) fn woken(&mut self, path: &str) {
-        if let Some((queue, partition)) = self.armed.remove(path) {
+        if let Some(woken) = self.armed.remove(path) {
             for (id, cache) in self.lanes.iter_mut() {
-                if id.partition == partition && id.queue == queue {
+                if id.partition == woken.partition && id.queue == woken.queue {
                     cache.stale = true;
                 }
             }
