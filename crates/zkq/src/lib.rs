@@ -30,7 +30,7 @@
 //! | `store/` | talking to ZooKeeper: sessions and [`ZkConfig`] (`znode`), the znode [`Layout`], MessagePack records (`codec`), transactions and the lost-race predicate (`txn`), group commit (`batcher`) |
 //! | `recipes/` | ZooKeeper recipes: waiting in line (`line`), [`Election`] with an epoch, [`Lock`] with fencing tokens, the session heartbeat ([`Liveness`]), the [`watchdog`] process |
 //! | `job`, `queue`, `limits` | the job record and [`NewJob`], [`QueueConfig`], every size and name limit |
-//! | `producer`, `segment`, `periodic` | [`Producer`]: placing jobs (ready, delayed, dead) in one `multi`; segments with one writer each; [`PeriodicJob`] records |
+//! | `producer/`, `periodic` | [`Producer`]; `placement`: where a job goes (ready, delayed, dead) and the `multi` that puts it there, for enqueue, retries, promotion and cron; `segment`: segments with one writer each; [`PeriodicJob`] records |
 //! | `claim` | the claim protocol and the reference for a job's state model |
 //! | `worker/` | [`Worker`]: `config`, `session` (registration to session end), `batch` (claims), `keys` (lock keys), `attempt`, `settle` (ack, retry, dead letter, release, reconciliation), `fetch/` (listing, watches, parking) |
 //! | `assignment`, `registry` | partition ownership (the leader's balancer and the workers following it); worker registration |
@@ -39,7 +39,7 @@
 //! | `handler`, `exec`, `retry` | [`Handler`], [`JobContext`], [`Outcome`]; [`CommandHandler`]; [`RetryPolicy`] |
 //! | [`inspect`], [`limits`], [`telemetry`], `cli` | read-only views, limits and metric names for users; flags shared by the binaries |
 //!
-//! A job's path from enqueue to ack: `producer` (placement, `segment`) → `worker::fetch` (found
+//! A job's path from enqueue to ack: `producer` (`placement`, `segment`) → `worker::fetch` (found
 //! by a listing or a lane watch, data read) → `worker::batch` with `claim` (claimed in a
 //! `multi`) → `worker::attempt` (the handler runs) → `worker::settle` (acked through
 //! `store::batcher`).
@@ -61,7 +61,6 @@ mod recipes;
 mod registry;
 mod retry;
 mod scheduler;
-mod segment;
 pub mod singleton;
 mod store;
 pub mod telemetry;
