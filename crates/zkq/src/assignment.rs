@@ -32,6 +32,7 @@ use crate::registry::WorkerInfo;
 use crate::scheduler::service::{Next, Passes};
 use crate::store::codec::{self, Record};
 use crate::store::layout::Layout;
+use crate::store::session;
 use crate::store::txn::{NodeKind, Op};
 use crate::store::znode;
 
@@ -296,13 +297,13 @@ async fn follow_queue(
                 Ok((None, watcher)) => (None, watcher),
                 // Created in between: read it.
                 Ok((Some(_), _)) => continue,
-                Err(e) if znode::is_final(&e) => return,
+                Err(e) if session::is_final(&e) => return,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },
-            Err(e) if znode::is_final(&e) => return,
+            Err(e) if session::is_final(&e) => return,
             Err(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -359,11 +360,11 @@ async fn watch_candidates(client: zk::Client, layout: Layout, leaderless: watch:
                         watcher.changed().await;
                     }
                     Ok((Some(_), _)) => {}
-                    Err(e) if znode::is_final(&e) => return,
+                    Err(e) if session::is_final(&e) => return,
                     Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
             }
-            Err(e) if znode::is_final(&e) => return,
+            Err(e) if session::is_final(&e) => return,
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }

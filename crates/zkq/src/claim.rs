@@ -46,8 +46,8 @@ use crate::job::{now_ms, Job, JobId};
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::store::codec::{self, Record};
 use crate::store::layout::Layout;
+use crate::store::session;
 use crate::store::txn::{self, NodeKind, Op};
-use crate::store::znode;
 
 /// A ready job found by a scan, not yet claimed.
 #[derive(Debug, Clone)]
@@ -391,7 +391,7 @@ async fn claimed_meanwhile(client: &zk::Client, batch: Vec<Prepared>) -> (Vec<Cl
 /// [`Error::SessionLost`] when the session ends first.
 pub(crate) async fn own_claim(client: &zk::Client, path: &str) -> Result<Option<i64>> {
     loop {
-        znode::connected(client).await?;
+        session::connected(client).await?;
         match client.sync(path).await {
             Ok(()) | Err(zk::Error::NoNode) => {}
             Err(e) if outcome_unknown(&e) => continue,

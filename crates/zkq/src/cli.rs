@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::store::znode::ZkConfig;
+use crate::store::session::ZkConfig;
 
 /// Flags every zkq binary takes to reach ZooKeeper.
 #[derive(Debug, Clone, clap::Args)]

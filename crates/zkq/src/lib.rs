@@ -27,7 +27,7 @@
 //!
 //! | path | what it holds |
 //! |---|---|
-//! | `store/` | talking to ZooKeeper: sessions and [`ZkConfig`] (`znode`), the znode [`Layout`], MessagePack records (`codec`), transactions and the lost-race predicate (`txn`), group commit (`batcher`) |
+//! | `store/` | talking to ZooKeeper: sessions and [`ZkConfig`] (`session`), znode helpers and batched reads (`znode`), the znode [`Layout`], MessagePack records (`codec`), transactions and the lost-race predicate (`txn`), group commit (`batcher`) |
 //! | `recipes/` | ZooKeeper recipes: waiting in line (`line`), [`Election`] with an epoch, [`Lock`] with fencing tokens, the session heartbeat ([`Liveness`]), the [`watchdog`] process |
 //! | `job`, `queue`, `limits` | the job record and [`NewJob`], [`QueueConfig`], every size and name limit |
 //! | `producer/`, `periodic` | [`Producer`]; `placement`: where a job goes (ready, delayed, dead) and the `multi` that puts it there, for enqueue, retries, promotion and cron; `segment`: segments with one writer each; [`PeriodicJob`] records |
@@ -80,7 +80,7 @@ pub use recipes::watchdog;
 pub use retry::RetryPolicy;
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use store::layout::Layout;
-pub use store::znode::ZkConfig;
+pub use store::session::ZkConfig;
 pub use worker::{Worker, WorkerConfig, WorkerSummary};
 
 /// Re-export of the ZooKeeper client, for callers that share a session with zkq.

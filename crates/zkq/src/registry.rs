@@ -10,6 +10,7 @@ use crate::error::{outcome_unknown, Error, Result};
 use crate::job::now_ms;
 use crate::store::codec::{self, Record};
 use crate::store::layout::Layout;
+use crate::store::session;
 use crate::store::znode::{self, EPHEMERAL};
 
 /// What a worker says about itself in its registration node.
@@ -69,7 +70,7 @@ pub async fn register(client: &zk::Client, layout: &Layout, info: &WorkerInfo) -
                 Ok(None) => {}
                 Err(e) => return Err(Error::zk("read worker registration", path, e)),
             },
-            Err(e) if outcome_unknown(&e) => znode::connected(client).await?,
+            Err(e) if outcome_unknown(&e) => session::connected(client).await?,
             Err(e) => return Err(Error::zk("register worker", path, e)),
         }
     }

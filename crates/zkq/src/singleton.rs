@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::recipes::election::{Election, Leadership};
 use crate::recipes::watchdog::{monotonic_ns, Watchdog};
 use crate::store::layout::{self, Layout};
-use crate::store::znode::{self, ZkConfig};
+use crate::store::session::{self, ZkConfig};
 
 /// The election for singleton `name` under `layout`, for a candidate named `candidate`.
 ///
@@ -149,7 +149,7 @@ impl SingletonRunner {
         loop {
             let client = tokio::select! {
                 _ = &mut shutdown => return Ok(0),
-                c = znode::reconnect(&self.zk, first) => c?,
+                c = session::reconnect(&self.zk, first) => c?,
             };
             first = false;
             let election = election(client.clone(), &self.layout, &self.config.name, &self.config.id)?;

@@ -21,7 +21,7 @@ use crate::limits::MAX_REQUEST_BYTES;
 use crate::queue::{self, QueueConfig};
 use crate::store::codec;
 use crate::store::layout::{self, Layout};
-use crate::store::znode::ZkConfig;
+use crate::store::session::ZkConfig;
 use crate::telemetry;
 
 use self::segment::Segments;

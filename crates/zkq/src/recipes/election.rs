@@ -34,6 +34,7 @@ use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 use crate::recipes::line::{self, Place, Waited};
+use crate::store::session;
 use crate::store::txn::{self, Op};
 use crate::store::znode::{self, EPHEMERAL_SEQUENTIAL};
 
@@ -98,7 +99,7 @@ impl Election {
             match self.try_campaign().await {
                 // The connection dropped: once it is back, look again (a node created in the
                 // meantime is found by its owner, so nothing is left behind).
-                Err(Error::OutcomeUnknown { .. }) => znode::connected(&self.client).await?,
+                Err(Error::OutcomeUnknown { .. }) => session::connected(&self.client).await?,
                 other => return other,
             }
         }
@@ -152,7 +153,7 @@ impl Election {
         loop {
             match self.client.delete(&path, None).await {
                 Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
-                Err(e) if crate::error::outcome_unknown(&e) => znode::connected(&self.client).await?,
+                Err(e) if crate::error::outcome_unknown(&e) => session::connected(&self.client).await?,
                 Err(e) => return Err(Error::zk("delete candidate", &path, e)),
             }
         }
@@ -278,7 +279,7 @@ impl Leadership {
                 // Lost with the connection: send it again once connected, or the node stays
                 // first in line for the life of the session.
                 Err(e) if crate::error::outcome_unknown(&e) => {
-                    if znode::connected(&self.client).await.is_err() {
+                    if session::connected(&self.client).await.is_err() {
                         return;
                     }
                 }

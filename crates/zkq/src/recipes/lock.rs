@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::limits::MAX_KEY_BYTES;
 use crate::recipes::line::{self, Place, Waited};
 use crate::store::layout::Layout;
+use crate::store::session;
 use crate::store::znode::{self, EPHEMERAL_SEQUENTIAL};
 
 const CONTAINER: zk::CreateOptions<'static> = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
@@ -183,7 +184,7 @@ impl Lock {
                 Err(zk::Error::NoNode) => self.make_dir().await?,
                 Err(e) => match Error::zk("create lock node", &prefix, e) {
                     Error::OutcomeUnknown { .. } => {
-                        znode::connected(&self.client).await?;
+                        session::connected(&self.client).await?;
                         if let Some(found) = self.find(&id).await? {
                             return Ok(found);
                         }
@@ -297,12 +298,12 @@ impl LockGuard {
         loop {
             match self.client.delete(&self.node, None).await {
                 Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
-                Err(e) if znode::is_final(&e) => return Ok(()),
+                Err(e) if session::is_final(&e) => return Ok(()),
                 Err(e) => match Error::zk("release lock", &self.node, e) {
                     // Sent again once the connection is back: a delete lost with it would leave
                     // the lock held for as long as the session lives.
                     Error::OutcomeUnknown { .. } => {
-                        if znode::connected(&self.client).await.is_err() {
+                        if session::connected(&self.client).await.is_err() {
                             return Ok(());
                         }
                     }

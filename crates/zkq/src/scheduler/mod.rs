@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::producer::Producer;
 use crate::recipes::election::{Election, Leadership};
 use crate::store::layout::Layout;
-use crate::store::znode::{self, ZkConfig};
+use crate::store::session::{self, ZkConfig};
 use crate::{assignment, queue};
 
 use self::service::{Next, Passes};
@@ -94,7 +94,7 @@ impl Scheduler {
         loop {
             let client = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                c = znode::reconnect(&self.zk, first) => c?,
+                c = session::reconnect(&self.zk, first) => c?,
             };
             first = false;
             let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));

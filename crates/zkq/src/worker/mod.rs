@@ -57,7 +57,7 @@ use zookeeper_client as zk;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::store::layout::Layout;
-use crate::store::znode::ZkConfig;
+use crate::store::session::ZkConfig;
 
 use self::session::SessionEnd;
 

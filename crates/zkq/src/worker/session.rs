@@ -19,7 +19,7 @@ use crate::recipes::liveness::{self, Liveness};
 use crate::registry::{self, WorkerInfo};
 use crate::scheduler;
 use crate::store::batcher::Batcher;
-use crate::store::znode;
+use crate::store::session;
 use crate::worker::fetch::{Fetcher, Parking};
 
 use super::keys::Keys;
@@ -238,8 +238,8 @@ impl Worker {
         // Close the session now rather than leave it to expire: until then its registration
         // and candidacy would count as a live worker.
         futures::future::join(
-            znode::close(client, Duration::from_secs(2)),
-            znode::close(reader, Duration::from_secs(2)),
+            session::close(client, Duration::from_secs(2)),
+            session::close(reader, Duration::from_secs(2)),
         )
         .await;
         Ok(end)

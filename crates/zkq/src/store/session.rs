@@ -1,0 +1,183 @@
+//! Sessions: [`ZkConfig`] and connecting with a deadline and clear errors, waiting for a
+//! connection (which ends when the session does), closing within a bound, and telling a final
+//! error from a passing one.
+
+use std::time::Duration;
+
+use zookeeper_client as zk;
+
+use crate::error::{Error, Result};
+
+/// How to reach ZooKeeper.
+#[derive(Debug, Clone)]
+pub struct ZkConfig {
+    /// Connect string, `host:port[,host:port...]`. Defaults to `127.0.0.1:2181`.
+    pub address: String,
+    /// Session timeout asked of the server: how long a silent process keeps its ephemerals
+    /// (claims, registration). Defaults to 10 s.
+    pub session_timeout: Duration,
+    /// How long to try to establish a session before giving up. Defaults to 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ZkConfig {
+    fn default() -> Self {
+        ZkConfig {
+            address: "127.0.0.1:2181".into(),
+            session_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ZkConfig {
+    /// The defaults, at `address`.
+    pub fn new(address: impl Into<String>) -> ZkConfig {
+        ZkConfig {
+            address: address.into(),
+            ..ZkConfig::default()
+        }
+    }
+
+    /// Opens a session, retrying until `connect_timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] with the address and the last reason when no server answered.
+    pub async fn connect(&self) -> Result<zk::Client> {
+        self.connect_with(zk::Client::connector()).await
+    }
+
+    /// Like [`ZkConfig::connect`], but the session is left to expire instead of being closed when
+    /// the client is dropped, as if the process had crashed.
+    pub async fn connect_detached(&self) -> Result<zk::Client> {
+        self.connect_with(zk::Client::connector().with_detached()).await
+    }
+
+    async fn connect_with(&self, connector: zk::Connector) -> Result<zk::Client> {
+        let unreachable = |reason: String| Error::Unreachable {
+            address: self.address.clone(),
+            reason,
+        };
+        if self.address.trim().is_empty() {
+            return Err(unreachable("the connect string is empty".into()));
+        }
+        let connector = connector
+            .with_session_timeout(self.session_timeout)
+            .with_fail_eagerly();
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let mut last = String::from("timed out");
+        loop {
+            let attempt = connector.clone().connect(&self.address);
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(zk::Error::BadArguments(reason))) => {
+                    return Err(unreachable(format!("bad connect string: {reason}")))
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => {
+                    return Err(unreachable(format!(
+                        "no session within {:?} ({last})",
+                        self.connect_timeout
+                    )))
+                }
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+                return Err(unreachable(format!(
+                    "no session within {:?} ({last})",
+                    self.connect_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Closes the session of `client`, the last handle on it, and waits up to `within` for the
+/// close to go out. Dropping the last handle only asks the session task to close; a process
+/// that exits right after would leave its session (and its ephemeral znodes: registration,
+/// claims, election candidacy) to linger until the server expires it.
+pub(crate) async fn close(client: zk::Client, within: Duration) {
+    let mut states = client.state_watcher();
+    drop(client);
+    let closed = async {
+        while !states.state().is_terminated() {
+            states.changed().await;
+        }
+    };
+    let _ = tokio::time::timeout(within, closed).await;
+}
+
+/// Waits until `client` is connected again.
+///
+/// # Errors
+/// [`Error::SessionLost`] when the session ends instead.
+pub(crate) async fn connected(client: &zk::Client) -> Result<()> {
+    let mut states = client.state_watcher();
+    let mut state = states.peek_state();
+    loop {
+        if state == zk::SessionState::SyncConnected {
+            return Ok(());
+        }
+        // A session already over sends no more changes: waiting for one would never end.
+        if state.is_terminated() {
+            return Err(Error::SessionLost(zk::Error::SessionExpired));
+        }
+        state = states.changed().await;
+    }
+}
+
+/// Whether a request failed because the session is gone for good (retrying on this client is
+/// pointless).
+pub(crate) fn is_final(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::NoHosts | zk::Error::AuthFailed
+    )
+}
+
+/// A new session for a process that runs session after session: the first failure to connect
+/// is returned (a wrong address should fail fast), later ones are retried every second.
+pub(crate) async fn reconnect(zk: &ZkConfig, first: bool) -> Result<zk::Client> {
+    loop {
+        match zk.connect().await {
+            Ok(client) => return Ok(client),
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reconnect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_for_a_connection_ends_when_the_session_is_already_over() {
+        let server = zkq_testkit::shared();
+        let proxy = zkq_testkit::Proxy::start(&server.connect_string()).unwrap();
+        let zk = ZkConfig {
+            address: proxy.address(),
+            session_timeout: Duration::from_millis(1000),
+            connect_timeout: Duration::from_secs(20),
+        };
+        let client = zk.connect().await.unwrap();
+        // Cut off until the session has expired, then let the client find out.
+        proxy.partition();
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        proxy.heal();
+        let mut states = client.state_watcher();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !states.state().is_terminated() {
+                states.changed().await;
+            }
+        })
+        .await
+        .expect("the client learns that its session expired");
+        // The session ended before anyone asked: the wait must end too, not wait for a change.
+        let waited = tokio::time::timeout(Duration::from_secs(5), connected(&client)).await;
+        assert!(matches!(waited, Ok(Err(Error::SessionLost(_)))), "{waited:?}");
+    }
+}
