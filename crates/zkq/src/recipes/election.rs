@@ -291,7 +291,7 @@ impl Leadership {
     }
 
     /// The op that makes a `multi` fail unless this epoch is still current.
-    pub(crate) fn fence(&self) -> Op {
+    pub(crate) fn epoch_check(&self) -> Op {
         Op::Check {
             path: self.epoch_path.clone(),
             version: self.epoch,
@@ -304,7 +304,7 @@ impl Leadership {
     /// [`Error::Fenced`] when a newer leader holds the epoch; the failed op's error otherwise.
     pub(crate) async fn commit_fenced(&self, what: &'static str, ops: Vec<Op>) -> Result<()> {
         let mut all = Vec::with_capacity(ops.len() + 1);
-        all.push(self.fence());
+        all.push(self.epoch_check());
         all.extend(ops);
         match txn::commit(&self.client, &all).await {
             Ok(_) => Ok(()),

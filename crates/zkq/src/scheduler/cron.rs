@@ -118,7 +118,7 @@ async fn fire(
         let count = batch.len();
         advanced.last_tick_ms = batch.last().map(|(tick, _)| *tick);
         let extra = vec![
-            leadership.fence(),
+            leadership.epoch_check(),
             Op::SetData {
                 path: path.clone(),
                 data: codec::encode(&advanced)?,

@@ -170,7 +170,7 @@ fn flatten(
     leadership: Option<&Leadership>,
     moves: Vec<(Vec<Op>, Option<Placement>)>,
 ) -> (Vec<Op>, Vec<Placement>) {
-    let mut extra: Vec<Op> = leadership.map(Leadership::fence).into_iter().collect();
+    let mut extra: Vec<Op> = leadership.map(Leadership::epoch_check).into_iter().collect();
     let mut placements = Vec::new();
     for (ops, placement) in moves {
         extra.extend(ops);
