@@ -30,6 +30,10 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// What was asked for does not exist: a queue, a dead letter, a job.
+    #[error("{0}")]
+    NotFound(String),
+
     /// Another live worker is registered under this worker's id: ids must be unique in the
     /// fleet.
     #[error("worker id {id:?} is already registered by a live worker; ids must be unique in the fleet")]

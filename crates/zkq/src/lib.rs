@@ -44,6 +44,7 @@
 //! `multi`) → `worker::attempt` (the handler runs) → `worker::settle` (acked through
 //! `store::batcher`).
 
+mod admin;
 mod assignment;
 mod claim;
 #[cfg(feature = "cli")]
@@ -66,6 +67,7 @@ mod store;
 pub mod telemetry;
 mod worker;
 
+pub use admin::{Admin, DeadLetter, FleetStats, Purge, QueueStats, Stats, WorkerView};
 pub use error::{Error, Result};
 pub use exec::CommandHandler;
 pub use handler::{Fence, Handler, HandlerFuture, JobContext, Outcome};

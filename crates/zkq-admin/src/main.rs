@@ -1,0 +1,175 @@
+//! zkq-admin: see and steer a running zkq — queue depth, workers, dead letters.
+
+mod show;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use zkq::cli::{init_logging, parse_duration, ConnectArgs};
+use zkq::{Admin, Purge};
+
+use crate::show::{print_dead_letter, print_dead_letters, print_stats, print_workers};
+
+/// Inspect and steer a running zkq.
+///
+/// Every command prints a table by default, or JSON with --json (the schema is in the README).
+/// The exit status is 0 on success, 1 on an error (unknown queue or id, ZooKeeper unreachable,
+/// a refused change) and 2 on a usage error.
+#[derive(Debug, Parser)]
+#[command(name = "zkq-admin", version, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+
+    /// Print JSON instead of a table
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Queue depth (ready per priority, delayed, running, dead) and the fleet (workers, scheduler)
+    ///
+    /// Counts come from child counts, never from reading every job.
+    Stats {
+        /// Only this queue
+        #[arg(long, short)]
+        queue: Option<String>,
+    },
+    /// Live workers: id, host, pid, queues, concurrency, jobs running, partitions owned
+    Workers,
+    /// Dead letters: list, show, send back to work, purge
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadCommand {
+    /// Dead letters, newest first, with their last error
+    List {
+        /// Only this queue
+        #[arg(long, short)]
+        queue: Option<String>,
+        /// Only jobs of this kind
+        #[arg(long, short)]
+        kind: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One dead letter in full: record, headers, error history, payload preview
+    Show {
+        /// The job id
+        id: String,
+    },
+    /// Send dead letters back to work: same id, attempts reset, error history kept
+    ///
+    /// Each job moves in one ZooKeeper transaction: it is never both dead and ready, nor
+    /// neither. With ids, all of them are looked up first; if one is not found, nothing moves.
+    Retry {
+        /// Job ids
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter (of --queue, of --kind)
+        #[arg(long)]
+        all: bool,
+        /// Only this queue (with --all)
+        #[arg(long, short, requires = "all")]
+        queue: Option<String>,
+        /// Only jobs of this kind (with --all)
+        #[arg(long, short, requires = "all")]
+        kind: Option<String>,
+    },
+    /// Delete dead letters
+    Purge {
+        /// Job ids
+        #[arg(required_unless_present_any = ["all", "older_than"], conflicts_with_all = ["all", "older_than"])]
+        ids: Vec<String>,
+        /// Every dead letter (of --queue)
+        #[arg(long, conflicts_with = "older_than")]
+        all: bool,
+        /// Those that died longer ago than this (e.g. 7d, 12h)
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        older_than: Option<Duration>,
+        /// Only this queue
+        #[arg(long, short)]
+        queue: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(true);
+    match run(&cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> zkq::Result<()> {
+    let admin = Admin::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
+    let result = command(&admin, cli).await;
+    admin.close().await;
+    result
+}
+
+async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<()> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Stats { queue } => print_stats(&admin.stats(queue.as_deref()).await?, json),
+        Command::Workers => print_workers(&admin.workers().await?, json),
+        Command::Dead(DeadCommand::List { queue, kind, limit }) => print_dead_letters(
+            &admin
+                .dead_letters(queue.as_deref(), kind.as_deref(), *limit)
+                .await?,
+            json,
+        ),
+        Command::Dead(DeadCommand::Show { id }) => print_dead_letter(&admin.dead_letter(id).await?, json),
+        Command::Dead(DeadCommand::Retry {
+            ids,
+            all,
+            queue,
+            kind,
+        }) => {
+            let retried = if *all {
+                admin.retry_all_dead(queue.as_deref(), kind.as_deref()).await?
+            } else {
+                admin.retry_dead(ids).await?
+            };
+            let ids: Vec<String> = retried.iter().map(ToString::to_string).collect();
+            if json {
+                println!("{}", serde_json::json!({ "retried": ids }));
+            } else {
+                ids.iter().for_each(|id| println!("{id}"));
+                eprintln!("{} jobs sent back to work", ids.len());
+            }
+        }
+        Command::Dead(DeadCommand::Purge {
+            ids,
+            all,
+            older_than,
+            queue,
+        }) => {
+            let purge = match (all, older_than) {
+                (true, _) => Purge::All,
+                (false, Some(age)) => Purge::OlderThan(*age),
+                (false, None) => Purge::Ids(ids.clone()),
+            };
+            let purged = admin.purge_dead(queue.as_deref(), purge).await?;
+            if json {
+                println!("{}", serde_json::json!({ "purged": purged }));
+            } else {
+                println!("{purged} dead letters deleted");
+            }
+        }
+    }
+    Ok(())
+}

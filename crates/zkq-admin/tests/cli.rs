@@ -1,0 +1,307 @@
+//! zkq-admin through its binary, against a real ZooKeeper: stats, workers and the dead-letter
+//! commands, their JSON and their errors.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use zkq::{JobContext, NewJob, Outcome, Producer, QueueConfig, Worker, WorkerConfig, ZkConfig};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn zk() -> ZkConfig {
+    ZkConfig::new(zkq_testkit::shared().connect_string())
+}
+
+fn admin(root: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zkq-admin"))
+        .args(["--zk", &zkq_testkit::shared().connect_string(), "--root", root])
+        .args(args)
+        .output()
+        .expect("zkq-admin runs")
+}
+
+/// Runs `args` with `--json`, expects success, and parses the output.
+fn admin_json(root: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = admin(root, &all);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A worker on `queue` whose handler for kind `k` is `handler`; stopped by the sender.
+fn spawn_worker<F, Fut>(
+    root: &str,
+    queue: &str,
+    concurrency: usize,
+    handler: F,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>)
+where
+    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let config = WorkerConfig {
+        queues: vec![queue.to_string()],
+        concurrency,
+        poll_interval: Duration::from_millis(200),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(zk(), root, config)
+        .unwrap()
+        .handle("k", handler)
+        .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (stop, handle)
+}
+
+/// Polls `zkq-admin stats --json` until `done` holds for `queue`'s entry.
+async fn until_stats(root: &str, queue: &str, done: impl Fn(&Value) -> bool) -> Value {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let stats = admin_json(root, &["stats", "--queue", queue]);
+            if done(&stats["queues"][0]) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("stats reached the expected state")
+}
+
+/// Sends `n` jobs of `queue` to the dead letters through a worker whose handler gives up.
+async fn kill_jobs(root: &str, producer: &Producer, queue: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            producer
+                .enqueue(queue, NewJob::new("k", format!("job {i}")))
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (stop, handle) = spawn_worker(root, queue, 4, |ctx: JobContext| async move {
+        Outcome::dead(format!("boom: {}", String::from_utf8_lossy(&ctx.job.payload)))
+    });
+    until_stats(root, queue, |q| q["dead"] == n).await;
+    let _ = stop.send(());
+    handle.await.unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_workers_count_ready_delayed_running_and_dead_jobs() {
+    let root = zkq_testkit::unique_root("admin-stats");
+    let producer = Producer::connect(&zk(), &root).await.unwrap();
+    let config = QueueConfig {
+        partitions: 2,
+        priorities: 3,
+        ..QueueConfig::default()
+    };
+    producer.create_queue("q", &config).await.unwrap();
+    kill_jobs(&root, &producer, "q", 2).await;
+    for i in 0..5 {
+        producer
+            .enqueue("q", NewJob::new("k", format!("low {i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        producer
+            .enqueue("q", NewJob::new("k", format!("high {i}")).priority(2))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        producer
+            .enqueue(
+                "q",
+                NewJob::new("k", format!("later {i}")).delay(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+    }
+    let stats = admin_json(&root, &["stats", "--queue", "q"]);
+    let q = &stats["queues"][0];
+    assert_eq!(q["queue"], "q");
+    assert_eq!(q["partitions"], 2);
+    assert_eq!(q["ready"], serde_json::json!([5, 0, 3]));
+    assert_eq!(q["delayed"], 2);
+    assert_eq!(q["running"], 0);
+    assert_eq!(q["dead"], 2);
+    assert_eq!(stats["fleet"]["workers"], 0);
+
+    // A worker holding one job: it counts as running, not ready, and the worker shows it.
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let (stop, handle) = spawn_worker(&root, "q", 1, move |_ctx: JobContext| {
+        let (gate, started) = (g.clone(), started_tx.clone());
+        async move {
+            let _ = started.send(());
+            gate.acquire().await.unwrap().forget();
+            Outcome::Done
+        }
+    });
+    tokio::time::timeout(PATIENCE, started.recv()).await.unwrap();
+    let stats = until_stats(&root, "q", |q| q["running"] == 1).await;
+    let ready: u64 = stats["queues"][0]["ready"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(ready, 7);
+    assert_eq!(stats["fleet"]["workers"], 1);
+    let workers = admin_json(&root, &["workers"]);
+    assert_eq!(workers.as_array().unwrap().len(), 1);
+    assert_eq!(workers[0]["queues"], serde_json::json!(["q"]));
+    assert_eq!(workers[0]["running"], 1);
+    assert_eq!(workers[0]["concurrency"], 1);
+    assert_eq!(workers[0]["pid"], std::process::id());
+
+    let table = text(&admin(&root, &["stats"]).stdout);
+    assert!(table.starts_with("QUEUE"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("q ")), "{table}");
+    assert!(table.contains("workers: 1"), "{table}");
+    gate.add_permits(100);
+    let _ = stop.send(());
+    handle.await.unwrap();
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_shown_retried_with_their_id_and_purged() {
+    let root = zkq_testkit::unique_root("admin-dead");
+    let producer = Producer::connect(&zk(), &root).await.unwrap();
+    let ids = kill_jobs(&root, &producer, "q", 3).await;
+
+    let list = admin_json(&root, &["dead", "list"]);
+    let listed = list.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    let died: Vec<u64> = listed.iter().map(|l| l["died_at_ms"].as_u64().unwrap()).collect();
+    assert!(died.windows(2).all(|w| w[0] >= w[1]), "newest first: {died:?}");
+    for l in listed {
+        assert!(ids.contains(&l["id"].as_str().unwrap().to_string()));
+        assert!(l["last_error"].as_str().unwrap().starts_with("boom: job "), "{l}");
+        assert_eq!(l["queue"], "q");
+    }
+    assert_eq!(
+        admin_json(&root, &["dead", "list", "--kind", "other"]),
+        serde_json::json!([])
+    );
+
+    let shown = admin_json(&root, &["dead", "show", &ids[0]]);
+    assert_eq!(shown["id"], ids[0].as_str());
+    assert_eq!(shown["payload_preview"], "job 0");
+    assert_eq!(shown["errors"][0]["message"], "boom: job 0");
+    assert_eq!(shown["attempts"], 1);
+
+    // Back to work with the same id; it runs again as its first attempt.
+    let retried = admin_json(&root, &["dead", "retry", &ids[0]]);
+    assert_eq!(retried["retried"], serde_json::json!([ids[0]]));
+    let (runs_tx, mut runs) = mpsc::unbounded_channel();
+    let (stop, handle) = spawn_worker(&root, "q", 2, move |ctx: JobContext| {
+        let runs = runs_tx.clone();
+        async move {
+            let _ = runs.send((ctx.job.id.to_string(), ctx.job.attempt, ctx.job.errors.len()));
+            Outcome::Done
+        }
+    });
+    let run = tokio::time::timeout(PATIENCE, runs.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run, (ids[0].clone(), 1, 1), "same id, attempt 1, history kept");
+    let _ = stop.send(());
+    handle.await.unwrap();
+
+    let out = admin(&root, &["dead", "retry", "no-such-id", &ids[1]]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no dead letter with id \"no-such-id\""),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        admin_json(&root, &["dead", "list"]).as_array().unwrap().len(),
+        2,
+        "nothing moved"
+    );
+
+    assert_eq!(
+        admin_json(&root, &["dead", "purge", "--older-than", "1d"])["purged"],
+        0
+    );
+    assert_eq!(admin_json(&root, &["dead", "purge", &ids[1]])["purged"], 1);
+    assert_eq!(
+        admin_json(&root, &["dead", "purge", "--all", "--queue", "q"])["purged"],
+        1
+    );
+    assert_eq!(admin_json(&root, &["dead", "list"]), serde_json::json!([]));
+    producer.close().await;
+}
+
+#[test]
+fn bad_input_and_an_unreachable_zookeeper_give_clear_errors() {
+    let root = zkq_testkit::unique_root("admin-errors");
+    let out = admin(&root, &["stats", "--queue", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no queue named \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = admin(&root, &["dead", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no dead letter with id \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = admin(&root, &["dead", "retry"]);
+    assert_eq!(out.status.code(), Some(2), "ids or --all are required");
+    let out = admin(&root, &["dead", "purge", "--older-than", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--older-than"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let port = zkq_testkit::server::free_port().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_zkq-admin"))
+        .args([
+            "--zk",
+            &format!("127.0.0.1:{port}"),
+            "--connect-timeout",
+            "1s",
+            "stats",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach ZooKeeper"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,105 @@
+//! The live workers, with what each runs and owns.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Admin;
+use crate::assignment;
+use crate::claim::ClaimRecord;
+use crate::error::Result;
+use crate::queue::QueueConfig;
+use crate::registry::{self, WorkerInfo};
+use crate::store::codec;
+use crate::store::znode;
+
+/// A live worker as `zkq-admin workers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerView {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    /// zkq version of the worker.
+    pub version: String,
+    pub started_at_ms: u64,
+    /// Jobs running now (claims it holds).
+    pub running: u64,
+    /// Partitions it owns, by queue, per the scheduler's assignment.
+    pub partitions: BTreeMap<String, Vec<u32>>,
+}
+
+impl Admin {
+    /// Every live worker (registered, so its session lives), by id.
+    ///
+    /// # Errors
+    /// ZooKeeper errors; an unreadable registration.
+    pub async fn workers(&self) -> Result<Vec<WorkerView>> {
+        let infos = registry::list(&self.client, &self.layout).await?;
+        let mut views: Vec<WorkerView> = infos.into_iter().map(view).collect();
+        for queue in self.queue_names(None).await? {
+            let Ok(Some(config)) = crate::queue::load(&self.client, &self.layout, &queue).await else {
+                continue;
+            };
+            let running = self.claims_by_worker(&queue, &config).await?;
+            let owners = assignment::read(&self.client, &self.layout, &queue)
+                .await
+                .ok()
+                .flatten()
+                .map(|a| a.owners)
+                .unwrap_or_default();
+            for view in &mut views {
+                view.running += running.get(&view.id).copied().unwrap_or(0);
+                let owned: Vec<u32> = owners
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.as_deref() == Some(view.id.as_str()))
+                    .map(|(p, _)| p as u32)
+                    .collect();
+                if !owned.is_empty() {
+                    view.partitions.insert(queue.clone(), owned);
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    /// How many claims of `queue` each worker holds, from the claim records.
+    async fn claims_by_worker(&self, queue: &str, config: &QueueConfig) -> Result<BTreeMap<String, u64>> {
+        let mut paths = Vec::new();
+        for partition in 0..config.partitions {
+            let dir = self.layout.claims(queue, partition);
+            paths.extend(
+                self.children(&dir)
+                    .await?
+                    .into_iter()
+                    .map(|c| format!("{dir}/{c}")),
+            );
+        }
+        let mut counts = BTreeMap::new();
+        for (path, record) in paths
+            .iter()
+            .zip(znode::get_many(&self.client, "read claims", &paths).await?)
+        {
+            if let Some(claim) = record.and_then(|(data, _)| codec::decode::<ClaimRecord>(path, &data).ok()) {
+                *counts.entry(claim.worker).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+fn view(info: WorkerInfo) -> WorkerView {
+    WorkerView {
+        id: info.id,
+        host: info.host,
+        pid: info.pid,
+        queues: info.queues,
+        concurrency: info.concurrency,
+        version: info.version,
+        started_at_ms: info.started_at_ms,
+        running: 0,
+        partitions: BTreeMap::new(),
+    }
+}

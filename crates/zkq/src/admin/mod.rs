@@ -1,0 +1,60 @@
+//! Operating a running zkq: what is queued, running, delayed and dead; who works; and dead
+//! letters looked at, sent back to work or purged. This is the API behind `zkq-admin`.
+//!
+//! Counts come from child counts (the `numChildren` of a stat), never from reading every job,
+//! so they stay fast on a million-job backlog: a lane costs one listing of its segments and two
+//! stats per segment (its child count, and whether its `open` marker is among them).
+
+mod dead;
+mod fleet;
+mod stats;
+
+pub use dead::{DeadLetter, Purge};
+pub use fleet::WorkerView;
+pub use stats::{FleetStats, QueueStats, Stats};
+
+use zookeeper_client as zk;
+
+use crate::error::Result;
+use crate::producer::Producer;
+use crate::store::layout::Layout;
+use crate::store::session::{self, ZkConfig};
+
+/// Stat requests in flight while counting.
+const STATS_IN_FLIGHT: usize = 256;
+
+/// Inspects and steers the zkq under one root.
+#[derive(Debug)]
+pub struct Admin {
+    client: zk::Client,
+    layout: Layout,
+    /// Writes jobs back to their queues (dead letters retried) like any enqueue.
+    producer: Producer,
+}
+
+impl Admin {
+    /// Connects to ZooKeeper for the zkq under `root`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unreachable`] when no session can be had; a bad root.
+    pub async fn connect(zk: &ZkConfig, root: &str) -> Result<Admin> {
+        let client = zk.connect().await?;
+        Ok(Admin::with_client(client, Layout::new(root)?))
+    }
+
+    /// An admin on an existing session.
+    pub fn with_client(client: zk::Client, layout: Layout) -> Admin {
+        let producer = Producer::with_client(client.clone(), layout.clone());
+        Admin {
+            client,
+            layout,
+            producer,
+        }
+    }
+
+    /// Closes the session.
+    pub async fn close(self) {
+        self.producer.close().await;
+        session::close(self.client, std::time::Duration::from_secs(2)).await;
+    }
+}

@@ -1,0 +1,184 @@
+//! Queue depth and fleet state, from child counts.
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use zookeeper_client as zk;
+
+use super::{Admin, STATS_IN_FLIGHT};
+use crate::error::{Error, Result};
+use crate::queue::{self, QueueConfig};
+use crate::store::layout::OPEN_MARKER;
+
+/// One queue's depth.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub partitions: u32,
+    /// Ready jobs (not running) by priority: index 0 is priority 0.
+    pub ready: Vec<u64>,
+    /// Jobs waiting for their due time: delayed enqueues and retries.
+    pub delayed: u64,
+    /// Jobs running: claims held by live workers.
+    pub running: u64,
+    pub dead: u64,
+    /// Why the queue could not be counted (its config cannot be read), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The fleet: live workers and the elected scheduler.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FleetStats {
+    pub workers: u64,
+    /// The scheduler leader's id, while one leads.
+    pub scheduler_leader: Option<String>,
+    /// The scheduler epoch (the fencing token of the current or last leader).
+    pub scheduler_epoch: Option<i32>,
+}
+
+/// What `zkq-admin stats` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub queues: Vec<QueueStats>,
+    pub fleet: FleetStats,
+}
+
+impl Admin {
+    /// The depth of `queue`, or of every queue, and the fleet's state.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad queue name, [`Error::NotFound`] for a queue that does
+    /// not exist; ZooKeeper errors.
+    pub async fn stats(&self, queue: Option<&str>) -> Result<Stats> {
+        let names = match queue {
+            Some(q) => {
+                crate::store::layout::validate_queue_name(q)?;
+                vec![q.to_string()]
+            }
+            None => queue::list(&self.client, &self.layout).await?,
+        };
+        let mut queues = Vec::with_capacity(names.len());
+        for name in names {
+            let config = match queue::load(&self.client, &self.layout, &name).await {
+                Ok(Some(config)) => config,
+                Ok(None) => return Err(Error::NotFound(format!("no queue named {name:?}"))),
+                Err(e) => {
+                    queues.push(QueueStats {
+                        queue: name,
+                        problem: Some(e.to_string()),
+                        ..QueueStats::default()
+                    });
+                    continue;
+                }
+            };
+            queues.push(self.queue_stats(&name, &config).await?);
+        }
+        Ok(Stats {
+            queues,
+            fleet: self.fleet_stats().await?,
+        })
+    }
+
+    async fn queue_stats(&self, queue: &str, config: &QueueConfig) -> Result<QueueStats> {
+        let mut ready = vec![0u64; config.priorities as usize];
+        let mut running = 0;
+        for partition in 0..config.partitions {
+            let claims = self.children(&self.layout.claims(queue, partition)).await?;
+            running += claims.len() as u64;
+            for (lane, count) in ready.iter_mut().enumerate() {
+                let lane_path = self.layout.lane(queue, partition, lane as u8);
+                let jobs = self.jobs_in_lane(&lane_path).await?;
+                let prefix = format!("l{lane}.");
+                let claimed = claims.iter().filter(|c| c.starts_with(&prefix)).count() as u64;
+                *count += jobs.saturating_sub(claimed);
+            }
+        }
+        let buckets = self.children(&self.layout.delayed(queue)).await?;
+        let delayed_dir = self.layout.delayed(queue);
+        let delayed = self
+            .sum_children(buckets.iter().map(|b| format!("{delayed_dir}/{b}")).collect())
+            .await?;
+        let dead = self.child_count(&self.layout.dead(queue)).await?.unwrap_or(0);
+        Ok(QueueStats {
+            queue: queue.to_string(),
+            partitions: config.partitions,
+            ready,
+            delayed,
+            running,
+            dead,
+            problem: None,
+        })
+    }
+
+    /// Job znodes in a lane, claimed or not: each segment's children less its `open` marker.
+    async fn jobs_in_lane(&self, lane: &str) -> Result<u64> {
+        let segments: Vec<String> = self
+            .children(lane)
+            .await?
+            .into_iter()
+            .map(|s| format!("{lane}/{s}"))
+            .collect();
+        let markers: Vec<String> = segments.iter().map(|s| format!("{s}/{OPEN_MARKER}")).collect();
+        let children = self.sum_children(segments).await?;
+        let open = stream::iter(markers)
+            .map(|m| async move { self.client.check_stat(&m).await })
+            .buffer_unordered(STATS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Some(_))))
+            .count() as u64;
+        Ok(children.saturating_sub(open))
+    }
+
+    async fn fleet_stats(&self) -> Result<FleetStats> {
+        let workers = self.children(&self.layout.workers()).await?.len() as u64;
+        let scheduler = self.layout.scheduler();
+        let candidates = self.children(&format!("{scheduler}/candidates")).await?;
+        let epoch_path = format!("{scheduler}/epoch");
+        let (leader, epoch) = match self.client.get_data(&epoch_path).await {
+            Ok((data, stat)) => {
+                let name = String::from_utf8_lossy(&data).into_owned();
+                let leading = !candidates.is_empty() && !name.is_empty();
+                (leading.then_some(name), Some(stat.version))
+            }
+            Err(zk::Error::NoNode) => (None, None),
+            Err(e) => return Err(Error::zk("read scheduler epoch", epoch_path, e)),
+        };
+        Ok(FleetStats {
+            workers,
+            scheduler_leader: leader,
+            scheduler_epoch: epoch,
+        })
+    }
+
+    /// The children of `path`; none if it does not exist.
+    pub(super) async fn children(&self, path: &str) -> Result<Vec<String>> {
+        match self.client.list_children(path).await {
+            Ok(children) => Ok(children),
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(Error::zk("list", path, e)),
+        }
+    }
+
+    async fn child_count(&self, path: &str) -> Result<Option<u64>> {
+        match self.client.check_stat(path).await {
+            Ok(stat) => Ok(stat.map(|s| s.num_children as u64)),
+            Err(e) => Err(Error::zk("stat", path, e)),
+        }
+    }
+
+    /// The sum of the child counts of `paths`, stats pipelined.
+    async fn sum_children(&self, paths: Vec<String>) -> Result<u64> {
+        let counts: Vec<Result<Option<u64>>> = stream::iter(paths)
+            .map(|p| async move { self.child_count(&p).await })
+            .buffer_unordered(STATS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut sum = 0;
+        for count in counts {
+            sum += count?.unwrap_or(0);
+        }
+        Ok(sum)
+    }
+}
