@@ -63,7 +63,7 @@ impl Admin {
                 break;
             }
             for letter in self.read(chunk).await? {
-                if out.len() < limit && kind.map_or(true, |k| letter.job.kind == k) {
+                if out.len() < limit && kind.is_none_or(|k| letter.job.kind == k) {
                     out.push(letter);
                 }
             }
@@ -132,7 +132,7 @@ impl Admin {
                 let mut found = Vec::with_capacity(ids.len());
                 for id in &ids {
                     let letter = self.find(id).await?;
-                    if queue.map_or(true, |q| q == letter.queue) {
+                    if queue.is_none_or(|q| q == letter.queue) {
                         found.push(letter);
                     } else {
                         return Err(not_found(id));
