@@ -207,7 +207,7 @@ async fn a_command_job_gets_its_payload_and_environment_and_its_exit_status_deci
     let producer = env.producer_for("cmd", &config).await;
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
-        "cat > {d}/$ZKQ_JOB_ID.in; echo \"$ZKQ_QUEUE $ZKQ_KIND $ZKQ_ATTEMPT\" > {d}/$ZKQ_JOB_ID.env; \
+        "cat > {d}/$ZKQ_JOB_ID.in; echo \"$ZKQ_QUEUE $ZKQ_KIND $ZKQ_ATTEMPT $ZKQ_HEADER_TRACE_ID\" > {d}/$ZKQ_JOB_ID.env; \
          test \"$(cat {d}/$ZKQ_JOB_ID.in)\" = ok || {{ echo 'not ok, giving up' >&2; exit 3; }}",
         d = dir.path().display()
     );
@@ -217,12 +217,18 @@ async fn a_command_job_gets_its_payload_and_environment_and_its_exit_status_deci
             .handle("sh", CommandHandler::new(script))
             .unwrap(),
     );
-    let good = producer.enqueue("cmd", NewJob::new("sh", "ok")).await.unwrap();
+    let good = producer
+        .enqueue("cmd", NewJob::new("sh", "ok").header("trace-id", "abc-1"))
+        .await
+        .unwrap();
     let bad = producer.enqueue("cmd", NewJob::new("sh", "nope")).await.unwrap();
     let dead = read_dead(&env, "cmd", bad).await;
     assert_eq!(dead.errors[0].message, "exit status 3: not ok, giving up");
     let envs = std::fs::read_to_string(dir.path().join(format!("{good}.env"))).unwrap();
-    assert_eq!(envs, "cmd sh 1\n");
+    assert_eq!(
+        envs, "cmd sh 1 abc-1\n",
+        "queue, kind, attempt and the trace-id header"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join(format!("{good}.in"))).unwrap(),
         "ok"

@@ -151,6 +151,11 @@ struct JobArgs {
     #[arg(long, default_value_t = 0.6, value_name = "SHARE")]
     fence_share: f64,
 
+    /// Do not log each job attempt's start and end (logged at info by default, with its
+    /// queue, id, kind, attempt, duration and outcome)
+    #[arg(long)]
+    no_attempt_log: bool,
+
     /// Worker id, unique in the fleet [default: HOST-PID-RANDOM]
     #[arg(long, value_name = "ID")]
     id: Option<String>,
@@ -231,6 +236,7 @@ async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> zkq::Result<()> {
         stop_grace: cli.stop_grace,
         scheduler: !cli.no_scheduler,
         fence_share: cli.fence_share,
+        log_attempts: !cli.no_attempt_log,
         ..WorkerConfig::default()
     };
     if let Some(id) = &cli.id {

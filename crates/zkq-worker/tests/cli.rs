@@ -99,6 +99,21 @@ async fn the_worker_runs_jobs_as_commands_and_stops_gracefully_on_sigterm() {
         "{}",
         status.1
     );
+    // Each attempt's start and end are logged at info, with the job's kind and the outcome.
+    let logged = |what: &str| {
+        status
+            .1
+            .lines()
+            .filter(|l| l.contains(what) && l.contains("kind=echo"))
+            .count()
+    };
+    assert_eq!(logged("attempt started"), 20, "{}", status.1);
+    assert_eq!(logged("attempt ended"), 20, "{}", status.1);
+    assert!(
+        status.1.contains("outcome=\"done\"") || status.1.contains("outcome=done"),
+        "{}",
+        status.1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

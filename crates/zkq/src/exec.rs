@@ -65,9 +65,11 @@ impl Handler for CommandHandler {
     }
 }
 
-/// The job's environment for the command.
+/// The job's environment for the command: the `ZKQ_*` variables, and each header as
+/// `ZKQ_HEADER_<NAME>` ([`header_var`]).
 fn job_env(ctx: &JobContext) -> Vec<(String, String)> {
     let job = &ctx.job;
+    let headers = job.headers.iter().map(|(k, v)| (header_var(k), v.clone()));
     [
         ("ZKQ_JOB_ID", job.id.to_string()),
         ("ZKQ_ATTEMPT", job.attempt.to_string()),
@@ -79,7 +81,25 @@ fn job_env(ctx: &JobContext) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(headers)
     .collect()
+}
+
+/// The variable a header reaches a command job in: `ZKQ_HEADER_` and the header's name in upper
+/// case, every character other than a letter or digit made `_` (`zkq-cron-tick` is
+/// `ZKQ_HEADER_ZKQ_CRON_TICK`).
+pub(crate) fn header_var(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ZKQ_HEADER_{name}")
 }
 
 /// Keeps the last [`STDERR_TAIL`] bytes of `stderr`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info_span, instrument, warn, Instrument};
+use tracing::{info, info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
 use crate::claim::{self, Candidate, Claimed};
@@ -117,7 +117,16 @@ impl Worker {
             let span = info_span!("job", queue = claimed.queue(), id = %claimed.job.id, kind = %claimed.job.kind, attempt = claimed.job.attempt);
             attempts.spawn(
                 async move {
+                    let log = this.config.log_attempts;
+                    let started = std::time::Instant::now();
+                    if log {
+                        info!("attempt started");
+                    }
                     let settle = this.run_attempt(&session, claimed, abort).await;
+                    if log {
+                        let ms = started.elapsed().as_millis() as u64;
+                        info!(duration_ms = ms, outcome = settle.name(), "attempt ended");
+                    }
                     // Only now, with the attempt stopped and settled, may the key's next job
                     // start.
                     drop(hold);

@@ -35,6 +35,9 @@ pub struct WorkerConfig {
     /// stops claiming and stops its running attempts (self-fencing). Between 0.1 and 0.75, below
     /// the watchdog's [`crate::limits::KILL_SHARE`]. Defaults to 0.6.
     pub fence_share: f64,
+    /// Whether each attempt's start and end are logged at info (with its queue, id, kind,
+    /// attempt, and at the end its duration and outcome). Defaults to true.
+    pub log_attempts: bool,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +55,7 @@ impl Default for WorkerConfig {
             scheduling: SchedulerConfig::default(),
             default_queue_config: QueueConfig::default(),
             fence_share: 0.6,
+            log_attempts: true,
         }
     }
 }

@@ -27,6 +27,19 @@ pub(super) enum AttemptEnd {
     Lost,
 }
 
+impl AttemptEnd {
+    /// How logs name it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            AttemptEnd::Done => "done",
+            AttemptEnd::Retried => "retry",
+            AttemptEnd::Dead => "dead",
+            AttemptEnd::Released => "released",
+            AttemptEnd::Lost => "claim lost",
+        }
+    }
+}
+
 impl Worker {
     /// Commits an attempt's outcome. When the connection drops with the commit in flight, the
     /// outcome is reconciled once the connection is back ([`claim::settled_meanwhile`]): if it
