@@ -10,8 +10,8 @@ CONCURRENCY=${CONCURRENCY:-8}
 POISON=3
 
 bash scripts/setup.sh
-echo "== building zkq (release)"
-cargo build --release --locked -j2 -q -p zkq-producer -p zkq-worker
+echo "== building zkq (release; the first build takes a few minutes)"
+cargo build --release --locked -j2 -p zkq-producer -p zkq-worker
 bin=target/release
 
 work=$(mktemp -d -t zkq-demo.XXXXXX)

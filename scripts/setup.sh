@@ -32,8 +32,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# zkq needs persistent recursive watches: ZooKeeper 3.6 or newer.
+zookeeper_version() {
+  local jar
+  for jar in "${ZOOKEEPER_HOME:-/nonexistent}"/lib/zookeeper-[0-9]*.jar /usr/share/java/zookeeper-[0-9]*.jar; do
+    [ -e "$jar" ] || continue
+    basename "$jar" | sed -E 's/^zookeeper-([0-9]+\.[0-9]+\.[0-9]+).*/\1/'
+    return
+  done
+}
+version="$(zookeeper_version)"
+if [ -n "$version" ]; then
+  major="${version%%.*}"; rest="${version#*.}"; minor="${rest%%.*}"
+  if [ "$major" -lt 3 ] || { [ "$major" -eq 3 ] && [ "$minor" -lt 6 ]; }; then
+    echo "setup: ZooKeeper $version found; zkq needs 3.6 or newer (persistent watches). Install 3.8 and set ZOOKEEPER_HOME" >&2
+    exit 1
+  fi
+fi
+
 command -v cargo >/dev/null 2>&1 || {
   echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
   exit 1
 }
-echo "setup: java $(java -version 2>&1 | head -1 | cut -d'"' -f2), ZooKeeper jars present, $(cargo --version)" >&2
+echo "setup: java $(java -version 2>&1 | head -1 | cut -d'"' -f2), ZooKeeper ${version:-(version unknown)}, $(cargo --version)" >&2
