@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use zkq::cli::{init_logging, parse_duration, ConnectArgs};
 use zkq::{Admin, Purge};
 
-use crate::show::{print_dead_letter, print_dead_letters, print_stats, print_workers};
+use crate::show::{print_dead_letter, print_dead_letters, print_queue, print_stats, print_workers};
 
 /// Inspect and steer a running zkq.
 ///
@@ -45,6 +45,58 @@ enum Command {
     /// Dead letters: list, show, send back to work, purge
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Pause a queue: workers stop claiming its jobs within a second (running ones finish);
+    /// enqueue and delayed-job promotion go on
+    Pause {
+        /// The queue
+        queue: String,
+    },
+    /// Resume a paused queue
+    Resume {
+        /// The queue
+        queue: String,
+    },
+    /// Queue settings
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Change a queue's settings live: workers and producers apply them within a second
+    ///
+    /// Partition and priority counts cannot change (jobs already placed would have to move).
+    Set(QueueSetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct QueueSetArgs {
+    /// The queue
+    queue: String,
+    /// Attempts before a job is dead-lettered, for jobs enqueued from now on without their own
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// First retry backoff
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    retry_base: Option<Duration>,
+    /// Longest retry backoff
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    retry_max: Option<Duration>,
+    /// Largest payload accepted
+    #[arg(long)]
+    max_payload_bytes: Option<u32>,
+    /// Dead letters kept (0: all)
+    #[arg(long)]
+    dead_max: Option<u32>,
+    /// How long dead letters are kept (0: forever)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    dead_max_age: Option<Duration>,
+    /// Refused: the partition count of a queue cannot change
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Refused: the priority count of a queue cannot change
+    #[arg(long)]
+    priorities: Option<u8>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +204,12 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<()> {
                 eprintln!("{} jobs sent back to work", ids.len());
             }
         }
+        Command::Pause { queue } => print_queue(queue, &admin.pause(queue).await?, json),
+        Command::Resume { queue } => print_queue(queue, &admin.resume(queue).await?, json),
+        Command::Queue(QueueCommand::Set(args)) => {
+            let config = admin.update_queue(&args.queue, |c| apply(args, c)).await?;
+            print_queue(&args.queue, &config, json)
+        }
         Command::Dead(DeadCommand::Purge {
             ids,
             all,
@@ -172,4 +230,33 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `queue set`'s flags applied to `config`.
+fn apply(args: &QueueSetArgs, config: &mut zkq::QueueConfig) {
+    let ms = |d: &Duration| d.as_millis() as u64;
+    if let Some(n) = args.max_attempts {
+        config.max_attempts = n;
+    }
+    if let Some(d) = &args.retry_base {
+        config.retry.base_ms = ms(d);
+    }
+    if let Some(d) = &args.retry_max {
+        config.retry.max_ms = ms(d);
+    }
+    if let Some(n) = args.max_payload_bytes {
+        config.max_payload_bytes = n;
+    }
+    if let Some(n) = args.dead_max {
+        config.dead_max = Some(n).filter(|n| *n > 0);
+    }
+    if let Some(d) = &args.dead_max_age {
+        config.dead_max_age_ms = Some(ms(d)).filter(|ms| *ms > 0);
+    }
+    if let Some(n) = args.partitions {
+        config.partitions = n;
+    }
+    if let Some(n) = args.priorities {
+        config.priorities = n;
+    }
 }

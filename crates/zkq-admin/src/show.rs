@@ -1,7 +1,7 @@
 //! Output: a table for people, JSON for scripts (`--json`, one document per command).
 
 use serde_json::{json, Value};
-use zkq::{DeadLetter, Stats, WorkerView};
+use zkq::{DeadLetter, QueueConfig, Stats, WorkerView};
 
 /// Longest payload preview, in characters.
 const PREVIEW_CHARS: usize = 200;
@@ -24,6 +24,7 @@ pub fn print_stats(stats: &Stats, json: bool) {
                 q.running.to_string(),
                 q.dead.to_string(),
                 q.partitions.to_string(),
+                if q.paused { "yes" } else { "no" }.to_string(),
                 q.problem.clone().unwrap_or_default(),
             ]
         })
@@ -39,6 +40,7 @@ pub fn print_stats(stats: &Stats, json: bool) {
                 "RUNNING",
                 "DEAD",
                 "PARTITIONS",
+                "PAUSED",
                 "PROBLEM"
             ],
             rows
@@ -52,6 +54,30 @@ pub fn print_stats(stats: &Stats, json: bool) {
         f.scheduler_epoch
             .map(|e| e.to_string())
             .unwrap_or_else(|| "-".into())
+    );
+}
+
+/// A queue's settings after a change.
+pub fn print_queue(queue: &str, config: &QueueConfig, json: bool) {
+    if json {
+        println!("{}", json!({ "queue": queue, "config": config }));
+        return;
+    }
+    let dead_max = config
+        .dead_max
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "all".into());
+    let dead_age = config
+        .dead_max_age_ms
+        .map(|ms| format!("{ms} ms"))
+        .unwrap_or_else(|| "forever".into());
+    println!(
+        "queue {queue}: {}; max attempts {}, retry {}-{} ms, max payload {} bytes, dead letters kept: {dead_max}, for {dead_age}",
+        if config.paused { "paused" } else { "running" },
+        config.max_attempts,
+        config.retry.base_ms,
+        config.retry.max_ms,
+        config.max_payload_bytes,
     );
 }
 

@@ -305,3 +305,166 @@ fn bad_input_and_an_unreachable_zookeeper_give_clear_errors() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_starts_no_job_a_second_after_pause_and_resume_runs_each_once() {
+    let root = zkq_testkit::unique_root("admin-pause");
+    let producer = Producer::connect(&zk(), &root).await.unwrap();
+    let config = QueueConfig {
+        partitions: 4,
+        ..QueueConfig::default()
+    };
+    producer.create_queue("q", &config).await.unwrap();
+    for chunk in 0..10 {
+        let jobs = (0..100)
+            .map(|i| NewJob::new("k", format!("{chunk}-{i}")))
+            .collect();
+        producer.enqueue_batch("q", jobs).await.unwrap();
+    }
+    let (runs_tx, mut runs) = mpsc::unbounded_channel();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let runs_tx = runs_tx.clone();
+            spawn_worker(&root, "q", 4, move |ctx: JobContext| {
+                let runs = runs_tx.clone();
+                async move {
+                    let _ = runs.send((ctx.job.id.to_string(), std::time::Instant::now()));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Outcome::Done
+                }
+            })
+        })
+        .collect();
+    let mut started = Vec::new();
+    while started.len() < 100 {
+        started.push(
+            tokio::time::timeout(PATIENCE, runs.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+
+    let out = admin(&root, &["pause", "q"]);
+    let paused_at = std::time::Instant::now();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Ok(run) = runs.try_recv() {
+        started.push(run);
+    }
+    let late: Vec<_> = started
+        .iter()
+        .filter(|(_, at)| *at > paused_at + Duration::from_secs(1))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} jobs started over 1 s after the pause",
+        late.len()
+    );
+    assert!(started.len() < 1000, "the pause stopped the drain");
+    let stats = admin_json(&root, &["stats", "--queue", "q"]);
+    assert_eq!(stats["queues"][0]["paused"], true);
+    let table = text(&admin(&root, &["stats"]).stdout);
+    assert!(table.contains("PAUSED"), "{table}");
+
+    let resumed = admin_json(&root, &["resume", "q"]);
+    assert_eq!(resumed["config"]["paused"], false);
+    while started.len() < 1000 {
+        started.push(
+            tokio::time::timeout(PATIENCE, runs.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let ids: std::collections::HashSet<&String> = started.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 1000, "every job ran exactly once");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(runs.try_recv().is_err(), "no job ran twice");
+    for (stop, handle) in workers {
+        let _ = stop.send(());
+        handle.await.unwrap();
+    }
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_settings_change_live_and_moves_are_refused() {
+    let root = zkq_testkit::unique_root("admin-queue-set");
+    let producer = Producer::connect(&zk(), &root).await.unwrap();
+    producer.create_queue("q", &QueueConfig::default()).await.unwrap();
+    let before = producer.enqueue("q", NewJob::new("k", "before")).await.unwrap();
+
+    let set = admin_json(
+        &root,
+        &[
+            "queue",
+            "set",
+            "q",
+            "--max-attempts",
+            "7",
+            "--retry-base",
+            "50ms",
+            "--dead-max",
+            "0",
+        ],
+    );
+    assert_eq!(set["config"]["max_attempts"], 7);
+    assert_eq!(set["config"]["retry"]["base_ms"], 50);
+    assert_eq!(set["config"]["dead_max"], Value::Null);
+
+    // A producer that read the config before the change applies it within a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = producer.enqueue("q", NewJob::new("k", "after")).await.unwrap();
+    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+    let (stop, handle) = spawn_worker(&root, "q", 2, move |ctx: JobContext| {
+        let tx = attempts_tx.clone();
+        async move {
+            let _ = tx.send((ctx.job.id, ctx.job.max_attempts));
+            Outcome::Done
+        }
+    });
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 2 {
+        let (id, max) = tokio::time::timeout(PATIENCE, attempts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.insert(id, max);
+    }
+    assert_eq!(seen[&before], 5);
+    assert_eq!(seen[&after], 7);
+    let _ = stop.send(());
+    handle.await.unwrap();
+
+    for (args, message) in [
+        (
+            vec!["queue", "set", "q", "--partitions", "4"],
+            "the partition count cannot change (8 to 4)",
+        ),
+        (
+            vec!["queue", "set", "q", "--priorities", "5"],
+            "the priority count cannot change",
+        ),
+        (
+            vec!["queue", "set", "q", "--max-attempts", "0"],
+            "invalid configuration",
+        ),
+        (
+            vec!["queue", "set", "nope", "--max-attempts", "3"],
+            "no queue named \"nope\"",
+        ),
+        (vec!["pause", "nope"], "no queue named \"nope\""),
+    ] {
+        let out = admin(&root, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(message),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let stats = admin_json(&root, &["stats", "--queue", "q"]);
+    assert_eq!(stats["queues"][0]["partitions"], 8, "nothing changed");
+    producer.close().await;
+}

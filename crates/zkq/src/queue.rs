@@ -29,6 +29,10 @@ pub const MAX_SEGMENT_SIZE: u32 = 10_000;
 pub struct QueueConfig {
     /// Format version of the record.
     pub v: u8,
+    /// Paused: workers claim none of its jobs (running ones finish); enqueue and promotion go
+    /// on. Set live with `zkq-admin pause` / `resume`. Defaults to false.
+    #[serde(default)]
+    pub paused: bool,
     /// Shards of the queue. Defaults to 8.
     pub partitions: u32,
     /// Priority levels (lanes per partition); job priorities run from 0 to `priorities - 1`.
@@ -73,6 +77,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             v: Self::VERSION,
+            paused: false,
             partitions: 8,
             priorities: 3,
             segment_size: 4096,

@@ -7,6 +7,7 @@
 
 mod dead;
 mod fleet;
+mod queues;
 mod stats;
 
 pub use dead::{DeadLetter, Purge};

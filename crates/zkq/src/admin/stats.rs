@@ -14,6 +14,8 @@ use crate::store::layout::OPEN_MARKER;
 pub struct QueueStats {
     pub queue: String,
     pub partitions: u32,
+    /// Paused: workers claim none of its jobs.
+    pub paused: bool,
     /// Ready jobs (not running) by priority: index 0 is priority 0.
     pub ready: Vec<u64>,
     /// Jobs waiting for their due time: delayed enqueues and retries.
@@ -102,6 +104,7 @@ impl Admin {
         Ok(QueueStats {
             queue: queue.to_string(),
             partitions: config.partitions,
+            paused: config.paused,
             ready,
             delayed,
             running,

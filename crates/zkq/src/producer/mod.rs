@@ -11,6 +11,7 @@ mod segment;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, instrument};
 use zookeeper_client as zk;
@@ -29,6 +30,9 @@ use self::segment::Segments;
 pub use self::placement::partition_of_key;
 pub(crate) use self::placement::{dead_letter_op, Placement};
 
+/// How long a queue config read by a producer is used before it is read again.
+const CONFIG_FRESH: Duration = Duration::from_secs(1);
+
 /// Enqueues jobs. Cheap to share: wrap it in an `Arc` and call it from many tasks; their
 /// requests are pipelined over one ZooKeeper session.
 #[derive(Debug)]
@@ -37,7 +41,8 @@ pub struct Producer {
     layout: Layout,
     /// Config used when a queue is created on first use.
     default_config: QueueConfig,
-    configs: Mutex<HashMap<String, QueueConfig>>,
+    /// Queue configs as last read, and when: older than [`CONFIG_FRESH`], they are read again.
+    configs: Mutex<HashMap<String, (QueueConfig, Instant)>>,
     segments: tokio::sync::Mutex<Segments>,
     round_robin: AtomicU32,
 }
@@ -134,11 +139,15 @@ impl Producer {
         Ok(())
     }
 
-    /// The queue's config, creating the queue with the default config on first use.
+    /// The queue's config, creating the queue with the default config on first use. A config
+    /// read more than [`CONFIG_FRESH`] ago is read again, so that settings changed live (limits,
+    /// attempts, retry backoff) apply within that time.
     pub(crate) async fn config(&self, queue: &str) -> Result<QueueConfig> {
         layout::validate_queue_name(queue)?;
-        if let Some(config) = self.lock_configs().get(queue) {
-            return Ok(config.clone());
+        if let Some((config, read)) = self.lock_configs().get(queue) {
+            if read.elapsed() < CONFIG_FRESH {
+                return Ok(config.clone());
+            }
         }
         let config = queue::ensure(&self.client, &self.layout, queue, &self.default_config).await?;
         self.cache(queue, &config);
@@ -146,10 +155,11 @@ impl Producer {
     }
 
     pub(crate) fn cache(&self, queue: &str, config: &QueueConfig) {
-        self.lock_configs().insert(queue.to_string(), config.clone());
+        self.lock_configs()
+            .insert(queue.to_string(), (config.clone(), Instant::now()));
     }
 
-    fn lock_configs(&self) -> std::sync::MutexGuard<'_, HashMap<String, QueueConfig>> {
+    fn lock_configs(&self) -> std::sync::MutexGuard<'_, HashMap<String, (QueueConfig, Instant)>> {
         self.configs.lock().unwrap_or_else(|p| p.into_inner())
     }
 

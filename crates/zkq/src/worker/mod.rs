@@ -37,6 +37,7 @@
 mod attempt;
 mod batch;
 mod config;
+mod configs;
 pub(crate) mod fetch;
 mod keys;
 mod session;

@@ -22,6 +22,7 @@ use crate::store::batcher::Batcher;
 use crate::store::session;
 use crate::worker::fetch::{Fetcher, Parking};
 
+use super::configs;
 use super::keys::Keys;
 use super::settle::AttemptEnd;
 use super::{Worker, WorkerSummary, CLAIMS_IN_FLIGHT, STOP_MARGIN};
@@ -116,7 +117,17 @@ impl Worker {
         // Scans read on a session of their own; it shares this session's fate.
         let reader = self.connect().await?;
         background.spawn(watch_session(reader.clone(), session_lost.clone()));
-        let mut fetcher = Fetcher::new(reader.clone(), self.layout.clone(), configs, owned);
+        // Queue settings followed live (a pause stops claiming from that queue).
+        let (configs_tx, live_configs) = watch::channel(configs.iter().cloned().collect());
+        for q in &self.config.queues {
+            background.spawn(configs::follow(
+                reader.clone(),
+                self.layout.clone(),
+                q.clone(),
+                configs_tx.clone(),
+            ));
+        }
+        let mut fetcher = Fetcher::new(reader.clone(), self.layout.clone(), configs, live_configs, owned);
         let session = Session {
             client: client.clone(),
             producer: producer.clone(),

@@ -48,6 +48,7 @@ use crate::error::Result;
 use crate::job::Job;
 use crate::queue::QueueConfig;
 use crate::store::layout::Layout;
+use crate::worker::configs::{is_paused, Configs};
 
 use self::parking::Parked;
 use self::watches::{PartitionId, WatchFuture};
@@ -136,6 +137,8 @@ pub(crate) struct Fetcher {
     reader: zk::Client,
     layout: Layout,
     queues: Vec<(String, QueueConfig)>,
+    /// The queues' live settings: a paused queue is not scanned.
+    configs: Configs,
     cursor: usize,
     lanes: HashMap<LaneId, LaneCache>,
     /// Lane watches, each forwarding its events to `events`; aborted when dropped.
@@ -184,6 +187,7 @@ impl Fetcher {
         reader: zk::Client,
         layout: Layout,
         queues: Vec<(String, QueueConfig)>,
+        configs: Configs,
         owned: watch::Receiver<Owned>,
     ) -> Fetcher {
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -192,6 +196,7 @@ impl Fetcher {
             reader,
             layout,
             queues,
+            configs,
             cursor: 0,
             lanes: HashMap::new(),
             watching: HashMap::new(),
@@ -223,6 +228,9 @@ impl Fetcher {
         let mut found = Vec::new();
         for q in 0..self.queues.len() {
             let (queue, config) = self.queues[(q + self.cursor) % self.queues.len()].clone();
+            if is_paused(&self.configs, &queue) {
+                continue;
+            }
             self.scan_queue(&queue, &config, want - found.len(), &mut found, &mut to_arm)
                 .await?;
             if found.len() >= want {
@@ -263,6 +271,7 @@ impl Fetcher {
     pub(crate) async fn wait(&mut self, fallback: Duration) {
         let deadline = tokio::time::Instant::now() + fallback;
         let mut owned = self.owned.clone();
+        let mut configs = self.configs.clone();
         loop {
             let fired = self.fired.get_mut().unwrap_or_else(|p| p.into_inner());
             let watch = async {
@@ -276,6 +285,8 @@ impl Fetcher {
                 Some(path) = watch => self.woken(&path),
                 Some(event) = self.events.recv() => self.apply(event),
                 Ok(()) = owned.changed() => return,
+                // A queue resumed (or its settings changed).
+                Ok(()) = configs.changed() => return,
                 _ = tokio::time::sleep_until(deadline) => {
                     self.all_stale();
                     return;
@@ -290,7 +301,9 @@ impl Fetcher {
 
     /// Whether a scan would find something to list or hand out.
     fn worth_scanning(&self) -> bool {
-        self.lanes.values().any(|c| !c.ready.is_empty() || c.stale)
+        self.lanes
+            .iter()
+            .any(|(id, c)| (!c.ready.is_empty() || c.stale) && !is_paused(&self.configs, &id.queue))
     }
 
     fn take_events(&mut self) {
