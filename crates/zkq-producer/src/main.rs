@@ -205,6 +205,9 @@ enum Failure {
     /// The input cannot be used (a file, stdin, a payload); nothing was sent.
     #[error("{0}")]
     Input(String),
+    /// What was asked for conflicts with what exists.
+    #[error("{0}")]
+    Conflict(String),
     /// A command-line value names something that does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -267,13 +270,16 @@ async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), Failure> 
     config.validate()?;
     let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
     let in_force = producer.create_queue(&args.queue, &config).await?;
-    if in_force != config && !cli.quiet {
-        eprintln!(
-            "queue {} already exists; its settings are unchanged: {in_force:?}",
-            args.queue
-        );
-    }
     producer.close().await;
+    let differences = differences(&in_force, &config);
+    if !differences.is_empty() {
+        return Err(Failure::Conflict(format!(
+            "queue {} already exists with other settings ({}); nothing was changed. Change them \
+             with `zkq-admin queue set` (partition and priority counts cannot change)",
+            args.queue,
+            differences.join(", ")
+        )));
+    }
     Ok(())
 }
 
@@ -312,6 +318,57 @@ async fn cron(cli: &Cli, command: &CronCommand) -> Result<(), Failure> {
     };
     producer.close().await;
     result
+}
+
+/// The settings in which `existing` differs from `asked`, as `name existing (asked N)`.
+fn differences(existing: &QueueConfig, asked: &QueueConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut differ = |name: &str, existing: String, asked: String| {
+        if existing != asked {
+            out.push(format!("{name} {existing} (asked {asked})"));
+        }
+    };
+    differ(
+        "partitions",
+        existing.partitions.to_string(),
+        asked.partitions.to_string(),
+    );
+    differ(
+        "priorities",
+        existing.priorities.to_string(),
+        asked.priorities.to_string(),
+    );
+    differ(
+        "segment size",
+        existing.segment_size.to_string(),
+        asked.segment_size.to_string(),
+    );
+    differ(
+        "max attempts",
+        existing.max_attempts.to_string(),
+        asked.max_attempts.to_string(),
+    );
+    differ(
+        "retry",
+        format!("{:?}", existing.retry),
+        format!("{:?}", asked.retry),
+    );
+    differ(
+        "max payload bytes",
+        existing.max_payload_bytes.to_string(),
+        asked.max_payload_bytes.to_string(),
+    );
+    differ(
+        "dead max",
+        format!("{:?}", existing.dead_max),
+        format!("{:?}", asked.dead_max),
+    );
+    differ(
+        "dead max age ms",
+        format!("{:?}", existing.dead_max_age_ms),
+        format!("{:?}", asked.dead_max_age_ms),
+    );
+    out
 }
 
 fn periodic_job(args: &CronSetArgs) -> Result<PeriodicJob, Failure> {

@@ -390,3 +390,41 @@ fn a_bad_cron_expression_is_refused_before_connecting() {
         "{stderr}"
     );
 }
+
+#[test]
+fn create_queue_on_an_existing_queue_with_other_settings_is_refused() {
+    let root = zkq_testkit::unique_root("cli-create-twice");
+    let create = |partitions: &str| {
+        producer(
+            &root,
+            &[
+                "create-queue",
+                "--queue",
+                "q",
+                "--partitions",
+                partitions,
+                "--max-attempts",
+                "3",
+            ],
+            None,
+        )
+    };
+    let out = create("4");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = create("4");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the same settings again: {}",
+        text(&out.stderr)
+    );
+    let out = create("16");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("queue q already exists with other settings (partitions 4 (asked 16))"),
+        "{err}"
+    );
+    assert!(err.contains("zkq-admin queue set"), "{err}");
+    assert!(!err.contains("QueueConfig {"), "no Debug dump: {err}");
+}
