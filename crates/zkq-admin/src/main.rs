@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use zkq::cli::{init_logging, parse_duration, ConnectArgs};
 use zkq::{Admin, Purge};
 
-use crate::show::{print_dead_letter, print_dead_letters, print_queue, print_stats, print_workers};
+use crate::show::{
+    print_dead_letter, print_dead_letters, print_locks, print_queue, print_stats, print_workers,
+};
 
 /// Inspect and steer a running zkq.
 ///
@@ -59,6 +61,8 @@ enum Command {
     /// Queue settings
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Lock keys in use: holder, since when, fencing token, waiters
+    Locks,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +182,7 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<()> {
     match &cli.command {
         Command::Stats { queue } => print_stats(&admin.stats(queue.as_deref()).await?, json),
         Command::Workers => print_workers(&admin.workers().await?, json),
+        Command::Locks => print_locks(&admin.locks().await?, json),
         Command::Dead(DeadCommand::List { queue, kind, limit }) => print_dead_letters(
             &admin
                 .dead_letters(queue.as_deref(), kind.as_deref(), *limit)

@@ -1,7 +1,7 @@
 //! Output: a table for people, JSON for scripts (`--json`, one document per command).
 
 use serde_json::{json, Value};
-use zkq::{DeadLetter, QueueConfig, Stats, WorkerView};
+use zkq::{DeadLetter, LockView, QueueConfig, Stats, WorkerView};
 
 /// Longest payload preview, in characters.
 const PREVIEW_CHARS: usize = 200;
@@ -122,6 +122,29 @@ pub fn print_workers(workers: &[WorkerView], json: bool) {
             ],
             rows
         )
+    );
+}
+
+pub fn print_locks(locks: &[LockView], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(locks).unwrap_or_default());
+        return;
+    }
+    let rows = locks
+        .iter()
+        .map(|l| {
+            vec![
+                l.key.clone(),
+                l.holder.clone(),
+                l.held_since_ms.to_string(),
+                l.token.to_string(),
+                l.waiters.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["KEY", "HOLDER", "SINCE (MS)", "TOKEN", "WAITERS"], rows)
     );
 }
 

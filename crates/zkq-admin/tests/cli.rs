@@ -468,3 +468,53 @@ async fn queue_settings_change_live_and_moves_are_refused() {
     assert_eq!(stats["queues"][0]["partitions"], 8, "nothing changed");
     producer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_show_each_key_its_holder_and_its_waiters() {
+    let root = zkq_testkit::unique_root("admin-locks");
+    let layout = zkq::Layout::new(&root).unwrap();
+    let holder_session = zk().connect().await.unwrap();
+    let waiter_session = zk().connect().await.unwrap();
+    let held = zkq::Lock::new(holder_session.clone(), &layout, "invoice/42", "worker-a").unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let guard = held.acquire().await.unwrap();
+    let locks = admin_json(&root, &["locks"]);
+    assert_eq!(locks.as_array().unwrap().len(), 1);
+    assert_eq!(locks[0]["key"], "invoice/42", "the key, unescaped");
+    assert_eq!(locks[0]["holder"], "worker-a");
+    assert_eq!(locks[0]["token"], guard.token());
+    assert_eq!(locks[0]["waiters"], 0);
+    let since = locks[0]["held_since_ms"].as_u64().unwrap();
+    assert!(since + 1000 >= before, "held since {since}, asked at {before}");
+
+    // A second process waits in line behind the holder.
+    let waiting = zkq::Lock::new(waiter_session.clone(), &layout, "invoice/42", "worker-b").unwrap();
+    let waiter = tokio::spawn(async move { waiting.acquire_timeout(PATIENCE).await.unwrap() });
+    let locks = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let locks = admin_json(&root, &["locks"]);
+            if locks[0]["waiters"] == 1 {
+                return locks;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(locks[0]["holder"], "worker-a");
+    let table = text(&admin(&root, &["locks"]).stdout);
+    assert!(
+        table.contains("invoice/42") && table.contains("worker-a"),
+        "{table}"
+    );
+
+    guard.release().await.unwrap();
+    let next = waiter.await.unwrap().expect("the waiter gets the lock");
+    let locks = admin_json(&root, &["locks"]);
+    assert_eq!(locks[0]["holder"], "worker-b");
+    assert_eq!(locks[0]["waiters"], 0);
+    next.release().await.unwrap();
+}

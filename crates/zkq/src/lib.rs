@@ -67,7 +67,7 @@ mod store;
 pub mod telemetry;
 mod worker;
 
-pub use admin::{Admin, DeadLetter, FleetStats, Purge, QueueStats, Stats, WorkerView};
+pub use admin::{Admin, DeadLetter, FleetStats, LockView, Purge, QueueStats, Stats, WorkerView};
 pub use error::{Error, Result};
 pub use exec::CommandHandler;
 pub use handler::{Fence, Handler, HandlerFuture, JobContext, Outcome};

@@ -7,11 +7,13 @@
 
 mod dead;
 mod fleet;
+mod locks;
 mod queues;
 mod stats;
 
 pub use dead::{DeadLetter, Purge};
 pub use fleet::WorkerView;
+pub use locks::LockView;
 pub use stats::{FleetStats, QueueStats, Stats};
 
 use zookeeper_client as zk;

@@ -230,6 +230,29 @@ pub fn escape_key(key: &str) -> String {
     out
 }
 
+/// The key a lock znode name stands for: [`escape_key`] undone.
+pub(crate) fn unescape_key(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = name
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Checks a job kind: 1 to 128 printable characters without whitespace.
 pub fn validate_kind(kind: &str) -> Result<()> {
     let bad = |reason| {
@@ -263,6 +286,9 @@ mod tests {
         assert_eq!(escape_key("%2F"), "%252F");
         assert_eq!(escape_key("ü"), "%C3%BC");
         assert_ne!(escape_key("a/b"), escape_key("a%2Fb"));
+        for key in ["user-42.a_b", "a/b c", "..", "%2F", "ü", "invoice/42"] {
+            assert_eq!(unescape_key(&escape_key(key)), key);
+        }
     }
 
     #[test]
