@@ -156,6 +156,11 @@ struct JobArgs {
     #[arg(long)]
     no_attempt_log: bool,
 
+    /// Do not log the lines commands write to stdout and stderr (logged at info by default,
+    /// with the job's id); stdout then goes to the worker's stdout as is
+    #[arg(long)]
+    no_output_log: bool,
+
     /// Worker id, unique in the fleet [default: HOST-PID-RANDOM]
     #[arg(long, value_name = "ID")]
     id: Option<String>,
@@ -244,10 +249,13 @@ async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> zkq::Result<()> {
     }
     let mut worker = Worker::new(connect.zk_config(), &connect.root, config)?;
     for (kind, command) in &cli.exec {
+        let handler = CommandHandler::new(command.clone())
+            .with_watchdog()
+            .log_output(!cli.no_output_log);
         worker = if kind == "*" {
-            worker.handle_any(CommandHandler::new(command.clone()).with_watchdog())
+            worker.handle_any(handler)
         } else {
-            worker.handle(kind, CommandHandler::new(command.clone()).with_watchdog())?
+            worker.handle(kind, handler)?
         };
     }
     let summary = worker.run(shutdown_signal()).await?;

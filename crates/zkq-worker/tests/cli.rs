@@ -70,7 +70,10 @@ async fn the_worker_runs_jobs_as_commands_and_stops_gracefully_on_sigterm() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let exec = format!("echo=echo \"$(cat) $ZKQ_ATTEMPT\" >> {}", out.display());
+    let exec = format!(
+        "echo=echo \"$(cat) $ZKQ_ATTEMPT\" >> {}; echo said $ZKQ_JOB_ID; echo warned >&2",
+        out.display()
+    );
     let mut child = worker(&root, &["--queue", "q", "--concurrency", "4", "--exec", &exec]);
     for i in 0..20 {
         producer
@@ -111,6 +114,28 @@ async fn the_worker_runs_jobs_as_commands_and_stops_gracefully_on_sigterm() {
     assert_eq!(logged("attempt ended"), 20, "{}", status.1);
     assert!(
         status.1.contains("outcome=\"done\"") || status.1.contains("outcome=done"),
+        "{}",
+        status.1
+    );
+    // Each line a command writes is logged with its job's span (the id is in both).
+    let said: Vec<&str> = status.1.lines().filter(|l| l.contains("said ")).collect();
+    assert_eq!(said.len(), 20, "{}", status.1);
+    assert!(
+        said.iter()
+            .all(|l| l.contains("stream=\"stdout\"") || l.contains("stream=stdout")),
+        "{said:?}"
+    );
+    for line in &said {
+        let id = line
+            .rsplit("said ")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default();
+        assert!(line.contains(&format!("id={id}")), "{line}");
+    }
+    assert_eq!(
+        status.1.lines().filter(|l| l.contains("warned")).count(),
+        20,
         "{}",
         status.1
     );

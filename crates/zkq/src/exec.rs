@@ -14,8 +14,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt};
 use tokio::process::Command;
+use tracing::info;
 
 use crate::handler::{Handler, HandlerFuture, JobContext, Outcome};
 use crate::recipes::liveness::KILL_SHARE;
@@ -24,15 +25,21 @@ use crate::recipes::watchdog::{self, monotonic_ns, Watchdog};
 /// Bytes of stderr kept for the error history.
 const STDERR_TAIL: usize = 2048;
 
+/// Longest output line logged as is; the rest of a longer line is left out of the log.
+const MAX_LOGGED_LINE: usize = 8192;
+
 /// Runs `sh -c <command>` per job. Exit status 0 is done; anything else is a failed attempt
 /// (retried or dead-lettered per the queue's policy), with the tail of stderr as the error.
 ///
 /// The environment carries `ZKQ_JOB_ID`, `ZKQ_ATTEMPT`, `ZKQ_MAX_ATTEMPTS`, `ZKQ_QUEUE`,
-/// `ZKQ_KIND`, `ZKQ_WORKER_ID` and `ZKQ_FENCING_TOKEN` (the attempt's [`crate::Fence`] token).
+/// `ZKQ_KIND`, `ZKQ_WORKER_ID` and `ZKQ_FENCING_TOKEN` (the attempt's [`crate::Fence`] token),
+/// and each header as `ZKQ_HEADER_<NAME>`. Each line of its output is logged unless
+/// [`CommandHandler::log_output`] turns that off.
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
     command: String,
     watchdog: bool,
+    log_output: bool,
 }
 
 impl CommandHandler {
@@ -41,7 +48,16 @@ impl CommandHandler {
         CommandHandler {
             command: command.into(),
             watchdog: false,
+            log_output: true,
         }
+    }
+
+    /// Whether each line the command writes to stdout or stderr is logged at info, in the
+    /// attempt's span (job id, queue, kind, attempt). On by default; when off, stdout goes to
+    /// the worker's stdout as is, and only the tail of stderr is kept (for the error).
+    pub fn log_output(mut self, log: bool) -> CommandHandler {
+        self.log_output = log;
+        self
     }
 
     /// Runs each command under a watchdog process fed by the worker's heartbeat, which kills
@@ -57,10 +73,11 @@ impl CommandHandler {
 impl Handler for CommandHandler {
     fn run(&self, ctx: JobContext) -> HandlerFuture {
         let command = self.command.clone();
+        let log = self.log_output;
         if self.watchdog {
-            Box::pin(async move { run_watched(&command, ctx).await })
+            Box::pin(async move { run_watched(&command, log, ctx).await })
         } else {
-            Box::pin(async move { run_command(&command, ctx).await })
+            Box::pin(async move { run_command(&command, log, ctx).await })
         }
     }
 }
@@ -102,15 +119,25 @@ pub(crate) fn header_var(name: &str) -> String {
     format!("ZKQ_HEADER_{name}")
 }
 
-/// Keeps the last [`STDERR_TAIL`] bytes of `stderr`.
-async fn stderr_tail(mut stderr: Option<impl AsyncRead + Unpin>) -> String {
+/// Reads a command's `stream` to its end: logs each line at info when `log`, and returns the
+/// last [`STDERR_TAIL`] bytes.
+async fn read_output(stream: Option<impl AsyncRead + Unpin>, name: &'static str, log: bool) -> String {
+    let Some(stream) = stream else {
+        return String::new();
+    };
+    let mut lines = tokio::io::BufReader::new(stream);
     let mut tail = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Some(err) = stderr.as_mut() {
-        match err.read(&mut buf).await {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&buf[..n]);
+            Ok(_) => {
+                if log {
+                    let text = String::from_utf8_lossy(&line[..line.len().min(MAX_LOGGED_LINE)]);
+                    info!(stream = name, "{}", text.trim_end());
+                }
+                tail.extend_from_slice(&line);
                 let excess = tail.len().saturating_sub(STDERR_TAIL);
                 tail.drain(..excess);
             }
@@ -129,7 +156,7 @@ fn failed(how: String, tail: &str) -> Outcome {
 }
 
 /// Runs the command under a watchdog whose kill deadline follows the session's heartbeat.
-async fn run_watched(command: &str, ctx: JobContext) -> Outcome {
+async fn run_watched(command: &str, log: bool, ctx: JobContext) -> Outcome {
     let mut liveness = ctx.fence.liveness().clone();
     let timeout = liveness.session_timeout();
     let grace = timeout
@@ -151,14 +178,21 @@ async fn run_watched(command: &str, ctx: JobContext) -> Outcome {
     env.push((watchdog::STDIN_FILE.to_string(), input.display().to_string()));
     let args = ["-c".to_string(), command.to_string()];
     let mut kill_at = liveness.kill_at_ns();
-    let mut dog = match Watchdog::spawn_with("sh", &args, &env, grace, kill_at, Stdio::piped()) {
+    let mut dog = match Watchdog::spawn_with("sh", &args, &env, grace, kill_at, true) {
         Ok(dog) => dog,
         Err(e) => {
             let _ = std::fs::remove_file(&input);
             return Outcome::retry(format!("cannot start `sh -c {command}`: {e}"));
         }
     };
-    let collect = stderr_tail(dog.stderr());
+    let (stderr, stdout) = (dog.stderr(), dog.stdout());
+    let collect = async {
+        let (tail, _) = tokio::join!(
+            read_output(stderr, "stderr", log),
+            read_output(stdout, "stdout", log)
+        );
+        tail
+    };
     let mut stopped = false;
     let mut heartbeat = true;
     let run = async {
@@ -196,14 +230,14 @@ async fn run_watched(command: &str, ctx: JobContext) -> Outcome {
     }
 }
 
-async fn run_command(command: &str, ctx: JobContext) -> Outcome {
+async fn run_command(command: &str, log: bool, ctx: JobContext) -> Outcome {
     let job = &ctx.job;
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(command)
         .envs(job_env(&ctx))
         .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
+        .stdout(if log { Stdio::piped() } else { Stdio::inherit() })
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -224,7 +258,14 @@ async fn run_command(command: &str, ctx: JobContext) -> Outcome {
         }
         drop(stdin);
     };
-    let collect = stderr_tail(child.stderr.take());
+    let (stderr, stdout) = (child.stderr.take(), child.stdout.take());
+    let collect = async {
+        let (tail, _) = tokio::join!(
+            read_output(stderr, "stderr", log),
+            read_output(stdout, "stdout", log)
+        );
+        tail
+    };
     let run = async {
         let (_, tail, status) = tokio::join!(feed, collect, child.wait());
         (tail, status)

@@ -81,19 +81,21 @@ impl Watchdog {
         grace: Duration,
         kill_at_ns: u64,
     ) -> Result<Watchdog> {
-        Watchdog::spawn_with(program, args, env, grace, kill_at_ns, Stdio::inherit())
+        Watchdog::spawn_with(program, args, env, grace, kill_at_ns, false)
     }
 
-    /// [`Watchdog::spawn`], with the command's (and the watchdog's) stderr sent to `stderr`;
-    /// with [`Stdio::piped`], read it from [`Watchdog::stderr`].
+    /// [`Watchdog::spawn`], with the command's (and the watchdog's) stdout and stderr piped
+    /// when `piped` (read them from [`Watchdog::stdout`] and [`Watchdog::stderr`]), inherited
+    /// otherwise.
     pub fn spawn_with(
         program: &str,
         args: &[String],
         env: &[(String, String)],
         grace: Duration,
         kill_at_ns: u64,
-        stderr: Stdio,
+        piped: bool,
     ) -> Result<Watchdog> {
+        let output = || if piped { Stdio::piped() } else { Stdio::inherit() };
         let exe = std::env::current_exe().map_err(|e| {
             Error::InvalidConfig(format!("cannot find this executable to run the watchdog: {e}"))
         })?;
@@ -105,8 +107,8 @@ impl Watchdog {
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
-            .stdout(Stdio::inherit())
-            .stderr(stderr)
+            .stdout(output())
+            .stderr(output())
             // Its own process group: a terminal's Ctrl-C for the runner must not kill the
             // watchdog and leave the command unwatched.
             .process_group(0)
@@ -145,7 +147,12 @@ impl Watchdog {
         }
     }
 
-    /// The stderr pipe of a watchdog started with [`Stdio::piped`] stderr, once.
+    /// The stdout pipe of a watchdog started with its output piped, once.
+    pub fn stdout(&mut self) -> Option<tokio::process::ChildStdout> {
+        self.process.stdout.take()
+    }
+
+    /// The stderr pipe of a watchdog started with its output piped, once.
     pub fn stderr(&mut self) -> Option<tokio::process::ChildStderr> {
         self.process.stderr.take()
     }
