@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use zkq::{CommandHandler, Job, NewJob, Outcome, QueueConfig};
-use zkq_tests::{recording, small_queue, spawn_worker, take, wait_for_node, within, Env};
+use zkq_tests::{count_ready, recording, small_queue, spawn_worker, take, wait_for_node, within, Env};
 
 async fn read_dead(env: &Env, queue: &str, id: zkq::JobId) -> Job {
     let client = env.client().await;
@@ -234,4 +234,41 @@ async fn a_command_job_gets_its_payload_and_environment_and_its_exit_status_deci
         "ok"
     );
     drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_leaves_a_process_holding_its_output_still_ends_its_attempt() {
+    let env = Env::new("exec-daemon");
+    let producer = env.producer_for("cmd", &small_queue()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The command exits at once, but leaves a process of its own session (out of its process
+    // group) holding its stdout and stderr open for ten minutes.
+    let script = format!(
+        "setsid sleep 600 & echo $! > {d}/daemon; echo started",
+        d = dir.path().display()
+    );
+    let (stop, handle) = spawn_worker(
+        env.worker(env.worker_config("cmd", 1))
+            .handle("sh", CommandHandler::new(script))
+            .unwrap(),
+    );
+    producer.enqueue("cmd", NewJob::new("sh", "x")).await.unwrap();
+    let client = env.client().await;
+    within(async {
+        while count_ready(&client, &env.root, "cmd").await > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    drop(stop);
+    let summary = handle.await.unwrap().unwrap();
+    assert_eq!(summary.done, 1, "the attempt ended as done: {summary:?}");
+    if let Ok(pid) = std::fs::read_to_string(dir.path().join("daemon")) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: kill(2) on the daemon this test's command started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }

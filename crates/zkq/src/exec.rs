@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt};
 use tokio::process::Command;
-use tracing::info;
+use tracing::{info, Instrument};
 
 use crate::handler::{Handler, HandlerFuture, JobContext, Outcome};
 use crate::recipes::liveness::KILL_SHARE;
@@ -27,6 +27,9 @@ const STDERR_TAIL: usize = 2048;
 
 /// Longest output line logged as is; the rest of a longer line is left out of the log.
 const MAX_LOGGED_LINE: usize = 8192;
+
+/// How long a command's output is still read after the command ended.
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// Runs `sh -c <command>` per job. Exit status 0 is done; anything else is a failed attempt
 /// (retried or dead-lettered per the queue's policy), with the tail of stderr as the error.
@@ -119,31 +122,77 @@ pub(crate) fn header_var(name: &str) -> String {
     format!("ZKQ_HEADER_{name}")
 }
 
-/// Reads a command's `stream` to its end: logs each line at info when `log`, and returns the
-/// last [`STDERR_TAIL`] bytes.
+/// Reads a command's `stream` to its end: logs each line at info when `log` (at most
+/// [`MAX_LOGGED_LINE`] bytes of it: a line is never held whole), and returns the last
+/// [`STDERR_TAIL`] bytes.
 async fn read_output(stream: Option<impl AsyncRead + Unpin>, name: &'static str, log: bool) -> String {
     let Some(stream) = stream else {
         return String::new();
     };
-    let mut lines = tokio::io::BufReader::new(stream);
+    let mut reader = tokio::io::BufReader::new(stream);
     let mut tail = Vec::new();
     let mut line = Vec::new();
-    loop {
+    let emit = |line: &mut Vec<u8>| {
+        if log {
+            info!(stream = name, "{}", String::from_utf8_lossy(line).trim_end());
+        }
         line.clear();
-        match lines.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if log {
-                    let text = String::from_utf8_lossy(&line[..line.len().min(MAX_LOGGED_LINE)]);
-                    info!(stream = name, "{}", text.trim_end());
-                }
-                tail.extend_from_slice(&line);
-                let excess = tail.len().saturating_sub(STDERR_TAIL);
-                tail.drain(..excess);
+    };
+    loop {
+        let (taken, ends_line) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => {
+                let (chunk, ends_line) = match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) => (&buf[..=i], true),
+                    None => (buf, false),
+                };
+                tail.extend_from_slice(chunk);
+                let room = MAX_LOGGED_LINE.saturating_sub(line.len());
+                line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                (chunk.len(), ends_line)
             }
+        };
+        reader.consume(taken);
+        let excess = tail.len().saturating_sub(STDERR_TAIL);
+        tail.drain(..excess);
+        if ends_line {
+            emit(&mut line);
         }
     }
+    if !line.is_empty() {
+        emit(&mut line);
+    }
     String::from_utf8_lossy(&tail).trim().to_string()
+}
+
+/// Reads a command's stderr and stdout in a task of their own (in the attempt's span) until
+/// both end; returns the tail of stderr.
+fn collect_output(
+    stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
+    stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
+    log: bool,
+) -> tokio::task::JoinHandle<String> {
+    let read = async move {
+        let (tail, _) = tokio::join!(
+            read_output(stderr, "stderr", log),
+            read_output(stdout, "stdout", log)
+        );
+        tail
+    };
+    tokio::spawn(read.in_current_span())
+}
+
+/// The stderr tail once the command has ended: a process that left the command's group (a
+/// daemon) may hold the pipes open, so the readers get [`OUTPUT_AFTER_EXIT`] to finish and are
+/// then dropped, with whatever tail they gathered lost.
+async fn output_tail(mut collect: tokio::task::JoinHandle<String>) -> String {
+    match tokio::time::timeout(OUTPUT_AFTER_EXIT, &mut collect).await {
+        Ok(Ok(tail)) => tail,
+        _ => {
+            collect.abort();
+            String::new()
+        }
+    }
 }
 
 /// The failed attempt's outcome from how the command ended and its stderr.
@@ -178,21 +227,14 @@ async fn run_watched(command: &str, log: bool, ctx: JobContext) -> Outcome {
     env.push((watchdog::STDIN_FILE.to_string(), input.display().to_string()));
     let args = ["-c".to_string(), command.to_string()];
     let mut kill_at = liveness.kill_at_ns();
-    let mut dog = match Watchdog::spawn_with("sh", &args, &env, grace, kill_at, true) {
+    let mut dog = match Watchdog::spawn_with("sh", &args, &env, grace, kill_at, log, true) {
         Ok(dog) => dog,
         Err(e) => {
             let _ = std::fs::remove_file(&input);
             return Outcome::retry(format!("cannot start `sh -c {command}`: {e}"));
         }
     };
-    let (stderr, stdout) = (dog.stderr(), dog.stdout());
-    let collect = async {
-        let (tail, _) = tokio::join!(
-            read_output(stderr, "stderr", log),
-            read_output(stdout, "stdout", log)
-        );
-        tail
-    };
+    let collect = collect_output(dog.stderr(), dog.stdout(), log);
     let mut stopped = false;
     let mut heartbeat = true;
     let run = async {
@@ -213,7 +255,8 @@ async fn run_watched(command: &str, log: bool, ctx: JobContext) -> Outcome {
             }
         }
     };
-    let (code, tail) = tokio::join!(run, collect);
+    let code = run.await;
+    let tail = output_tail(collect).await;
     match code {
         0 => Outcome::Done,
         _ if stopped => Outcome::retry("stopped"),
@@ -258,22 +301,16 @@ async fn run_command(command: &str, log: bool, ctx: JobContext) -> Outcome {
         }
         drop(stdin);
     };
-    let (stderr, stdout) = (child.stderr.take(), child.stdout.take());
-    let collect = async {
-        let (tail, _) = tokio::join!(
-            read_output(stderr, "stderr", log),
-            read_output(stdout, "stdout", log)
-        );
-        tail
-    };
+    let collect = collect_output(child.stderr.take(), child.stdout.take(), log);
     let run = async {
-        let (_, tail, status) = tokio::join!(feed, collect, child.wait());
-        (tail, status)
+        let (_, status) = tokio::join!(feed, child.wait());
+        status
     };
     tokio::select! {
-        (tail, status) = run => {
+        status = run => {
             // Whatever the command left running in its group ends with the job.
             group.signal(libc::SIGKILL);
+            let tail = output_tail(collect).await;
             match status {
                 Ok(s) if s.success() => Outcome::Done,
                 Ok(s) => {
@@ -292,6 +329,7 @@ async fn run_command(command: &str, log: bool, ctx: JobContext) -> Outcome {
             group.signal(libc::SIGTERM);
             let _ = child.wait().await;
             group.signal(libc::SIGKILL);
+            collect.abort();
             Outcome::retry("stopped")
         }
     }

@@ -81,21 +81,22 @@ impl Watchdog {
         grace: Duration,
         kill_at_ns: u64,
     ) -> Result<Watchdog> {
-        Watchdog::spawn_with(program, args, env, grace, kill_at_ns, false)
+        Watchdog::spawn_with(program, args, env, grace, kill_at_ns, false, false)
     }
 
-    /// [`Watchdog::spawn`], with the command's (and the watchdog's) stdout and stderr piped
-    /// when `piped` (read them from [`Watchdog::stdout`] and [`Watchdog::stderr`]), inherited
-    /// otherwise.
+    /// [`Watchdog::spawn`], with the command's stdout piped when `pipe_stdout` and its (and the
+    /// watchdog's) stderr piped when `pipe_stderr` (read them from [`Watchdog::stdout`] and
+    /// [`Watchdog::stderr`]); each is inherited otherwise.
     pub fn spawn_with(
         program: &str,
         args: &[String],
         env: &[(String, String)],
         grace: Duration,
         kill_at_ns: u64,
-        piped: bool,
+        pipe_stdout: bool,
+        pipe_stderr: bool,
     ) -> Result<Watchdog> {
-        let output = || if piped { Stdio::piped() } else { Stdio::inherit() };
+        let output = |piped: bool| if piped { Stdio::piped() } else { Stdio::inherit() };
         let exe = std::env::current_exe().map_err(|e| {
             Error::InvalidConfig(format!("cannot find this executable to run the watchdog: {e}"))
         })?;
@@ -107,8 +108,8 @@ impl Watchdog {
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
-            .stdout(output())
-            .stderr(output())
+            .stdout(output(pipe_stdout))
+            .stderr(output(pipe_stderr))
             // Its own process group: a terminal's Ctrl-C for the runner must not kill the
             // watchdog and leave the command unwatched.
             .process_group(0)

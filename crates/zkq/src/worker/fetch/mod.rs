@@ -218,6 +218,10 @@ impl Fetcher {
 
     /// Up to `want` ready, unclaimed jobs with their data, highest priority first.
     pub(crate) async fn scan(&mut self, want: usize) -> Result<Vec<Found>> {
+        // This scan sees the current settings and ownership: only later changes wake `wait`
+        // (its clones of these receivers start from what is marked seen here).
+        self.configs.borrow_and_update();
+        self.owned.borrow_and_update();
         self.take_events();
         if self.last_tidy.elapsed() >= TIDY_INTERVAL {
             self.last_tidy = Instant::now();
