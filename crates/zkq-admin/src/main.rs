@@ -199,13 +199,28 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<()> {
             let retried = if *all {
                 admin.retry_all_dead(queue.as_deref(), kind.as_deref()).await?
             } else {
-                admin.retry_dead(ids).await?
+                // Every id is looked up first: if one is unknown, nothing moves. Then each moves
+                // on its own, and is printed as soon as it did.
+                for id in ids {
+                    admin.dead_letter(id).await?;
+                }
+                let mut retried = Vec::new();
+                for id in ids {
+                    let moved = admin.retry_dead(std::slice::from_ref(id)).await?;
+                    if !json {
+                        moved.iter().for_each(|id| println!("{id}"));
+                    }
+                    retried.extend(moved);
+                }
+                retried
             };
             let ids: Vec<String> = retried.iter().map(ToString::to_string).collect();
             if json {
                 println!("{}", serde_json::json!({ "retried": ids }));
             } else {
-                ids.iter().for_each(|id| println!("{id}"));
+                if *all {
+                    ids.iter().for_each(|id| println!("{id}"));
+                }
                 eprintln!("{} jobs sent back to work", ids.len());
             }
         }

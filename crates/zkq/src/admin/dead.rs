@@ -12,7 +12,6 @@ use crate::producer::Placement;
 use crate::queue;
 use crate::store::codec;
 use crate::store::layout::validate_queue_name;
-use crate::store::session;
 use crate::store::txn::Op;
 use crate::store::znode;
 
@@ -36,6 +35,9 @@ pub enum Purge {
     /// Those that died longer ago than this.
     OlderThan(Duration),
 }
+
+/// The kind of a dead letter made of bytes that were no job ([`Job::undecodable`]).
+const UNDECODABLE_KIND: &str = "zkq.undecodable";
 
 /// A dead letter's place: queue, id, and when it died.
 struct Letter {
@@ -91,8 +93,14 @@ impl Admin {
     /// # Errors
     /// [`Error::NotFound`] for an id no queue holds; ZooKeeper errors.
     pub async fn retry_dead(&self, ids: &[String]) -> Result<Vec<JobId>> {
-        let mut found = Vec::with_capacity(ids.len());
+        let mut unique: Vec<&String> = Vec::with_capacity(ids.len());
         for id in ids {
+            if !unique.contains(&id) {
+                unique.push(id);
+            }
+        }
+        let mut found = Vec::with_capacity(unique.len());
+        for id in unique {
             found.push(self.find(id).await?);
         }
         let mut retried = Vec::with_capacity(found.len());
@@ -108,14 +116,25 @@ impl Admin {
     /// # Errors
     /// [`Error::NotFound`] for a queue that does not exist; ZooKeeper errors.
     pub async fn retry_all_dead(&self, queue: Option<&str>, kind: Option<&str>) -> Result<Vec<JobId>> {
-        let letters = self.dead_letters(queue, kind, usize::MAX).await?;
-        let mut retried = Vec::with_capacity(letters.len());
-        for letter in letters {
-            match self.retry_one(&letter.queue, &letter.job.id.to_string()).await {
-                Ok(id) => retried.push(id),
-                // Retried or purged by someone else meanwhile.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+        let letters = self.letters(queue).await?;
+        let mut retried = Vec::new();
+        // A few records in memory at a time: dead letters can be many and large.
+        for chunk in letters.chunks(64) {
+            for letter in self.read(chunk).await? {
+                let asked = match kind {
+                    Some(k) => letter.job.kind == k,
+                    // Garbage (bytes that were no job) only when asked for by its kind.
+                    None => letter.job.kind != UNDECODABLE_KIND,
+                };
+                if !asked {
+                    continue;
+                }
+                match self.retry_one(&letter.queue, &letter.job.id.to_string()).await {
+                    Ok(id) => retried.push(id),
+                    // Retried or purged by someone else meanwhile.
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(retried)
@@ -193,9 +212,13 @@ impl Admin {
             {
                 Ok(()) => return Ok(job_id),
                 Err(e) if e.is_outcome_unknown() => {
-                    session::connected(&self.client).await?;
-                    if self.client.check_stat(&path).await.ok().flatten().is_none() {
-                        return Ok(job_id);
+                    self.reconnected().await?;
+                    // The member answering may not have applied the move yet: sync first.
+                    let _ = self.client.sync(&path).await;
+                    match self.client.check_stat(&path).await {
+                        Ok(None) => return Ok(job_id),
+                        Ok(Some(_)) => {}
+                        Err(e) => return Err(Error::zk("stat dead letter", path, e)),
                     }
                 }
                 // Changed meanwhile: read it again.
@@ -211,27 +234,27 @@ impl Admin {
         for q in self.queue_names(queue).await? {
             let dir = self.layout.dead(&q);
             let ids = self.children(&dir).await?;
-            let stats: Vec<Option<Letter>> = stream::iter(ids)
+            let stats: Vec<Result<Option<Letter>>> = stream::iter(ids)
                 .map(|id| {
                     let (dir, q) = (&dir, &q);
                     async move {
-                        let stat = self
-                            .client
-                            .check_stat(&format!("{dir}/{id}"))
-                            .await
-                            .ok()
-                            .flatten()?;
-                        Some(Letter {
-                            queue: q.clone(),
-                            id,
-                            ctime: stat.ctime,
-                        })
+                        let path = format!("{dir}/{id}");
+                        match self.client.check_stat(&path).await {
+                            Ok(stat) => Ok(stat.map(|stat| Letter {
+                                queue: q.clone(),
+                                id,
+                                ctime: stat.ctime,
+                            })),
+                            Err(e) => Err(Error::zk("stat dead letter", path, e)),
+                        }
                     }
                 })
                 .buffer_unordered(STATS_IN_FLIGHT)
                 .collect()
                 .await;
-            all.extend(stats.into_iter().flatten());
+            for letter in stats {
+                all.extend(letter?);
+            }
         }
         all.sort_by(|a, b| b.ctime.cmp(&a.ctime).then_with(|| a.id.cmp(&b.id)));
         Ok(all)

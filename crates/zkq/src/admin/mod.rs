@@ -23,6 +23,9 @@ use crate::producer::Producer;
 use crate::store::layout::Layout;
 use crate::store::session::{self, ZkConfig};
 
+/// How long a command waits for the connection to come back after a lost reply.
+const RECONNECT_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Stat requests in flight while counting.
 const STATS_IN_FLIGHT: usize = 256;
 
@@ -52,6 +55,23 @@ impl Admin {
             client,
             layout,
             producer,
+        }
+    }
+
+    /// Waits for the connection after a lost reply, at most [`RECONNECT_WITHIN`]: an operator's
+    /// command should end, not wait for ZooKeeper forever.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unreachable`] past that; a lost session.
+    pub(super) async fn reconnected(&self) -> Result<()> {
+        match tokio::time::timeout(RECONNECT_WITHIN, session::connected(&self.client)).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::Error::Unreachable {
+                address: "ZooKeeper".into(),
+                reason: format!(
+                    "no connection within {RECONNECT_WITHIN:?} after a reply was lost; the change may or may not have been made"
+                ),
+            }),
         }
     }
 

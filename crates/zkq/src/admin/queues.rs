@@ -9,7 +9,6 @@ use crate::error::{outcome_unknown, Error, Result};
 use crate::queue::QueueConfig;
 use crate::store::codec;
 use crate::store::layout::validate_queue_name;
-use crate::store::session;
 
 impl Admin {
     /// Pauses `queue`: workers stop claiming its jobs (running ones finish); enqueue and the
@@ -46,7 +45,7 @@ impl Admin {
                 Ok(found) => found,
                 Err(zk::Error::NoNode) => return Err(Error::NotFound(format!("no queue named {queue:?}"))),
                 Err(e) if outcome_unknown(&e) => {
-                    session::connected(&self.client).await?;
+                    self.reconnected().await?;
                     continue;
                 }
                 Err(e) => return Err(Error::zk("read queue config", path, e)),
@@ -68,7 +67,7 @@ impl Admin {
                 // Changed meanwhile, or our own write whose reply was lost: read it again (a
                 // committed write then reads as `wanted`).
                 Err(zk::Error::BadVersion) => {}
-                Err(e) if outcome_unknown(&e) => session::connected(&self.client).await?,
+                Err(e) if outcome_unknown(&e) => self.reconnected().await?,
                 Err(e) => return Err(Error::zk("write queue config", path, e)),
             }
         }

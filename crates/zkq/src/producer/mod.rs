@@ -144,14 +144,20 @@ impl Producer {
     /// attempts, retry backoff) apply within that time.
     pub(crate) async fn config(&self, queue: &str) -> Result<QueueConfig> {
         layout::validate_queue_name(queue)?;
-        if let Some((config, read)) = self.lock_configs().get(queue) {
+        let cached = self.lock_configs().get(queue).cloned();
+        if let Some((config, read)) = &cached {
             if read.elapsed() < CONFIG_FRESH {
                 return Ok(config.clone());
             }
         }
-        let config = queue::ensure(&self.client, &self.layout, queue, &self.default_config).await?;
-        self.cache(queue, &config);
-        Ok(config)
+        match queue::ensure(&self.client, &self.layout, queue, &self.default_config).await {
+            Ok(config) => {
+                self.cache(queue, &config);
+                Ok(config)
+            }
+            // A config read before stays good enough while a new read fails.
+            Err(e) => cached.map(|(config, _)| config).ok_or(e),
+        }
     }
 
     pub(crate) fn cache(&self, queue: &str, config: &QueueConfig) {
