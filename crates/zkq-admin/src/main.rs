@@ -201,11 +201,15 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<()> {
             } else {
                 // Every id is looked up first: if one is unknown, nothing moves. Then each moves
                 // on its own, and is printed as soon as it did.
+                let mut unique: Vec<&String> = Vec::new();
                 for id in ids {
-                    admin.dead_letter(id).await?;
+                    if !unique.contains(&id) {
+                        admin.dead_letter(id).await?;
+                        unique.push(id);
+                    }
                 }
                 let mut retried = Vec::new();
-                for id in ids {
+                for id in unique {
                     let moved = admin.retry_dead(std::slice::from_ref(id)).await?;
                     if !json {
                         moved.iter().for_each(|id| println!("{id}"));
