@@ -102,6 +102,7 @@ pub fn print_workers(workers: &[WorkerView], json: bool) {
                 w.host.clone(),
                 w.pid.to_string(),
                 w.queues.join(","),
+                w.kinds.join(","),
                 format!("{}/{}", w.running, w.concurrency),
                 partitions.join(" "),
                 w.started_at_ms.to_string(),
@@ -116,6 +117,7 @@ pub fn print_workers(workers: &[WorkerView], json: bool) {
                 "HOST",
                 "PID",
                 "QUEUES",
+                "KINDS",
                 "RUNNING",
                 "PARTITIONS",
                 "STARTED (MS)"

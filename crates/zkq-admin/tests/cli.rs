@@ -172,6 +172,7 @@ async fn stats_and_workers_count_ready_delayed_running_and_dead_jobs() {
     let workers = admin_json(&root, &["workers"]);
     assert_eq!(workers.as_array().unwrap().len(), 1);
     assert_eq!(workers[0]["queues"], serde_json::json!(["q"]));
+    assert_eq!(workers[0]["kinds"], serde_json::json!(["k"]));
     assert_eq!(workers[0]["running"], 1);
     assert_eq!(workers[0]["concurrency"], 1);
     assert_eq!(workers[0]["pid"], std::process::id());

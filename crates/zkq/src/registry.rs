@@ -21,6 +21,9 @@ pub struct WorkerInfo {
     pub host: String,
     pub pid: u32,
     pub queues: Vec<String>,
+    /// Job kinds it has a handler for, sorted; `*` when it handles every kind.
+    #[serde(default)]
+    pub kinds: Vec<String>,
     pub concurrency: u32,
     /// zkq version of the worker.
     pub version: String,
@@ -37,13 +40,14 @@ impl Record for WorkerInfo {
 
 impl WorkerInfo {
     /// Describes this process.
-    pub fn this_process(id: &str, queues: &[String], concurrency: u32) -> WorkerInfo {
+    pub fn this_process(id: &str, queues: &[String], kinds: Vec<String>, concurrency: u32) -> WorkerInfo {
         WorkerInfo {
             v: Self::VERSION,
             id: id.to_string(),
             host: hostname(),
             pid: std::process::id(),
             queues: queues.to_vec(),
+            kinds,
             concurrency,
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at_ms: now_ms(),

@@ -20,6 +20,8 @@ pub struct WorkerView {
     pub host: String,
     pub pid: u32,
     pub queues: Vec<String>,
+    /// Job kinds it handles; `*` when it handles every kind.
+    pub kinds: Vec<String>,
     pub concurrency: u32,
     /// zkq version of the worker.
     pub version: String,
@@ -96,6 +98,7 @@ fn view(info: WorkerInfo) -> WorkerView {
         host: info.host,
         pid: info.pid,
         queues: info.queues,
+        kinds: info.kinds,
         concurrency: info.concurrency,
         version: info.version,
         started_at_ms: info.started_at_ms,

@@ -213,6 +213,16 @@ impl Worker {
         result.map(|()| summary)
     }
 
+    /// The kinds this worker handles, sorted, for its registration: `*` for a catch-all.
+    fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        if self.fallback.is_some() {
+            kinds.push("*".to_string());
+        }
+        kinds.sort();
+        kinds
+    }
+
     async fn connect(&self) -> Result<zk::Client> {
         if self.detached {
             self.zk.connect_detached().await

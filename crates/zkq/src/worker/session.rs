@@ -70,6 +70,7 @@ impl Worker {
         let info = WorkerInfo::this_process(
             &self.config.id,
             &self.config.queues,
+            self.kinds(),
             self.config.concurrency as u32,
         );
         registry::register(&client, &self.layout, &info).await?;
