@@ -23,6 +23,14 @@ async fn until_all_ran(runs: &mut tokio::sync::mpsc::UnboundedReceiver<Run>, ids
     }
 }
 
+/// A test queue that takes the largest payload any queue can.
+fn largest_payloads() -> QueueConfig {
+    QueueConfig {
+        max_payload_bytes: MAX_PAYLOAD_BYTES as u32,
+        ..small_queue()
+    }
+}
+
 /// Creates a persistent znode by hand, as an operator or another tool could.
 async fn create_persistent(client: &zk::Client, path: &str, data: &[u8]) {
     client
@@ -137,11 +145,7 @@ async fn large_delayed_jobs_are_promoted_in_requests_that_fit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_a_queue_accepts_is_retried_and_dead_lettered_with_its_history() {
     let env = Env::new("largest");
-    let config = QueueConfig {
-        max_payload_bytes: MAX_PAYLOAD_BYTES as u32,
-        ..small_queue()
-    };
-    let producer = env.producer_for("q", &config).await;
+    let producer = env.producer_for("q", &largest_payloads()).await;
     // Payloads at the queue's limit, with ever larger headers: those the queue accepts must
     // live their whole life (claims, retries with their error history, a dead letter).
     let mut accepted = Vec::new();
@@ -316,11 +320,7 @@ async fn a_persistent_node_among_the_claims_is_removed_and_its_job_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_ticks_of_a_large_periodic_job_all_fire_in_requests_that_fit() {
     let env = Env::new("cron-large");
-    let config = QueueConfig {
-        max_payload_bytes: MAX_PAYLOAD_BYTES as u32,
-        ..small_queue()
-    };
-    let producer = env.producer_for("q", &config).await;
+    let producer = env.producer_for("q", &largest_payloads()).await;
 
     // Refused up front: the schedule holds the payload too, and both must fit one request.
     let too_large = zkq::PeriodicJob::new("q", "* * * * * *", NewJob::new("k", vec![b'x'; 600_000])).unwrap();

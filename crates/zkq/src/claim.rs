@@ -36,7 +36,6 @@
 //! Forgetting such a write is not an option: a committed claim nobody runs holds its job for the
 //! life of the session.
 
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use zookeeper_client as zk;
@@ -48,6 +47,7 @@ use crate::store::codec::{self, Record};
 use crate::store::layout::Layout;
 use crate::store::session;
 use crate::store::txn::{self, NodeKind, Op};
+use crate::store::znode;
 
 /// A ready job found by a scan, not yet claimed.
 #[derive(Debug, Clone)]
@@ -414,9 +414,6 @@ fn stamped(mut claimed: Claimed, results: &[zk::MultiWriteResult], index: usize)
     claimed
 }
 
-/// Stat requests in flight while looking for stray nodes among a queue's claims.
-const STATS_IN_FLIGHT: usize = 64;
-
 /// Removes the stray nodes in `queue`'s `claims/` folders and returns how many: persistent
 /// znodes (made by hand or by another tool). Every real claim is EPHEMERAL and ends with its
 /// session; a persistent one would hold its job unrun forever, with no session whose end could
@@ -430,25 +427,13 @@ pub(crate) async fn remove_stray(
     let mut removed = 0;
     for partition in 0..partitions {
         let dir = layout.claims(queue, partition);
-        let names = match client.list_children(&dir).await {
-            Ok(names) => names,
-            Err(zk::Error::NoNode) => continue,
-            Err(e) => return Err(Error::zk("list claims", dir, e)),
-        };
-        let stray: Vec<(String, i32)> = futures::stream::iter(names)
-            .map(|name| {
-                let path = format!("{dir}/{name}");
-                async move {
-                    match client.check_stat(&path).await {
-                        Ok(Some(stat)) if stat.ephemeral_owner == 0 => Some((path, stat.version)),
-                        _ => None,
-                    }
-                }
-            })
-            .buffer_unordered(STATS_IN_FLIGHT)
-            .filter_map(|x| async move { x })
-            .collect()
-            .await;
+        let names = znode::children(client, &dir).await?;
+        let stray: Vec<(String, i32)> = znode::stat_children(client, &dir, names)
+            .await?
+            .into_iter()
+            .filter(|(_, stat)| stat.ephemeral_owner == 0)
+            .map(|(name, stat)| (format!("{dir}/{name}"), stat.version))
+            .collect();
         for (path, version) in stray {
             match client.delete(&path, Some(version)).await {
                 Ok(()) => {

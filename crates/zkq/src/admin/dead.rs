@@ -5,7 +5,6 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use zookeeper_client as zk;
 
-use super::{Admin, STATS_IN_FLIGHT};
 use crate::error::{Error, Result};
 use crate::job::{now_ms, Job, JobId};
 use crate::producer::Placement;
@@ -14,6 +13,8 @@ use crate::store::codec;
 use crate::store::layout::validate_queue_name;
 use crate::store::txn::Op;
 use crate::store::znode;
+
+use super::{Admin, STATS_IN_FLIGHT};
 
 /// A job kept in a queue's dead letters: it used up its attempts, was refused as garbage, or
 /// was cancelled.
@@ -233,28 +234,13 @@ impl Admin {
         let mut all = Vec::new();
         for q in self.queue_names(queue).await? {
             let dir = self.layout.dead(&q);
-            let ids = self.children(&dir).await?;
-            let stats: Vec<Result<Option<Letter>>> = stream::iter(ids)
-                .map(|id| {
-                    let (dir, q) = (&dir, &q);
-                    async move {
-                        let path = format!("{dir}/{id}");
-                        match self.client.check_stat(&path).await {
-                            Ok(stat) => Ok(stat.map(|stat| Letter {
-                                queue: q.clone(),
-                                id,
-                                ctime: stat.ctime,
-                            })),
-                            Err(e) => Err(Error::zk("stat dead letter", path, e)),
-                        }
-                    }
-                })
-                .buffer_unordered(STATS_IN_FLIGHT)
-                .collect()
-                .await;
-            for letter in stats {
-                all.extend(letter?);
-            }
+            let ids = znode::children(&self.client, &dir).await?;
+            let stats = znode::stat_children(&self.client, &dir, ids).await?;
+            all.extend(stats.into_iter().map(|(id, stat)| Letter {
+                queue: q.clone(),
+                id,
+                ctime: stat.ctime,
+            }));
         }
         all.sort_by(|a, b| b.ctime.cmp(&a.ctime).then_with(|| a.id.cmp(&b.id)));
         Ok(all)

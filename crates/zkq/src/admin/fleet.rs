@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Admin;
 use crate::assignment;
 use crate::claim::ClaimRecord;
 use crate::error::Result;
@@ -12,6 +11,8 @@ use crate::queue::QueueConfig;
 use crate::registry::{self, WorkerInfo};
 use crate::store::codec;
 use crate::store::znode;
+
+use super::Admin;
 
 /// A live worker as `zkq-admin workers` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,7 +74,7 @@ impl Admin {
         for partition in 0..config.partitions {
             let dir = self.layout.claims(queue, partition);
             paths.extend(
-                self.children(&dir)
+                znode::children(&self.client, &dir)
                     .await?
                     .into_iter()
                     .map(|c| format!("{dir}/{c}")),

@@ -3,10 +3,12 @@
 use serde::Serialize;
 use zookeeper_client as zk;
 
-use super::Admin;
 use crate::error::{Error, Result};
 use crate::recipes::line::sequence_of;
 use crate::store::layout::unescape_key;
+use crate::store::znode;
+
+use super::Admin;
 
 /// A lock key with a holder, as `zkq-admin locks` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,12 +31,12 @@ impl Admin {
     /// ZooKeeper errors.
     pub async fn locks(&self) -> Result<Vec<LockView>> {
         let dir = self.layout.locks();
-        let mut keys = self.children(&dir).await?;
+        let mut keys = znode::children(&self.client, &dir).await?;
         keys.sort();
         let mut out = Vec::new();
         for name in keys {
             let key_dir = format!("{dir}/{name}");
-            let mut line = self.children(&key_dir).await?;
+            let mut line = znode::children(&self.client, &key_dir).await?;
             line.sort_by_key(|n| sequence_of(n));
             let Some(first) = line.first() else { continue };
             let path = format!("{key_dir}/{first}");

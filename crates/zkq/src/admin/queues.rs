@@ -4,11 +4,12 @@
 
 use zookeeper_client as zk;
 
-use super::Admin;
 use crate::error::{outcome_unknown, Error, Result};
 use crate::queue::QueueConfig;
 use crate::store::codec;
 use crate::store::layout::validate_queue_name;
+
+use super::Admin;
 
 impl Admin {
     /// Pauses `queue`: workers stop claiming its jobs (running ones finish); enqueue and the

@@ -4,10 +4,12 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use zookeeper_client as zk;
 
-use super::{Admin, STATS_IN_FLIGHT};
 use crate::error::{Error, Result};
 use crate::queue::{self, QueueConfig};
 use crate::store::layout::OPEN_MARKER;
+use crate::store::znode;
+
+use super::{Admin, STATS_IN_FLIGHT};
 
 /// One queue's depth.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -85,7 +87,7 @@ impl Admin {
         let mut ready = vec![0u64; config.priorities as usize];
         let mut running = 0;
         for partition in 0..config.partitions {
-            let claims = self.children(&self.layout.claims(queue, partition)).await?;
+            let claims = znode::children(&self.client, &self.layout.claims(queue, partition)).await?;
             running += claims.len() as u64;
             for (lane, count) in ready.iter_mut().enumerate() {
                 let lane_path = self.layout.lane(queue, partition, lane as u8);
@@ -95,7 +97,7 @@ impl Admin {
                 *count += jobs.saturating_sub(claimed);
             }
         }
-        let buckets = self.children(&self.layout.delayed(queue)).await?;
+        let buckets = znode::children(&self.client, &self.layout.delayed(queue)).await?;
         let delayed_dir = self.layout.delayed(queue);
         let delayed = self
             .sum_children(buckets.iter().map(|b| format!("{delayed_dir}/{b}")).collect())
@@ -115,8 +117,7 @@ impl Admin {
 
     /// Job znodes in a lane, claimed or not: each segment's children less its `open` marker.
     async fn jobs_in_lane(&self, lane: &str) -> Result<u64> {
-        let segments: Vec<String> = self
-            .children(lane)
+        let segments: Vec<String> = znode::children(&self.client, lane)
             .await?
             .into_iter()
             .map(|s| format!("{lane}/{s}"))
@@ -135,9 +136,9 @@ impl Admin {
     }
 
     async fn fleet_stats(&self) -> Result<FleetStats> {
-        let workers = self.children(&self.layout.workers()).await?.len() as u64;
+        let workers = znode::children(&self.client, &self.layout.workers()).await?.len() as u64;
         let scheduler = self.layout.scheduler();
-        let candidates = self.children(&format!("{scheduler}/candidates")).await?;
+        let candidates = znode::children(&self.client, &format!("{scheduler}/candidates")).await?;
         let epoch_path = format!("{scheduler}/epoch");
         let (leader, epoch) = match self.client.get_data(&epoch_path).await {
             Ok((data, stat)) => {
@@ -153,15 +154,6 @@ impl Admin {
             scheduler_leader: leader,
             scheduler_epoch: epoch,
         })
-    }
-
-    /// The children of `path`; none if it does not exist.
-    pub(super) async fn children(&self, path: &str) -> Result<Vec<String>> {
-        match self.client.list_children(path).await {
-            Ok(children) => Ok(children),
-            Err(zk::Error::NoNode) => Ok(Vec::new()),
-            Err(e) => Err(Error::zk("list", path, e)),
-        }
     }
 
     async fn child_count(&self, path: &str) -> Result<Option<u64>> {

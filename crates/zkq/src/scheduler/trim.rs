@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use zookeeper_client as zk;
@@ -20,15 +19,13 @@ use crate::queue::{self, QueueConfig};
 use crate::recipes::election::Leadership;
 use crate::store::layout::Layout;
 use crate::store::txn::Op;
+use crate::store::znode;
 use crate::telemetry;
 
 use super::service::{Next, Passes};
 
 /// Most dead letters removed in one `multi`.
 const DELETE_BATCH: usize = 100;
-/// Stat requests in flight while looking at a queue's dead letters.
-const STATS_IN_FLIGHT: usize = 256;
-
 /// Trims every queue's dead letters every `interval` until `stop` is cancelled.
 ///
 /// # Errors
@@ -76,11 +73,7 @@ pub(crate) async fn trim_queue(
         return Ok(0);
     }
     let dir = layout.dead(queue);
-    let names = match client.list_children(&dir).await {
-        Ok(n) => n,
-        Err(zk::Error::NoNode) => return Ok(0),
-        Err(e) => return Err(Error::zk("list dead letters", dir, e)),
-    };
+    let names = znode::children(client, &dir).await?;
     let over_count = config
         .dead_max
         .map(|max| names.len().saturating_sub(max as usize))
@@ -90,22 +83,11 @@ pub(crate) async fn trim_queue(
     }
     // (creation zxid, created ms, name), oldest first: the zxid orders deaths exactly, the
     // time says how old they are.
-    let mut letters: Vec<(i64, i64, String)> = stream::iter(names)
-        .map(|name| {
-            let path = format!("{dir}/{name}");
-            async move {
-                client
-                    .check_stat(&path)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|s| (s.czxid, s.ctime, name))
-            }
-        })
-        .buffer_unordered(STATS_IN_FLIGHT)
-        .filter_map(|x| async move { x })
-        .collect()
-        .await;
+    let mut letters: Vec<(i64, i64, String)> = znode::stat_children(client, &dir, names)
+        .await?
+        .into_iter()
+        .map(|(name, s)| (s.czxid, s.ctime, name))
+        .collect();
     letters.sort();
     let cutoff = config
         .dead_max_age_ms

@@ -1,6 +1,7 @@
 //! Znode helpers shared by the modules: create modes, paths made with their ancestors, deletes
 //! that must land, and batched reads.
 
+use futures::stream::{self, StreamExt};
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
@@ -15,6 +16,43 @@ pub(crate) const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
     zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
 pub(crate) const EPHEMERAL: zk::CreateOptions<'static> =
     zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+
+/// Stat requests in flight in [`stat_children`].
+const STATS_IN_FLIGHT: usize = 256;
+
+/// The children of `dir`; none when `dir` does not exist.
+pub(crate) async fn children(client: &zk::Client, dir: &str) -> Result<Vec<String>> {
+    match client.list_children(dir).await {
+        Ok(children) => Ok(children),
+        Err(zk::Error::NoNode) => Ok(Vec::new()),
+        Err(e) => Err(Error::zk("list", dir, e)),
+    }
+}
+
+/// The stat of each of `names` under `dir`, the requests pipelined; those gone meanwhile are
+/// left out.
+pub(crate) async fn stat_children(
+    client: &zk::Client,
+    dir: &str,
+    names: Vec<String>,
+) -> Result<Vec<(String, zk::Stat)>> {
+    let stats: Vec<Result<Option<(String, zk::Stat)>>> = stream::iter(names)
+        .map(|name| async move {
+            let path = format!("{dir}/{name}");
+            match client.check_stat(&path).await {
+                Ok(stat) => Ok(stat.map(|s| (name, s))),
+                Err(e) => Err(Error::zk("stat", path, e)),
+            }
+        })
+        .buffer_unordered(STATS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(stats.len());
+    for stat in stats {
+        out.extend(stat?);
+    }
+    Ok(out)
+}
 
 /// Creates `path` and its missing ancestors as empty persistent znodes.
 pub(crate) async fn ensure_path(client: &zk::Client, path: &str) -> Result<()> {
