@@ -1,4 +1,4 @@
-//! zkq-admin: see and steer a running zkq — queue depth, workers, dead letters.
+//! zkq-admin: see and steer a running zkq — queue depth, workers, jobs, dead letters.
 
 mod show;
 
@@ -10,7 +10,8 @@ use zkq::cli::{init_logging, parse_duration, ConnectArgs};
 use zkq::{Admin, Purge};
 
 use crate::show::{
-    print_dead_letter, print_dead_letters, print_locks, print_queue, print_stats, print_workers,
+    print_cancelled, print_dead_letter, print_dead_letters, print_job, print_locks, print_queue, print_stats,
+    print_workers,
 };
 
 /// Inspect and steer a running zkq.
@@ -63,6 +64,28 @@ enum Command {
     Queue(QueueCommand),
     /// Lock keys in use: holder, since when, fencing token, waiters
     Locks,
+    /// One job by id: where it is and its record; or cancel it
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Where a job is (ready, running on which worker, delayed until when, dead) and its record
+    ///
+    /// Finds the job by the id in its znode's name, without reading other jobs.
+    Show {
+        /// The job id
+        id: String,
+    },
+    /// Cancel a job: it becomes a dead letter with the error "cancelled" (and can be retried)
+    ///
+    /// A running job's attempt is stopped (its command gets SIGTERM, then SIGKILL after the
+    /// worker's stop grace) and not retried; this waits up to 30 s for the worker to confirm.
+    Cancel {
+        /// The job id
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +206,8 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<()> {
         Command::Stats { queue } => print_stats(&admin.stats(queue.as_deref()).await?, json),
         Command::Workers => print_workers(&admin.workers().await?, json),
         Command::Locks => print_locks(&admin.locks().await?, json),
+        Command::Job(JobCommand::Show { id }) => print_job(&admin.job(id).await?, json),
+        Command::Job(JobCommand::Cancel { id }) => print_cancelled(id, &admin.cancel_job(id).await?, json),
         Command::Dead(DeadCommand::List { queue, kind, limit }) => print_dead_letters(
             &admin
                 .dead_letters(queue.as_deref(), kind.as_deref(), *limit)

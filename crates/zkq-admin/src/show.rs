@@ -1,7 +1,7 @@
 //! Output: a table for people, JSON for scripts (`--json`, one document per command).
 
 use serde_json::{json, Value};
-use zkq::{DeadLetter, LockView, QueueConfig, Stats, WorkerView};
+use zkq::{Cancelled, DeadLetter, Job, JobState, JobView, LockView, QueueConfig, Stats, WorkerView};
 
 /// Longest payload preview, in characters.
 const PREVIEW_CHARS: usize = 200;
@@ -55,6 +55,14 @@ pub fn print_stats(stats: &Stats, json: bool) {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "-".into())
     );
+    for q in &stats.queues {
+        for u in &q.unhandled {
+            println!(
+                "{}: {} ready jobs of kind {:?}, which no live worker runs",
+                q.queue, u.ready, u.kind
+            );
+        }
+    }
 }
 
 /// A queue's settings after a change.
@@ -179,19 +187,90 @@ pub fn print_dead_letters(letters: &[DeadLetter], json: bool) {
 }
 
 pub fn print_dead_letter(letter: &DeadLetter, json: bool) {
-    let full = full(letter);
     if json {
-        println!("{full}");
+        println!("{}", full(letter));
         return;
     }
-    let job = &letter.job;
-    println!("id:            {}", job.id);
+    println!("id:            {}", letter.job.id);
     println!("queue:         {}", letter.queue);
+    println!("died (ms):     {}", letter.died_at_ms);
+    print_record(&letter.job);
+}
+
+pub fn print_job(view: &JobView, json: bool) {
+    if json {
+        let mut value = record(&view.job);
+        value["queue"] = json!(view.queue);
+        value["state"] = json!(view.state.name());
+        match &view.state {
+            JobState::Ready { partition } => value["partition"] = json!(partition),
+            JobState::Running {
+                partition,
+                worker,
+                attempt,
+                since_ms,
+            } => {
+                value["partition"] = json!(partition);
+                value["worker"] = json!(worker);
+                value["running_attempt"] = json!(attempt);
+                value["running_since_ms"] = json!(since_ms);
+            }
+            JobState::Delayed { due_ms } => value["due_at_ms"] = json!(due_ms),
+            JobState::Dead { died_ms } => value["died_at_ms"] = json!(died_ms),
+        }
+        println!("{value}");
+        return;
+    }
+    println!("id:            {}", view.job.id);
+    println!("queue:         {}", view.queue);
+    let state = match &view.state {
+        JobState::Ready { partition } => format!("ready (partition {partition})"),
+        JobState::Running {
+            partition,
+            worker,
+            attempt,
+            since_ms,
+        } => format!(
+            "running attempt {attempt} on worker {worker} since {since_ms} ms (partition {partition})"
+        ),
+        JobState::Delayed { due_ms } => format!("delayed until {due_ms} ms"),
+        JobState::Dead { died_ms } => format!("dead since {died_ms} ms"),
+    };
+    println!("state:         {state}");
+    print_record(&view.job);
+}
+
+pub fn print_cancelled(id: &str, cancelled: &Cancelled, json: bool) {
+    let (state, worker, stopped) = match cancelled {
+        Cancelled::Waiting => ("cancelled", None, None),
+        Cancelled::Running { worker, stopped } => ("cancelled", Some(worker.as_str()), Some(*stopped)),
+        Cancelled::AlreadyDead => ("already dead", None, None),
+    };
+    if json {
+        println!(
+            "{}",
+            json!({ "id": id, "result": state, "worker": worker, "stopped": stopped })
+        );
+        return;
+    }
+    match cancelled {
+        Cancelled::Waiting => println!("job {id} cancelled: now a dead letter (error \"cancelled\")"),
+        Cancelled::Running { worker, stopped: true } => println!(
+            "job {id} cancelled: its attempt on worker {worker} is stopped; now a dead letter (error \"cancelled\")"
+        ),
+        Cancelled::Running { worker, stopped: false } => println!(
+            "job {id} cancelled: now a dead letter; worker {worker} has not confirmed yet that its attempt stopped"
+        ),
+        Cancelled::AlreadyDead => println!("job {id} is already a dead letter: nothing to cancel"),
+    }
+}
+
+/// The lines every job record shows, for people.
+fn print_record(job: &Job) {
     println!("kind:          {}", job.kind);
     println!("priority:      {}", job.priority);
     println!("attempts:      {}/{}", job.attempt, job.max_attempts);
     println!("enqueued (ms): {}", job.enqueued_at_ms);
-    println!("died (ms):     {}", letter.died_at_ms);
     if let Some(key) = &job.lock_key {
         println!("lock key:      {key}");
     }
@@ -227,7 +306,14 @@ fn summary(letter: &DeadLetter) -> Value {
 
 /// A dead letter in `dead show --json`.
 fn full(letter: &DeadLetter) -> Value {
-    let job = &letter.job;
+    let mut value = record(&letter.job);
+    value["queue"] = json!(letter.queue);
+    value["died_at_ms"] = json!(letter.died_at_ms);
+    value
+}
+
+/// A job record's fields in JSON (`dead show`, `job show`).
+fn record(job: &Job) -> Value {
     let errors: Vec<Value> = job
         .errors
         .iter()
@@ -235,13 +321,11 @@ fn full(letter: &DeadLetter) -> Value {
         .collect();
     json!({
         "id": job.id.to_string(),
-        "queue": letter.queue,
         "kind": job.kind,
         "priority": job.priority,
         "attempts": job.attempt,
         "max_attempts": job.max_attempts,
         "enqueued_at_ms": job.enqueued_at_ms,
-        "died_at_ms": letter.died_at_ms,
         "lock_key": job.lock_key,
         "partition_key": job.partition_key,
         "headers": job.headers,

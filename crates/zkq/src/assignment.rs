@@ -4,7 +4,9 @@
 //! fenced by its epoch. It watches the worker registrations (`<root>/workers`) and, after a
 //! quiet period ([`crate::scheduler::SchedulerConfig::rebalance_delay`], so that a burst of
 //! joins and leaves costs one rebalance), gives every partition to one live worker that takes
-//! jobs from the queue:
+//! jobs from the queue, for each group of workers that handle the same job kinds (a worker
+//! leaves jobs of other kinds alone, so every kind needs an owner of its own in every
+//! partition; usually there is one group):
 //!
 //! - **balanced**: worker loads differ by at most one partition;
 //! - **sticky**: a partition stays with its owner unless that owner left or holds more than
@@ -42,13 +44,14 @@ pub struct Assignment {
     pub v: u8,
     /// The epoch of the scheduler that wrote it.
     pub epoch: i32,
-    /// Owner of each partition (index = partition), `None` while no worker can take it.
-    pub owners: Vec<Option<String>>,
+    /// Owners of each partition (index = partition): one per group of workers that handle the
+    /// same job kinds, none while no worker can take it.
+    pub owners: Vec<Vec<String>>,
 }
 
 impl Record for Assignment {
     const WHAT: &'static str = "partition assignment";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     fn version(&self) -> u8 {
         self.v
     }
@@ -58,7 +61,7 @@ impl Assignment {
     /// The partitions `worker` owns.
     pub fn owned_by(&self, worker: &str) -> Vec<u32> {
         (0..self.owners.len() as u32)
-            .filter(|p| self.owners[*p as usize].as_deref() == Some(worker))
+            .filter(|p| self.owners[*p as usize].iter().any(|o| o == worker))
             .collect()
     }
 }
@@ -118,6 +121,43 @@ pub fn balance(partitions: u32, current: &[Option<String>], workers: &[String]) 
         }
     }
     owners
+}
+
+/// The owners of `partitions` for the `groups` of workers that handle the same kinds: each
+/// group gets every partition, [`balance`]d among its workers from what they own in `current`.
+/// Workers that handle different kinds must each see every job of theirs, so they cannot
+/// split the partitions between them; workers that handle the same kinds can.
+pub fn assign(partitions: u32, current: &[Vec<String>], groups: &[Vec<String>]) -> Vec<Vec<String>> {
+    let mut owners = vec![Vec::new(); partitions as usize];
+    for group in groups {
+        let mine: Vec<Option<String>> = (0..partitions as usize)
+            .map(|p| {
+                current
+                    .get(p)
+                    .and_then(|os| os.iter().find(|o| group.contains(o)))
+                    .cloned()
+            })
+            .collect();
+        for (p, owner) in balance(partitions, &mine, group).into_iter().enumerate() {
+            owners[p].extend(owner);
+        }
+    }
+    owners
+}
+
+/// Groups the workers of `queue` by the kinds they handle: ids sorted, groups in kinds order.
+fn kind_groups(workers: &[WorkerInfo], queue: &str) -> Vec<Vec<String>> {
+    let mut groups: BTreeMap<&[String], Vec<String>> = BTreeMap::new();
+    for w in workers.iter().filter(|w| w.queues.iter().any(|q| q == queue)) {
+        groups.entry(&w.kinds).or_default().push(w.id.clone());
+    }
+    groups
+        .into_values()
+        .map(|mut ids| {
+            ids.sort();
+            ids
+        })
+        .collect()
 }
 
 /// The leader's assignment service: rebalances every queue whenever membership changes (after
@@ -186,12 +226,7 @@ async fn rebalance(
         let Some(config) = unreadable.load(client, layout, &q).await? else {
             continue;
         };
-        let mut eligible: Vec<String> = workers
-            .iter()
-            .filter(|w| w.queues.contains(&q))
-            .map(|w| w.id.clone())
-            .collect();
-        eligible.sort();
+        let groups = kind_groups(&workers, &q);
         let path = layout.assignment(&q);
         let current = match client.get_data(&path).await {
             Ok((data, stat)) => Some((codec::decode::<Assignment>(&path, &data).ok(), stat.version)),
@@ -203,7 +238,7 @@ async fn rebalance(
             .and_then(|(a, _)| a.as_ref())
             .map(|a| a.owners.clone())
             .unwrap_or_default();
-        let owners = balance(config.partitions, &old, &eligible);
+        let owners = assign(config.partitions, &old, &groups);
         if owners == old {
             continue;
         }
@@ -233,7 +268,8 @@ async fn rebalance(
                     .enumerate()
                     .filter(|(p, o)| old.get(*p) != Some(*o))
                     .count();
-                info!(queue = %q, workers = eligible.len(), moved, epoch = record.epoch, "partitions assigned");
+                let workers: usize = groups.iter().map(Vec::len).sum();
+                info!(queue = %q, workers, groups = groups.len(), moved, epoch = record.epoch, "partitions assigned");
             }
             // Written meanwhile (by our own earlier, slower write): the next pass sees it.
             Err(Error::Zk {
@@ -400,6 +436,22 @@ mod tests {
             assert_eq!(l.len(), workers.min(16));
             let (min, max) = (l.values().min().unwrap(), l.values().max().unwrap());
             assert!(max - min <= 1, "{workers} workers: {l:?}");
+        }
+    }
+
+    #[test]
+    fn every_group_of_kinds_owns_every_partition_and_keeps_what_it_had() {
+        let groups = vec![ids(&["a1", "a2"]), ids(&["b1"])];
+        let owners = assign(4, &[], &groups);
+        for o in &owners {
+            assert_eq!(o.len(), 2, "{owners:?}");
+            assert!(o.iter().any(|w| w.starts_with('a')) && o.contains(&"b1".to_string()));
+        }
+        // b1 leaves and b2 joins: the a-group keeps every partition it had.
+        let later = assign(4, &owners, &[ids(&["a1", "a2"]), ids(&["b2"])]);
+        for (before, after) in owners.iter().zip(&later) {
+            assert_eq!(before[0], after[0]);
+            assert_eq!(after[1], "b2");
         }
     }
 

@@ -63,11 +63,15 @@ mod registry;
 mod retry;
 mod scheduler;
 pub mod singleton;
+mod stops;
 mod store;
 pub mod telemetry;
 mod worker;
 
-pub use admin::{Admin, DeadLetter, FleetStats, LockView, Purge, QueueStats, Stats, WorkerView};
+pub use admin::{
+    Admin, Cancelled, DeadLetter, FleetStats, JobState, JobView, LockView, Purge, QueueStats, Stats,
+    UnhandledKind, WorkerView,
+};
 pub use error::{Error, Result};
 pub use exec::CommandHandler;
 pub use handler::{Fence, Handler, HandlerFuture, JobContext, Outcome};

@@ -102,6 +102,12 @@ impl Admin {
         }
         let mut found = Vec::with_capacity(unique.len());
         for id in unique {
+            if self.stopping(id).await? {
+                return Err(Error::InvalidJob(format!(
+                    "job {id} was cancelled while running and its worker has not confirmed the attempt stopped; \
+                     retry it once it has (within the worker's stop grace)"
+                )));
+            }
             found.push(self.find(id).await?);
         }
         let mut retried = Vec::with_capacity(found.len());

@@ -57,7 +57,7 @@ impl Admin {
                 let owned: Vec<u32> = owners
                     .iter()
                     .enumerate()
-                    .filter(|(_, o)| o.as_deref() == Some(view.id.as_str()))
+                    .filter(|(_, o)| o.contains(&view.id))
                     .map(|(p, _)| p as u32)
                     .collect();
                 if !owned.is_empty() {

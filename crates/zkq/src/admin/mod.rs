@@ -7,14 +7,16 @@
 
 mod dead;
 mod fleet;
+mod jobs;
 mod locks;
 mod queues;
 mod stats;
 
 pub use dead::{DeadLetter, Purge};
 pub use fleet::WorkerView;
+pub use jobs::{Cancelled, JobState, JobView};
 pub use locks::LockView;
-pub use stats::{FleetStats, QueueStats, Stats};
+pub use stats::{FleetStats, QueueStats, Stats, UnhandledKind};
 
 use zookeeper_client as zk;
 

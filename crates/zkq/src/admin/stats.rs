@@ -1,12 +1,18 @@
 //! Queue depth and fleet state, from child counts.
 
+use std::collections::{BTreeMap, HashSet};
+
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use zookeeper_client as zk;
 
+use crate::claim;
 use crate::error::{Error, Result};
+use crate::job::Job;
 use crate::queue::{self, QueueConfig};
-use crate::store::layout::OPEN_MARKER;
+use crate::registry::{self, WorkerInfo};
+use crate::store::codec;
+use crate::store::layout::{self, OPEN_MARKER};
 use crate::store::znode;
 
 use super::{Admin, STATS_IN_FLIGHT};
@@ -25,9 +31,19 @@ pub struct QueueStats {
     /// Jobs running: claims held by live workers.
     pub running: u64,
     pub dead: u64,
+    /// Ready jobs of kinds that no live worker of the queue runs, by kind: they wait until a
+    /// worker that runs them joins.
+    pub unhandled: Vec<UnhandledKind>,
     /// Why the queue could not be counted (its config cannot be read), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+}
+
+/// Ready jobs of one kind that no live worker runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UnhandledKind {
+    pub kind: String,
+    pub ready: u64,
 }
 
 /// The fleet: live workers and the elected scheduler.
@@ -61,6 +77,7 @@ impl Admin {
             }
             None => queue::list(&self.client, &self.layout).await?,
         };
+        let workers = registry::list(&self.client, &self.layout).await?;
         let mut queues = Vec::with_capacity(names.len());
         for name in names {
             let config = match queue::load(&self.client, &self.layout, &name).await {
@@ -75,7 +92,9 @@ impl Admin {
                     continue;
                 }
             };
-            queues.push(self.queue_stats(&name, &config).await?);
+            let mut stats = self.queue_stats(&name, &config).await?;
+            stats.unhandled = self.unhandled(&name, &config, &workers).await?;
+            queues.push(stats);
         }
         Ok(Stats {
             queues,
@@ -111,8 +130,78 @@ impl Admin {
             delayed,
             running,
             dead,
+            unhandled: Vec::new(),
             problem: None,
         })
+    }
+
+    /// Ready jobs of `queue` whose kind none of the live `workers` of the queue runs. Nothing
+    /// to count (no listing) when one of them runs every kind. Otherwise every segment is
+    /// listed and the kind tags in the job names are counted (a name without a tag is not);
+    /// one job per unknown tag is read for its kind's name.
+    async fn unhandled(
+        &self,
+        queue: &str,
+        config: &QueueConfig,
+        workers: &[WorkerInfo],
+    ) -> Result<Vec<UnhandledKind>> {
+        let mut runs = HashSet::new();
+        for w in workers.iter().filter(|w| w.queues.iter().any(|q| q == queue)) {
+            for kind in &w.kinds {
+                if kind == "*" {
+                    return Ok(Vec::new());
+                }
+                runs.insert(layout::kind_tag(kind));
+            }
+        }
+        // tag -> (count, a job with it)
+        let mut tags: BTreeMap<String, (u64, String)> = BTreeMap::new();
+        for partition in 0..config.partitions {
+            let claims: HashSet<String> =
+                znode::children(&self.client, &self.layout.claims(queue, partition))
+                    .await?
+                    .into_iter()
+                    .collect();
+            for lane in 0..config.priorities {
+                let lane_path = self.layout.lane(queue, partition, lane);
+                let segments = znode::children(&self.client, &lane_path).await?;
+                let listed: Vec<(String, Result<Vec<String>>)> = stream::iter(segments)
+                    .map(|segment| async {
+                        let path = format!("{lane_path}/{segment}");
+                        let children = znode::children(&self.client, &path).await;
+                        (segment, children)
+                    })
+                    .buffer_unordered(STATS_IN_FLIGHT)
+                    .collect()
+                    .await;
+                for (segment, children) in listed {
+                    for node in children? {
+                        let Some(tag) = layout::parse_job_node(&node).and_then(|n| n.tag) else {
+                            continue;
+                        };
+                        if runs.contains(tag) || claims.contains(&claim::claim_name(lane, &segment, &node)) {
+                            continue;
+                        }
+                        let entry = tags
+                            .entry(tag.to_string())
+                            .or_insert_with(|| (0, format!("{lane_path}/{segment}/{node}")));
+                        entry.0 += 1;
+                    }
+                }
+            }
+        }
+        let mut unhandled = Vec::with_capacity(tags.len());
+        for (tag, (ready, sample)) in tags {
+            let kind = match self.client.get_data(&sample).await {
+                Ok((data, _)) => codec::decode::<Job>(&sample, &data)
+                    .map(|j| j.kind)
+                    .unwrap_or_else(|_| format!("(kind tag {tag})")),
+                Err(_) => format!("(kind tag {tag})"),
+            };
+            unhandled.push(UnhandledKind { kind, ready });
+        }
+        unhandled.sort_by(|a, b| b.ready.cmp(&a.ready).then_with(|| a.kind.cmp(&b.kind)));
+        Ok(unhandled)
     }
 
     /// Job znodes in a lane, claimed or not: each segment's children less its `open` marker.

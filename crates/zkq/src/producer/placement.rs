@@ -17,7 +17,7 @@ use crate::store::layout::{self, Layout};
 use crate::store::txn::{self, NodeKind, Op};
 use crate::store::znode::PERSISTENT;
 
-use super::segment::LaneKey;
+use super::segment::{LaneKey, NamedRecord};
 use super::Producer;
 
 /// How often a `multi` is retried into fresh segments when a segment vanished under it.
@@ -41,12 +41,7 @@ impl Placement {
 /// The partition for a partition key: FNV-1a (64-bit) of the key's UTF-8 bytes, modulo the
 /// partition count. Stable across processes and languages.
 pub fn partition_of_key(key: &str, partitions: u32) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % u64::from(partitions.max(1))) as u32
+    (layout::fnv1a(key.as_bytes()) % u64::from(partitions.max(1))) as u32
 }
 
 /// Ops that put `job` into the dead letters.
@@ -60,10 +55,10 @@ pub(crate) fn dead_letter_op(layout: &Layout, queue: &str, job: &Job) -> Result<
 
 impl Producer {
     /// The request bytes a job record of `encoded` bytes takes in a `multi` of [`Self::commit`]:
-    /// the record, and the path of a job or delayed entry with room for segment and sequence
-    /// names.
+    /// the record, the path of a job or delayed entry (partition, lane, segment and a job name
+    /// of 58 bytes, or a bucket and an entry of 50) and the operation's framing.
     pub(crate) fn placement_bytes(&self, queue: &str, encoded: usize) -> usize {
-        encoded + self.layout.queue(queue).len() + 100
+        encoded + self.layout.queue(queue).len() + 200
     }
 
     /// Commits `placements` together with `extra` operations (which come first in the `multi`)
@@ -104,7 +99,7 @@ impl Producer {
             buckets.dedup();
             futures::future::try_join_all(buckets.iter().map(|b| self.ensure_bucket(queue, b))).await?;
             let mut ops = extra.clone();
-            let mut lanes: Vec<(LaneKey, Vec<Vec<u8>>)> = Vec::new();
+            let mut lanes: Vec<(LaneKey, Vec<NamedRecord>)> = Vec::new();
             for (placement, bytes) in placements.iter().zip(&encoded) {
                 match placement {
                     Placement::Delayed { job, due_ms } => {
@@ -126,9 +121,10 @@ impl Producer {
                             partition: self.partition_for(job, config.partitions),
                             lane: job.priority,
                         };
+                        let named = (layout::job_node_prefix(&job.kind, &job.id.0), bytes.clone());
                         match lanes.iter_mut().find(|(k, _)| *k == key) {
-                            Some((_, list)) => list.push(bytes.clone()),
-                            None => lanes.push((key, vec![bytes.clone()])),
+                            Some((_, list)) => list.push(named),
+                            None => lanes.push((key, vec![named])),
                         }
                     }
                 }

@@ -30,6 +30,10 @@ use crate::store::layout::{Layout, OPEN_MARKER};
 use crate::store::txn::{NodeKind, Op};
 use crate::store::znode::PERSISTENT_SEQUENTIAL;
 
+/// A ready job to create: its znode name prefix ([`crate::store::layout::job_node_prefix`])
+/// and its encoded record.
+pub(crate) type NamedRecord = (String, Vec<u8>);
+
 /// Where a job lands: queue, partition and lane.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct LaneKey {
@@ -54,7 +58,7 @@ pub(crate) struct Segments {
 }
 
 impl Segments {
-    /// Adds to `ops` the creates of `jobs` (encoded job records) into `key`'s lane, opening new
+    /// Adds to `ops` the creates of `jobs` (node name prefix and encoded job record) into `key`'s lane, opening new
     /// segments as needed (which costs a round trip each). Returns the segment paths it used, to
     /// [`Segments::forget`] if the `multi` fails.
     pub(crate) async fn append(
@@ -63,7 +67,7 @@ impl Segments {
         layout: &Layout,
         key: &LaneKey,
         segment_size: u32,
-        jobs: Vec<Vec<u8>>,
+        jobs: Vec<NamedRecord>,
         ops: &mut Vec<Op>,
     ) -> Result<Vec<String>> {
         // The marker is a child too, so a segment holds at most `segment_size - 1` jobs.
@@ -93,9 +97,9 @@ impl Segments {
             let mut taken = 0;
             let mut creates = Vec::new();
             while taken < room {
-                let Some(data) = jobs.next() else { break };
+                let Some((name, data)) = jobs.next() else { break };
                 creates.push(Op::Create {
-                    path: format!("{}/j-", segment.path),
+                    path: format!("{}/{name}", segment.path),
                     data,
                     kind: NodeKind::Sequential,
                 });

@@ -1,5 +1,6 @@
 //! Trimming of dead letters by count and age, a scheduler service. Each pass also removes stray
-//! persistent nodes from the queues' claims ([`claim::remove_stray`]).
+//! persistent nodes from the queues' claims ([`claim::remove_stray`]) and stop notices nobody
+//! took ([`stops::trim`]).
 //!
 //! Dead letters are kept for operators, but not forever: every queue says how many it keeps
 //! ([`QueueConfig::dead_max`]) and for how long ([`QueueConfig::dead_max_age_ms`]). The
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::job::now_ms;
 use crate::queue::{self, QueueConfig};
 use crate::recipes::election::Leadership;
+use crate::stops;
 use crate::store::layout::Layout;
 use crate::store::txn::Op;
 use crate::store::znode;
@@ -57,6 +59,10 @@ async fn trim_all(
             trim_queue(client, layout, leadership, &q, &config).await?;
             claim::remove_stray(client, layout, &q, config.partitions).await?;
         }
+    }
+    let untaken = stops::trim(client, layout).await?;
+    if untaken > 0 {
+        info!(untaken, "removed stop notices no worker took");
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <root>/queues/<queue>                                  queue config
-//! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/j-<seq>   ready jobs
+//! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/j-<tag>-<id>-<seq>   ready jobs
 //! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/open      segment's writer is active
 //! <root>/queues/<queue>/p/<partition>/claims/<claim>     EPHEMERAL claims of running jobs
 //! <root>/queues/<queue>/delayed/b-<minute>/<due-ms>-<id> delayed and retry-waiting jobs
@@ -15,6 +15,7 @@
 //! <root>/singletons/<name>/candidates/c-<seq>            batch-job master election
 //! <root>/singletons/<name>/epoch                         its version is the fencing token
 //! <root>/locks/<key>/l-<id>-<seq>                        EPHEMERAL_SEQUENTIAL lock holder and waiters
+//! <root>/stops/<job-id>-<seq>                            stop notice for a cancelled running attempt
 //! ```
 
 use crate::error::{Error, Result};
@@ -150,6 +151,11 @@ impl Layout {
         format!("{}/locks/{}", self.root, escape_key(key))
     }
 
+    /// Stop notices for cancelled attempts, see [`crate::stops`].
+    pub fn stops(&self) -> String {
+        format!("{}/stops", self.root)
+    }
+
     pub fn workers(&self) -> String {
         format!("{}/workers", self.root)
     }
@@ -180,6 +186,71 @@ pub fn delayed_entry_name(due_ms: u64, id: &uuid::Uuid) -> String {
 /// The due time of a delayed entry, from its name.
 pub fn parse_delayed_entry(name: &str) -> Option<u64> {
     name.split_once('-')?.0.parse().ok()
+}
+
+/// FNV-1a (64-bit) of `bytes`: stable across processes, versions and languages.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The kind tag in a job's znode name: the low 32 bits of [`fnv1a`] of the kind, 8 hex digits.
+/// It lets a listing tell kinds apart without reading jobs; two kinds may share a tag, so the
+/// job record stays the authority.
+pub fn kind_tag(kind: &str) -> String {
+    format!("{:08x}", fnv1a(kind.as_bytes()) as u32)
+}
+
+/// The name a ready job's znode is created with, `j-<kind tag>-<id>-`; ZooKeeper appends a
+/// 10-digit sequence number. The id in the name is what finds a job without reading jobs.
+pub fn job_node_prefix(kind: &str, id: &uuid::Uuid) -> String {
+    format!("j-{}-{id}-", kind_tag(kind))
+}
+
+/// What a ready job's znode name tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobNode<'a> {
+    /// The kind tag, when the name has one.
+    pub tag: Option<&'a str>,
+    /// The job id, when the name has one.
+    pub id: Option<uuid::Uuid>,
+    /// The sequence number: jobs of a segment run in this order.
+    pub seq: u64,
+}
+
+/// Parses a ready job's znode name: `j-<tag>-<id>-<seq>`, or `j-<seq>` as written by zkq 0.1
+/// and by producers that do not name jobs. `None` for anything else (such as a segment's
+/// `open` marker).
+pub fn parse_job_node(name: &str) -> Option<JobNode<'_>> {
+    let rest = name.strip_prefix("j-")?;
+    let (head, seq) = match rest.rsplit_once('-') {
+        Some((head, seq)) => (Some(head), seq),
+        None => (None, rest),
+    };
+    let seq = seq.parse().ok()?;
+    let Some(head) = head else {
+        return Some(JobNode {
+            tag: None,
+            id: None,
+            seq,
+        });
+    };
+    let (tag, id) = head.split_once('-')?;
+    let id = uuid::Uuid::parse_str(id).ok()?;
+    (tag.len() == 8).then_some(JobNode {
+        tag: Some(tag),
+        id: Some(id),
+        seq,
+    })
+}
+
+/// Sorts a segment's children into the order its jobs run: by sequence number.
+pub fn sort_job_nodes(children: &mut [String]) {
+    children.sort_by_key(|c| parse_job_node(c).map(|n| n.seq));
 }
 
 /// Checks a queue name: 1 to 64 characters of `A-Z a-z 0-9 _ - .`, not starting with `.`.
@@ -277,6 +348,30 @@ pub fn validate_kind(kind: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_node_names_carry_kind_tag_id_and_sequence() {
+        let id = uuid::Uuid::new_v4();
+        let name = format!("{}0000000042", job_node_prefix("email", &id));
+        let node = parse_job_node(&name).unwrap();
+        assert_eq!(node.tag, Some(kind_tag("email").as_str()));
+        assert_eq!(node.id, Some(id));
+        assert_eq!(node.seq, 42);
+        assert_ne!(kind_tag("email"), kind_tag("resize"));
+        let old = parse_job_node("j-0000000007").unwrap();
+        assert_eq!((old.tag, old.id, old.seq), (None, None, 7));
+        assert_eq!(parse_job_node("open"), None);
+        assert_eq!(parse_job_node("j-abc"), None);
+        assert_eq!(parse_job_node("j-0000abcd-not-a-uuid-0000000001"), None);
+        let mut names = vec![
+            format!("{}0000000010", job_node_prefix("b", &uuid::Uuid::nil())),
+            "open".to_string(),
+            format!("{}0000000002", job_node_prefix("a", &uuid::Uuid::max())),
+        ];
+        sort_job_nodes(&mut names);
+        assert_eq!(names[0], "open");
+        assert!(names[1].ends_with("0000000002") && names[2].ends_with("0000000010"));
+    }
 
     #[test]
     fn lock_keys_become_one_safe_znode_name_each() {

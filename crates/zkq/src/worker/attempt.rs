@@ -12,6 +12,8 @@ use crate::claim::Claimed;
 
 use crate::handler::{Fence, JobContext, Outcome};
 use crate::recipes::liveness::Liveness;
+use crate::stops::Stoppable;
+use crate::store::znode;
 use crate::telemetry;
 
 use super::session::Session;
@@ -25,6 +27,7 @@ impl Worker {
         session: &Session,
         claimed: Claimed,
         abort: CancellationToken,
+        stoppable: &Stoppable,
     ) -> AttemptEnd {
         let Session {
             client,
@@ -74,6 +77,7 @@ impl Worker {
             r = &mut attempt => Some(r),
             _ = tokio::time::sleep(timeout) => { interrupted = Some(Interrupt::Timeout); None }
             _ = abort.cancelled() => { interrupted = Some(Interrupt::Shutdown); None }
+            _ = stoppable.token.cancelled() => { interrupted = Some(Interrupt::Cancelled); None }
             _ = session_lost.cancelled() => { interrupted = Some(Interrupt::SessionLost); None }
             _ = liveness.fenced() => { interrupted = Some(Interrupt::Fenced); None }
         };
@@ -93,6 +97,14 @@ impl Worker {
                             Ok(Settled::Committed) => AttemptEnd::Released,
                             _ => AttemptEnd::Lost,
                         };
+                    }
+                    Some(Interrupt::Cancelled) => {
+                        // Already dead-lettered by the canceller, claim and all: nothing to
+                        // settle. Deleting the notice tells the canceller the process is gone.
+                        if let Some(notice) = stoppable.notice() {
+                            znode::delete_surely(client, notice);
+                        }
+                        return AttemptEnd::Cancelled;
                     }
                     Some(Interrupt::Fenced) => {
                         warn!("no reply from ZooKeeper for too long: attempt stopped");
@@ -136,6 +148,8 @@ impl Worker {
 pub(super) enum Interrupt {
     Timeout,
     Shutdown,
+    /// An operator cancelled the job ([`crate::stops`]).
+    Cancelled,
     SessionLost,
     /// No reply from ZooKeeper for the worker's fence share of the session timeout.
     Fenced,

@@ -122,7 +122,10 @@ impl Worker {
                     if log {
                         info!("attempt started");
                     }
-                    let settle = this.run_attempt(&session, claimed, abort).await;
+                    let claim = claimed.claim_path.clone();
+                    let stoppable = session.running.add(&claim);
+                    let settle = this.run_attempt(&session, claimed, abort, &stoppable).await;
+                    session.running.remove(&claim);
                     if log {
                         let ms = started.elapsed().as_millis() as u64;
                         info!(duration_ms = ms, outcome = settle.name(), "attempt ended");

@@ -79,6 +79,8 @@ pub struct WorkerSummary {
     pub released: u64,
     /// Attempts whose claim was lost before they settled.
     pub lost: u64,
+    /// Attempts stopped because an operator cancelled their job (`zkq-admin job cancel`).
+    pub cancelled: u64,
     /// Sessions that ended under the worker and were replaced.
     pub sessions_lost: u64,
 }

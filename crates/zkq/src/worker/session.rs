@@ -18,9 +18,10 @@ use crate::recipes::election::Election;
 use crate::recipes::liveness::{self, Liveness};
 use crate::registry::{self, WorkerInfo};
 use crate::scheduler;
+use crate::stops;
 use crate::store::batcher::Batcher;
 use crate::store::session;
-use crate::worker::fetch::{Fetcher, Parking};
+use crate::worker::fetch::{Fetcher, Kinds, Parking};
 
 use super::configs;
 use super::keys::Keys;
@@ -45,6 +46,8 @@ pub(super) struct Session {
     /// Lock keys this session holds or is taking, so that a second job of one key waits
     /// without trying the lock.
     pub(super) keys: Keys,
+    /// Running attempts, which a stop notice can cancel ([`crate::stops`]).
+    pub(super) running: stops::Running,
 }
 
 /// Why a session's run ended.
@@ -128,7 +131,21 @@ impl Worker {
                 configs_tx.clone(),
             ));
         }
-        let mut fetcher = Fetcher::new(reader.clone(), self.layout.clone(), configs, live_configs, owned);
+        let attempts = stops::Running::default();
+        background.spawn(stops::follow(
+            reader.clone(),
+            self.layout.clone(),
+            self.config.id.clone(),
+            attempts.clone(),
+        ));
+        let mut fetcher = Fetcher::new(
+            reader.clone(),
+            self.layout.clone(),
+            configs,
+            live_configs,
+            owned,
+            Kinds::new(&self.kinds()),
+        );
         let session = Session {
             client: client.clone(),
             producer: producer.clone(),
@@ -138,6 +155,7 @@ impl Worker {
             liveness: liveness.clone(),
             parking: fetcher.parking(),
             keys: Keys::default(),
+            running: attempts,
         };
         let mut liveness = liveness.clone();
         // Claim batches in flight: scans go on while earlier claims wait for their commit.
@@ -309,6 +327,7 @@ pub(super) fn tally(
             AttemptEnd::Dead => summary.dead += 1,
             AttemptEnd::Released => summary.released += 1,
             AttemptEnd::Lost => summary.lost += 1,
+            AttemptEnd::Cancelled => summary.cancelled += 1,
         }
     }
 }

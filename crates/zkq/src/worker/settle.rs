@@ -25,6 +25,8 @@ pub(super) enum AttemptEnd {
     Dead,
     Released,
     Lost,
+    /// Stopped by an operator's cancel; the job was dead-lettered by the canceller.
+    Cancelled,
 }
 
 impl AttemptEnd {
@@ -36,6 +38,7 @@ impl AttemptEnd {
             AttemptEnd::Dead => "dead",
             AttemptEnd::Released => "released",
             AttemptEnd::Lost => "claim lost",
+            AttemptEnd::Cancelled => "cancelled",
         }
     }
 }

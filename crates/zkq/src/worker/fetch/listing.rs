@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::queue::QueueConfig;
 use crate::store::codec;
+use crate::store::layout;
 use crate::store::znode;
 
 use super::watches::{forward, ClaimsWatch, PartitionId};
@@ -242,9 +243,16 @@ impl Fetcher {
                     drop(self.reader.delete(&path, None));
                     continue;
                 }
-                children.sort();
-                for node in children.into_iter().filter(|c| c.starts_with("j-")) {
-                    if claim::is_held(&self.holding, &format!("{path}/{node}")) {
+                layout::sort_job_nodes(&mut children);
+                for node in children
+                    .into_iter()
+                    .filter(|c| layout::parse_job_node(c).is_some())
+                {
+                    if !self.kinds.may_run(&node) {
+                        continue;
+                    }
+                    let job_path = format!("{path}/{node}");
+                    if claim::is_held(&self.holding, &job_path) || self.skipped.contains(&job_path) {
                         continue;
                     }
                     if walk

@@ -29,11 +29,12 @@
 //! makes that rare. Jobs this worker already holds (handed out, claims in flight or running)
 //! are never offered again, although a claim in flight is not in the claims directory yet.
 
+mod kinds;
 mod listing;
 mod parking;
 mod watches;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -53,6 +54,7 @@ use crate::worker::configs::{is_paused, Configs};
 use self::parking::Parked;
 use self::watches::{PartitionId, WatchFuture};
 
+pub(crate) use self::kinds::Kinds;
 pub(crate) use self::parking::Parking;
 
 /// A candidate with its data as read.
@@ -159,6 +161,11 @@ pub(crate) struct Fetcher {
     /// Jobs waiting for their lock key, by key. They stay in `holding` meanwhile, so that
     /// listings do not offer them.
     parked: HashMap<String, Parked>,
+    /// The kinds this worker runs: jobs of other kinds are left alone.
+    kinds: Kinds,
+    /// Jobs read and found to be of a kind this worker does not run (their names did not
+    /// tell), by path, so that listings pass over them; forgotten at each tidy.
+    skipped: HashSet<String>,
     last_tidy: Instant,
 }
 
@@ -189,6 +196,7 @@ impl Fetcher {
         queues: Vec<(String, QueueConfig)>,
         configs: Configs,
         owned: watch::Receiver<Owned>,
+        kinds: Kinds,
     ) -> Fetcher {
         let (events_tx, events) = mpsc::unbounded_channel();
         Fetcher {
@@ -207,6 +215,8 @@ impl Fetcher {
             fired: std::sync::Mutex::new(FuturesUnordered::new()),
             holding: Holding::default(),
             parked: HashMap::new(),
+            kinds,
+            skipped: HashSet::new(),
             last_tidy: Instant::now(),
         }
     }
@@ -225,6 +235,7 @@ impl Fetcher {
         self.take_events();
         if self.last_tidy.elapsed() >= TIDY_INTERVAL {
             self.last_tidy = Instant::now();
+            self.skipped.clear();
             self.all_stale();
         }
         self.cursor = self.cursor.wrapping_add(1);
@@ -249,6 +260,11 @@ impl Fetcher {
         let mut found = Vec::with_capacity(read.len());
         for f in read {
             match f {
+                // Another kind: left for the workers that run it.
+                Found::Job { candidate, job, .. } if !self.kinds.runs(&job.kind) => {
+                    self.skipped.insert(candidate.path(&self.layout));
+                    self.rescan = true;
+                }
                 Found::Job { candidate, job, .. }
                     if job.lock_key.as_ref().is_some_and(|k| self.parked.contains_key(k)) =>
                 {
@@ -325,6 +341,9 @@ impl Fetcher {
                 let Some(cache) = self.lanes.get_mut(&lane) else {
                     return;
                 };
+                if !self.kinds.may_run(&node) {
+                    return;
+                }
                 if !cache.complete {
                     // The next listing sees it, in order.
                     return;

@@ -59,7 +59,7 @@ pub(super) async fn forward(
 pub(super) fn job_in_lane<'a>(lane_path: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
     let rest = path.strip_prefix(lane_path)?.strip_prefix('/')?;
     let (segment, node) = rest.split_once('/')?;
-    (node.starts_with("j-") && !node.contains('/')).then_some((segment, node))
+    (!node.contains('/') && crate::store::layout::parse_job_node(node).is_some()).then_some((segment, node))
 }
 
 impl Fetcher {
@@ -127,6 +127,11 @@ mod tests {
         assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001"), None);
         assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001/open"), None);
         assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l01/s-0000000001/j-1"), None);
+        let named = "j-0b1c2d3e-67e55044-10b1-426f-9247-bb680e5fe0c8-0000000003";
+        assert_eq!(
+            job_in_lane(lane, &format!("/zkq/queues/q/p/3/l0/s-0000000001/{named}")),
+            Some(("s-0000000001", named))
+        );
         assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0"), None);
     }
 }
