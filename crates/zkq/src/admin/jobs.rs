@@ -276,6 +276,7 @@ impl Admin {
             .into_iter()
             .map(|b| format!("{delayed}/{b}"))
             .collect();
+        let id_text = id.to_string();
         let suffix = format!("-{id}");
         let entry = self.first_child(buckets, |name| name.ends_with(&suffix)).await?;
         if let Some((bucket, entry)) = entry {
@@ -307,7 +308,7 @@ impl Admin {
         }
         let found = self
             .first_child(segments, |name| {
-                parse_job_node(name).and_then(|n| n.id) == Some(*id)
+                parse_job_node(name).and_then(|n| n.id) == Some(id_text.as_str())
             })
             .await?;
         let Some((segment_path, node)) = found else {
