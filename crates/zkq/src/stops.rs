@@ -10,12 +10,14 @@
 //! listing the notices on each one costs little. The worker running the named claim stops the
 //! attempt (its command gets SIGTERM, then SIGKILL after the stop grace) without settling it
 //! (the job is already dead) and then deletes the notice; the admin waits for that deletion to
-//! report the process gone. A notice nobody takes (its worker died, and with it the attempt's
+//! report the process gone. A notice can come before its attempt is registered (the claim's
+//! reply and the cancel cross): it is kept [`ORPHAN_GRACE`] for that attempt, which then stops
+//! at once, and deleted after that. A notice nobody takes (its worker died, and with it the attempt's
 //! process) is deleted by the scheduler leader's trim pass after [`NOTICE_TTL`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -107,36 +109,81 @@ impl Stoppable {
     pub(crate) fn notice(&self) -> Option<String> {
         self.notice.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    fn stop(&self, notice: &str) {
+        *self.notice.lock().unwrap_or_else(|p| p.into_inner()) = Some(notice.to_string());
+        self.token.cancel();
+    }
+}
+
+/// How long a notice naming no running attempt of this worker is kept for one that may still
+/// start: a claim committed, its attempt not registered yet.
+const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct Attempts {
+    running: HashMap<String, Arc<Stoppable>>,
+    /// Notices for claims of no running attempt: claim -> (notice, when seen).
+    orphans: HashMap<String, (String, Instant)>,
 }
 
 /// The attempts a worker session runs, by claim path.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Running(Arc<Mutex<HashMap<String, Arc<Stoppable>>>>);
+pub(crate) struct Running(Arc<Mutex<Attempts>>);
 
 impl Running {
-    /// Registers the attempt holding `claim`; [`Running::remove`] it when it ends.
+    /// Registers the attempt holding `claim`, stopped already if a notice for it came first;
+    /// [`Running::remove`] it when it ends.
     pub(crate) fn add(&self, claim: &str) -> Arc<Stoppable> {
         let stoppable = Arc::new(Stoppable::default());
-        self.lock().insert(claim.to_string(), stoppable.clone());
+        let mut attempts = self.lock();
+        if let Some((notice, _)) = attempts.orphans.remove(claim) {
+            stoppable.stop(&notice);
+        }
+        attempts.running.insert(claim.to_string(), stoppable.clone());
         stoppable
     }
 
-    pub(crate) fn remove(&self, claim: &str) {
-        self.lock().remove(claim);
+    /// Forgets the attempt holding `claim`, once it ended. Returns the notice that cancelled
+    /// it, if one did (even one that came too late to stop it): the caller deletes it.
+    pub(crate) fn remove(&self, claim: &str) -> Option<String> {
+        self.lock().running.remove(claim).and_then(|s| s.notice())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Stoppable>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Attempts> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stops the attempt holding `claim` on behalf of `notice`. False when no such attempt runs.
+    /// Stops the attempt holding `claim` on behalf of `notice`, or keeps the notice for an
+    /// attempt about to start. True when it stopped one.
     fn stop(&self, claim: &str, notice: &str) -> bool {
-        let Some(stoppable) = self.lock().get(claim).cloned() else {
-            return false;
-        };
-        *stoppable.notice.lock().unwrap_or_else(|p| p.into_inner()) = Some(notice.to_string());
-        stoppable.token.cancel();
-        true
+        let mut attempts = self.lock();
+        match attempts.running.get(claim) {
+            Some(stoppable) => {
+                stoppable.stop(notice);
+                true
+            }
+            None => {
+                attempts
+                    .orphans
+                    .insert(claim.to_string(), (notice.to_string(), Instant::now()));
+                false
+            }
+        }
+    }
+
+    /// Notices kept longer than [`ORPHAN_GRACE`] without their attempt: it had ended.
+    fn expired_orphans(&self) -> Vec<String> {
+        let mut attempts = self.lock();
+        let mut expired = Vec::new();
+        attempts.orphans.retain(|_, (notice, since)| {
+            let keep = since.elapsed() < ORPHAN_GRACE;
+            if !keep {
+                expired.push(notice.clone());
+            }
+            keep
+        });
+        expired
     }
 }
 
@@ -161,28 +208,62 @@ pub(crate) async fn follow(client: zk::Client, layout: Layout, worker: String, r
         };
         seen.retain(|n| names.contains(n));
         for name in names {
-            if !seen.insert(name.clone()) {
+            if seen.contains(&name) {
                 continue;
             }
             let path = format!("{dir}/{name}");
             let notice = match client.get_data(&path).await {
-                Ok((data, _)) => codec::decode::<StopNotice>(&path, &data),
+                Ok((data, _)) => codec::decode::<StopNotice>(&path, &data).ok(),
+                Err(zk::Error::NoNode) => None,
+                // Read again at the next event or sweep.
                 Err(_) => continue,
             };
-            let notice = match notice {
-                Ok(n) if n.worker == worker => n,
-                _ => continue,
+            seen.insert(name);
+            let Some(notice) = notice.filter(|n| n.worker == worker) else {
+                continue;
             };
             if running.stop(&notice.claim, &path) {
                 info!(id = %notice.job, "attempt cancelled: stopping it");
-            } else {
-                // Ended already: nothing to stop.
-                znode::delete_surely(&client, path);
             }
         }
-        let event = watcher.changed().await;
-        if event.session_state.is_terminated() {
-            return;
+        let changed = watcher.changed();
+        tokio::pin!(changed);
+        loop {
+            tokio::select! {
+                event = &mut changed => {
+                    if event.session_state.is_terminated() {
+                        return;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep(ORPHAN_GRACE / 2) => {
+                    for notice in running.expired_orphans() {
+                        znode::delete_surely(&client, notice);
+                    }
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_that_comes_before_its_attempt_stops_it_as_it_starts() {
+        let running = Running::default();
+        assert!(!running.stop("/claims/c1", "/stops/n1"), "no attempt yet");
+        let early = running.add("/claims/c1");
+        assert!(early.token.is_cancelled());
+        assert_eq!(running.remove("/claims/c1"), Some("/stops/n1".to_string()));
+
+        let other = running.add("/claims/c2");
+        assert!(!other.token.is_cancelled());
+        assert!(running.stop("/claims/c2", "/stops/n2"));
+        assert!(other.token.is_cancelled());
+        assert_eq!(running.remove("/claims/c2"), Some("/stops/n2".to_string()));
+        assert_eq!(running.remove("/claims/c3"), None);
+        assert!(running.expired_orphans().is_empty(), "orphans are kept a while");
     }
 }

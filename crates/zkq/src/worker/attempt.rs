@@ -13,7 +13,6 @@ use crate::claim::Claimed;
 use crate::handler::{Fence, JobContext, Outcome};
 use crate::recipes::liveness::Liveness;
 use crate::stops::Stoppable;
-use crate::store::znode;
 use crate::telemetry;
 
 use super::session::Session;
@@ -68,6 +67,10 @@ impl Worker {
             // do not start what would have to be stopped at once.
             return self.release_when_heard(session, &claimed, &mut liveness).await;
         }
+        if stoppable.token.is_cancelled() {
+            // Cancelled between its claim and now: never started.
+            return AttemptEnd::Cancelled;
+        }
         let started = Instant::now();
         let mut attempt = AssertUnwindSafe(handler.run(ctx))
             .catch_unwind()
@@ -98,14 +101,8 @@ impl Worker {
                             _ => AttemptEnd::Lost,
                         };
                     }
-                    Some(Interrupt::Cancelled) => {
-                        // Already dead-lettered by the canceller, claim and all: nothing to
-                        // settle. Deleting the notice tells the canceller the process is gone.
-                        if let Some(notice) = stoppable.notice() {
-                            znode::delete_surely(client, notice);
-                        }
-                        return AttemptEnd::Cancelled;
-                    }
+                    // Already dead-lettered by the canceller, claim and all: nothing to settle.
+                    Some(Interrupt::Cancelled) => return AttemptEnd::Cancelled,
                     Some(Interrupt::Fenced) => {
                         warn!("no reply from ZooKeeper for too long: attempt stopped");
                         return self.release_when_heard(session, &claimed, &mut liveness).await;

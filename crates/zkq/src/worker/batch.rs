@@ -14,6 +14,7 @@ use crate::claim::{self, Candidate, Claimed};
 
 use crate::job::now_ms;
 use crate::store::txn::Op;
+use crate::store::znode;
 use crate::telemetry;
 
 use super::fetch::Found;
@@ -125,7 +126,11 @@ impl Worker {
                     let claim = claimed.claim_path.clone();
                     let stoppable = session.running.add(&claim);
                     let settle = this.run_attempt(&session, claimed, abort, &stoppable).await;
-                    session.running.remove(&claim);
+                    // A cancel's notice is deleted once the attempt is over, whether it stopped
+                    // the attempt or came as it ended: the canceller waits for that.
+                    if let Some(notice) = session.running.remove(&claim) {
+                        znode::delete_surely(&session.client, notice);
+                    }
                     if log {
                         let ms = started.elapsed().as_millis() as u64;
                         info!(duration_ms = ms, outcome = settle.name(), "attempt ended");
