@@ -444,3 +444,53 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_cancelled_attempt_is_still_stopping_is_not_retried() {
+    use zkq::zookeeper_client as zk;
+    let root = zkq_testkit::unique_root("admin-job-stopping");
+    let producer = Producer::connect(&zk(), &root).await.unwrap();
+    producer.create_queue("q", &QueueConfig::default()).await.unwrap();
+    let stopping = producer
+        .enqueue("q", NewJob::new("k", "s"))
+        .await
+        .unwrap()
+        .to_string();
+    let other = producer
+        .enqueue("q", NewJob::new("k", "o"))
+        .await
+        .unwrap()
+        .to_string();
+    for id in [&stopping, &other] {
+        assert_eq!(admin_json(&root, &["job", "cancel", id])["result"], "cancelled");
+    }
+    // A stop notice its worker has not taken yet, as `job cancel` leaves for a running job.
+    let client = zk::Client::connect(&zkq_testkit::shared().connect_string())
+        .await
+        .unwrap();
+    let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let _ = client.create(&format!("{root}/stops"), b"", &options).await;
+    let notice = format!("{root}/stops/{stopping}-0000000001");
+    client.create(&notice, b"", &options).await.unwrap();
+
+    let out = admin(&root, &["dead", "retry", &stopping]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has not confirmed the attempt stopped"),
+        "{}",
+        text(&out.stderr)
+    );
+    let all = admin_json(&root, &["dead", "retry", "--all"]);
+    assert_eq!(
+        all["retried"],
+        serde_json::json!([other]),
+        "only the other job moves"
+    );
+    assert_eq!(admin_json(&root, &["job", "show", &stopping])["state"], "dead");
+
+    // Once the worker took the notice, it can be retried.
+    client.delete(&notice, None).await.unwrap();
+    let retried = admin_json(&root, &["dead", "retry", &stopping]);
+    assert_eq!(retried["retried"], serde_json::json!([stopping]));
+    producer.close().await;
+}

@@ -31,9 +31,14 @@ use crate::store::layout::Layout;
 use crate::store::txn::{NodeKind, Op};
 use crate::store::znode;
 
-/// How long an untaken notice is kept. A live worker takes its notices within milliseconds; a
-/// worker cut off from ZooKeeper for this long has stopped its attempts itself (self-fencing).
+/// How long an untaken notice of a worker that is not registered any more is kept: its process
+/// is gone or cut off, and a worker cut off from ZooKeeper this long has stopped its attempts
+/// itself (self-fencing). A live worker's notices are never trimmed: it deletes them itself once
+/// the attempt is over.
 pub(crate) const NOTICE_TTL: Duration = Duration::from_secs(60);
+
+/// The error a cancelled job's history ends with.
+pub(crate) const CANCELLED: &str = "cancelled";
 
 /// A request to stop one attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,27 +74,43 @@ pub(crate) fn notice_op(layout: &Layout, worker: &str, job: JobId, claim: &str) 
     })
 }
 
-/// Whether an attempt of job `id` is still being stopped (a notice for it is untaken).
-pub(crate) async fn pending(client: &zk::Client, layout: &Layout, id: &str) -> Result<bool> {
-    let prefix = format!("{id}-");
+/// The ids of jobs whose cancelled attempt is still being stopped (a notice for it is untaken).
+pub(crate) async fn pending(client: &zk::Client, layout: &Layout) -> Result<HashSet<String>> {
     let names = znode::children(client, &layout.stops()).await?;
-    Ok(names.iter().any(|n| n.starts_with(&prefix)))
+    Ok(names
+        .iter()
+        .filter_map(|n| n.rsplit_once('-').map(|(id, _)| id.to_string()))
+        .collect())
 }
 
-/// Deletes notices older than [`NOTICE_TTL`]; returns how many.
+/// Deletes notices older than [`NOTICE_TTL`] whose worker is not registered; returns how many.
 pub(crate) async fn trim(client: &zk::Client, layout: &Layout) -> Result<usize> {
     let dir = layout.stops();
     let names = znode::children(client, &dir).await?;
     let cutoff = now_ms().saturating_sub(NOTICE_TTL.as_millis() as u64) as i64;
     let mut trimmed = 0;
     for (name, stat) in znode::stat_children(client, &dir, names).await? {
-        if stat.ctime < cutoff {
-            let path = format!("{dir}/{name}");
-            match client.delete(&path, None).await {
-                Ok(()) => trimmed += 1,
-                Err(zk::Error::NoNode) => {}
-                Err(e) => return Err(Error::zk("delete stop notice", path, e)),
+        if stat.ctime >= cutoff {
+            continue;
+        }
+        let path = format!("{dir}/{name}");
+        let worker = match client.get_data(&path).await {
+            Ok((data, _)) => codec::decode::<StopNotice>(&path, &data).ok().map(|n| n.worker),
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => return Err(Error::zk("read stop notice", path, e)),
+        };
+        if let Some(worker) = worker {
+            let registration = layout.worker(&worker);
+            match client.check_stat(&registration).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => return Err(Error::zk("stat worker", registration, e)),
             }
+        }
+        match client.delete(&path, None).await {
+            Ok(()) => trimmed += 1,
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(Error::zk("delete stop notice", path, e)),
         }
     }
     Ok(trimmed)
@@ -191,9 +212,12 @@ impl Running {
 /// deletes those naming attempts that no longer run.
 pub(crate) async fn follow(client: zk::Client, layout: Layout, worker: String, running: Running) {
     let dir = layout.stops();
-    if let Err(e) = znode::ensure_path(&client, &dir).await {
-        warn!(error = %e, "cannot watch stop notices: cancelled attempts will run to their end");
-        return;
+    while let Err(e) = znode::ensure_path(&client, &dir).await {
+        if e.is_session_lost() {
+            return;
+        }
+        warn!(error = %e, "cannot create the stop notices folder; trying again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mut seen: HashSet<String> = HashSet::new();
     loop {
@@ -207,6 +231,8 @@ pub(crate) async fn follow(client: zk::Client, layout: Layout, worker: String, r
             }
         };
         seen.retain(|n| names.contains(n));
+        // A notice that could not be read is read again after a pause.
+        let mut unread = false;
         for name in names {
             if seen.contains(&name) {
                 continue;
@@ -215,8 +241,10 @@ pub(crate) async fn follow(client: zk::Client, layout: Layout, worker: String, r
             let notice = match client.get_data(&path).await {
                 Ok((data, _)) => codec::decode::<StopNotice>(&path, &data).ok(),
                 Err(zk::Error::NoNode) => None,
-                // Read again at the next event or sweep.
-                Err(_) => continue,
+                Err(_) => {
+                    unread = true;
+                    continue;
+                }
             };
             seen.insert(name);
             let Some(notice) = notice.filter(|n| n.worker == worker) else {
@@ -239,6 +267,9 @@ pub(crate) async fn follow(client: zk::Client, layout: Layout, worker: String, r
                 _ = tokio::time::sleep(ORPHAN_GRACE / 2) => {
                     for notice in running.expired_orphans() {
                         znode::delete_surely(&client, notice);
+                    }
+                    if unread {
+                        break;
                     }
                 }
             }

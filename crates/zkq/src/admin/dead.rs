@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
+use tracing::warn;
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
@@ -118,12 +119,14 @@ impl Admin {
     }
 
     /// Sends every dead letter of `queue` (or of every queue) whose kind is `kind` (if given)
-    /// back to work, as [`Admin::retry_dead`] does. Returns their ids.
+    /// back to work, as [`Admin::retry_dead`] does, but for jobs cancelled while running whose
+    /// worker has not confirmed the stop yet (they are left, with a warning). Returns their ids.
     ///
     /// # Errors
     /// [`Error::NotFound`] for a queue that does not exist; ZooKeeper errors.
     pub async fn retry_all_dead(&self, queue: Option<&str>, kind: Option<&str>) -> Result<Vec<JobId>> {
         let letters = self.letters(queue).await?;
+        let stopping = self.stopping_ids().await?;
         let mut retried = Vec::new();
         // A few records in memory at a time: dead letters can be many and large.
         for chunk in letters.chunks(64) {
@@ -136,7 +139,12 @@ impl Admin {
                 if !asked {
                     continue;
                 }
-                match self.retry_one(&letter.queue, &letter.job.id.to_string()).await {
+                let id = letter.job.id.to_string();
+                if stopping.contains(&id) {
+                    warn!(%id, "not retried: cancelled while running, and its worker has not confirmed the stop yet");
+                    continue;
+                }
+                match self.retry_one(&letter.queue, &id).await {
                     Ok(id) => retried.push(id),
                     // Retried or purged by someone else meanwhile.
                     Err(Error::NotFound(_)) => {}

@@ -8,8 +8,8 @@
 //! lane, listed in pipelined requests, stopping at the first match. Only the job found is read.
 //!
 //! A job moves while the search runs (a promotion out of a bucket already searched into a
-//! segment already listed, say). A pass that finds nothing is therefore run once more before
-//! the answer is "not found"; a job that keeps moving is found by the pass after its move.
+//! segment already listed, say). So up to three passes run before the answer is "not found"; a
+//! job that keeps moving is found by the pass after its move.
 
 use futures::stream::{self, StreamExt};
 use zookeeper_client as zk;
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::producer::dead_letter_op;
 use crate::queue::{self, QueueConfig};
-use crate::stops;
+use crate::stops::{self, CANCELLED};
 use crate::store::codec;
 use crate::store::layout::{parse_delayed_entry, parse_job_node};
 use crate::store::txn::{self, Op};
@@ -76,9 +76,6 @@ pub enum Cancelled {
     /// The job was a dead letter already: nothing changed.
     AlreadyDead,
 }
-
-/// The error a cancelled job's history ends with.
-pub(crate) const CANCELLED: &str = "cancelled";
 
 /// How long [`Admin::cancel_job`] waits for the worker to confirm a running attempt stopped.
 const STOP_CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -169,8 +166,9 @@ impl Admin {
                         }
                         _ => None,
                     });
+                    // The cancel committed: trouble while waiting only means "not confirmed".
                     let stopped = match notice {
-                        Some(notice) => self.stop_confirmed(&notice).await?,
+                        Some(notice) => self.stop_confirmed(&notice).await.unwrap_or(false),
                         None => false,
                     };
                     return Ok(Cancelled::Running { worker, stopped });
@@ -225,10 +223,16 @@ impl Admin {
 
     /// Whether an attempt of `id` is still being stopped after a cancel.
     pub(super) async fn stopping(&self, id: &str) -> Result<bool> {
-        stops::pending(&self.client, &self.layout, id).await
+        Ok(stops::pending(&self.client, &self.layout).await?.contains(id))
     }
 
-    /// Searches for `id` (twice before giving up, see the module docs) and reads it.
+    /// The ids of every job whose cancelled attempt is still being stopped.
+    pub(super) async fn stopping_ids(&self) -> Result<std::collections::HashSet<String>> {
+        stops::pending(&self.client, &self.layout).await
+    }
+
+    /// Searches for `id` (three passes before giving up, see the module docs) and reads it.
+    /// Queues whose config cannot be read are passed over.
     async fn find_job(&self, id: &str) -> Result<Found> {
         let uuid = uuid::Uuid::parse_str(id)
             .map_err(|_| Error::NotFound(format!("no job with id {id:?} (a job id is a UUID)")))?;
@@ -236,8 +240,11 @@ impl Admin {
         let queues = queue::list(&self.client, &self.layout).await?;
         for _ in 0..3 {
             for q in &queues {
-                let Some(config) = queue::load(&self.client, &self.layout, q).await? else {
-                    continue;
+                let config = match queue::load(&self.client, &self.layout, q).await {
+                    Ok(Some(config)) => config,
+                    Ok(None) => continue,
+                    Err(e) if queue::is_unreadable(&e) => continue,
+                    Err(e) => return Err(e),
                 };
                 let Some(spot) = self.search(q, &config, &uuid).await? else {
                     continue;

@@ -77,7 +77,8 @@ impl Admin {
             }
             None => queue::list(&self.client, &self.layout).await?,
         };
-        let workers = registry::list(&self.client, &self.layout).await?;
+        // Unhandled kinds need every registration; one that cannot be read leaves them out.
+        let workers = registry::list(&self.client, &self.layout).await.ok();
         let mut queues = Vec::with_capacity(names.len());
         for name in names {
             let config = match queue::load(&self.client, &self.layout, &name).await {
@@ -93,7 +94,9 @@ impl Admin {
                 }
             };
             let mut stats = self.queue_stats(&name, &config).await?;
-            stats.unhandled = self.unhandled(&name, &config, &workers).await?;
+            if let Some(workers) = &workers {
+                stats.unhandled = self.unhandled(&name, &config, workers).await?;
+            }
             queues.push(stats);
         }
         Ok(Stats {

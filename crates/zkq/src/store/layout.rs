@@ -222,23 +222,28 @@ pub struct JobNode<'a> {
     pub seq: u64,
 }
 
-/// Parses a ready job's znode name: `j-<tag>-<id>-<seq>`, or `j-<seq>` as written by zkq 0.1
-/// and by producers that do not name jobs. `None` for anything else (such as a segment's
-/// `open` marker). Cheap: listings call it for every name.
+/// Parses a ready job's znode name: `j-<tag>-<id>-<seq>` as zkq names them; any other `j-` name
+/// (`j-<seq>` from zkq 0.1, or from another client) is a job without tag and id, ordered by the
+/// digits after its last `-`, or after every numbered job when there are none. `None` for
+/// anything else (such as a segment's `open` marker). Cheap: listings call it for every name.
 pub fn parse_job_node(name: &str) -> Option<JobNode<'_>> {
     let rest = name.strip_prefix("j-")?;
-    let Some((head, seq)) = rest.rsplit_once('-') else {
-        return Some(JobNode {
-            tag: None,
-            id: None,
-            seq: rest.parse().ok()?,
-        });
-    };
-    let (tag, id) = head.split_once('-')?;
-    (tag.len() == 8 && id.len() == 36).then_some(JobNode {
-        tag: Some(tag),
-        id: Some(id),
-        seq: seq.parse().ok()?,
+    if let Some((head, seq)) = rest.rsplit_once('-') {
+        if let (Some((tag, id)), Ok(seq)) = (head.split_once('-'), seq.parse()) {
+            if tag.len() == 8 && id.len() == 36 {
+                return Some(JobNode {
+                    tag: Some(tag),
+                    id: Some(id),
+                    seq,
+                });
+            }
+        }
+    }
+    let digits = rest.rsplit('-').next().unwrap_or(rest);
+    Some(JobNode {
+        tag: None,
+        id: None,
+        seq: digits.parse().unwrap_or(u64::MAX),
     })
 }
 
@@ -355,8 +360,11 @@ mod tests {
         let old = parse_job_node("j-0000000007").unwrap();
         assert_eq!((old.tag, old.id, old.seq), (None, None, 7));
         assert_eq!(parse_job_node("open"), None);
-        assert_eq!(parse_job_node("j-abc"), None);
-        assert_eq!(parse_job_node("j-0000abcd-not-an-id-0000000001"), None);
+        // Other clients' names still are jobs: untagged, ordered by their digits or last.
+        let odd = parse_job_node("j-abc").unwrap();
+        assert_eq!((odd.tag, odd.id, odd.seq), (None, None, u64::MAX));
+        let other = parse_job_node("j-0000abcd-not-an-id-0000000001").unwrap();
+        assert_eq!((other.tag, other.id, other.seq), (None, None, 1));
         let mut names = vec![
             format!("{}0000000010", job_node_prefix("b", &uuid::Uuid::nil())),
             "open".to_string(),

@@ -8,8 +8,9 @@ use zookeeper_client as zk;
 use crate::claim::{self, Claimed};
 use crate::error::{Error, Result};
 use crate::handler::Outcome;
-use crate::job::now_ms;
+use crate::job::{now_ms, Job};
 use crate::producer::Placement;
+use crate::stops::CANCELLED;
 use crate::store::codec;
 use crate::store::txn::{self, Op};
 use crate::telemetry;
@@ -61,6 +62,10 @@ impl Worker {
                 .await
             {
                 Err(e) if e.is_outcome_unknown() => match settled_meanwhile(&session.client, claimed).await {
+                    Ok(true) if self.cancelled_meanwhile(&session.client, claimed).await => {
+                        info!("the job was cancelled while the attempt's outcome was in flight");
+                        return AttemptEnd::Cancelled;
+                    }
                     Ok(true) => {
                         info!("the attempt's outcome committed before the connection dropped");
                         return self.settled(claimed, intended);
@@ -161,6 +166,20 @@ impl Worker {
         metrics::counter!(metric, "queue" => claimed.queue().to_string()).increment(1);
         debug!("attempt settled");
         settle
+    }
+
+    /// Whether the claim of `claimed` is gone because its job was cancelled: the dead letter
+    /// of this attempt ends with the error [`CANCELLED`]. Asked when a settle's reply was lost
+    /// and the claim is gone, which is otherwise this settle having committed.
+    async fn cancelled_meanwhile(&self, client: &zk::Client, claimed: &Claimed) -> bool {
+        let path = self.layout.dead_job(claimed.queue(), &claimed.job.id.to_string());
+        match client.get_data(&path).await {
+            Ok((data, _)) => codec::decode::<Job>(&path, &data).is_ok_and(|dead| {
+                dead.attempt == claimed.job.attempt
+                    && dead.errors.last().is_some_and(|e| e.message == CANCELLED)
+            }),
+            Err(_) => false,
+        }
     }
 
     pub(super) fn settle_failed(&self, claimed: &Claimed, e: Error) -> AttemptEnd {
