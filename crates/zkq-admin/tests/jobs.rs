@@ -128,6 +128,21 @@ async fn job_show_finds_a_job_ready_running_delayed_and_dead_and_refuses_unknown
         text(&human.stdout)
     );
 
+    // Two jobs whose ids share the fingerprint in their znode names: each is told by its record.
+    let twins = ["67e55044-0000-4000-8000-000000000001", "67e55044-0000-4000-8000-000000000002"];
+    for (i, twin) in twins.iter().enumerate() {
+        let id = zkq::JobId(twin.parse().unwrap());
+        producer
+            .enqueue("q", NewJob::new("other", format!("twin {i}")).with_id(id))
+            .await
+            .unwrap();
+    }
+    for (i, twin) in twins.iter().enumerate() {
+        let shown = admin_json(&root, &["job", "show", twin]);
+        assert_eq!(shown["id"], *twin);
+        assert_eq!(shown["payload_preview"], format!("twin {i}"));
+    }
+
     let shown = admin_json(&root, &["job", "show", &delayed]);
     assert_eq!(shown["state"], "delayed");
     let due = shown["due_at_ms"].as_u64().unwrap();

@@ -37,7 +37,7 @@ pub(crate) async fn remaining_jobs(
             Err(e) => return Err(e),
         };
         for lane in client.list_children(&partition).await? {
-            let Some(lane_index) = lane.strip_prefix('l') else {
+            let Some(lane_index) = lane.strip_prefix('l').and_then(|l| l.parse::<u8>().ok()) else {
                 continue;
             };
             let lane_path = format!("{partition}/{lane}");
@@ -50,7 +50,7 @@ pub(crate) async fn remaining_jobs(
                 };
                 for job in jobs.into_iter().filter(|j| j.starts_with("j-")) {
                     let path = format!("{segment_path}/{job}");
-                    let claim_name = format!("l{lane_index}.{segment}.{job}");
+                    let claim_name = zkq::inspect::claim_name(lane_index, &segment, &job);
                     let claim = claims
                         .remove(&claim_name)
                         .then(|| format!("{partition}/claims/{claim_name}"));

@@ -44,7 +44,7 @@ use crate::error::{outcome_unknown, Error, Result};
 use crate::job::{now_ms, Job, JobId};
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::store::codec::{self, Record};
-use crate::store::layout::Layout;
+use crate::store::layout::{self, JobNode, Layout};
 use crate::store::session;
 use crate::store::txn::{self, NodeKind, Op};
 use crate::store::znode;
@@ -120,9 +120,16 @@ impl Candidate {
     }
 }
 
-/// The claim name of a job node: `l<lane>.<segment>.<job>`.
-pub(crate) fn claim_name(lane: u8, segment: &str, node: &str) -> String {
-    format!("l{lane}.{segment}.{node}")
+/// The claim name of a job node: `l<lane>.<segment>.<seq>` for a job zkq named (its sequence
+/// number tells it from the segment's others: short names keep claim and release requests
+/// small), `l<lane>.<segment>.<job node>` for any other.
+pub fn claim_name(lane: u8, segment: &str, node: &str) -> String {
+    match layout::parse_job_node(node) {
+        Some(JobNode {
+            tag: Some(_), seq, ..
+        }) => format!("l{lane}.{segment}.{seq:010}"),
+        _ => format!("l{lane}.{segment}.{node}"),
+    }
 }
 
 /// The claim's own record: who runs which attempt.

@@ -1,11 +1,12 @@
 //! One job, found by id wherever it is (ready, running, delayed or dead), and cancelled.
 //!
 //! # Finding a job without reading jobs
-//! Every place a job can be names it by id: a ready job's znode is `j-<kind tag>-<id>-<seq>`
-//! (the running ones too: a claim leaves the job znode where it is), a delayed entry is
-//! `<due-ms>-<id>`, a dead letter is `dead/<id>`. So a search reads names, never job records:
-//! the dead letter first (one stat), then the delayed buckets, then every segment of every
-//! lane, listed in pipelined requests, stopping at the first match. Only the job found is read.
+//! Every place a job can be names it: a ready job's znode is `j-<kind tag><id fingerprint>-<seq>`
+//! (the running ones too: a claim leaves the job znode where it is), the fingerprint being the
+//! id's first 8 hex digits; a delayed entry is `<due-ms>-<id>`; a dead letter is `dead/<id>`. So
+//! a search reads names: the dead letter first (one stat), then the delayed buckets, then every
+//! segment of every lane, listed in pipelined requests. Only the jobs whose name matches are read
+//! (one, but for a one-in-four-billion fingerprint collision), and the record confirms the id.
 //!
 //! A job moves while the search runs (a promotion out of a bucket already searched into a
 //! segment already listed, say). So up to three passes run before the answer is "not found"; a
@@ -21,7 +22,7 @@ use crate::producer::dead_letter_op;
 use crate::queue::{self, QueueConfig};
 use crate::stops::{self, CANCELLED};
 use crate::store::codec;
-use crate::store::layout::{parse_delayed_entry, parse_job_node};
+use crate::store::layout::{id_fingerprint, parse_delayed_entry, parse_job_node};
 use crate::store::txn::{self, Op};
 use crate::store::znode;
 
@@ -246,12 +247,14 @@ impl Admin {
                     Err(e) if queue::is_unreadable(&e) => continue,
                     Err(e) => return Err(e),
                 };
-                let Some(spot) = self.search(q, &config, &uuid).await? else {
-                    continue;
-                };
-                // Gone between the search and the read: search again.
-                if let Some(found) = self.read_spot(q, spot, &id).await? {
-                    return Ok(found);
+                // A spot gone between the search and the read, or holding another job (a
+                // fingerprint collision), is passed over.
+                for spot in self.search(q, &config, &uuid).await? {
+                    if let Some(found) = self.read_spot(q, spot, &id).await? {
+                        if found.job.id.0 == uuid {
+                            return Ok(found);
+                        }
+                    }
                 }
             }
         }
@@ -260,22 +263,14 @@ impl Admin {
         )))
     }
 
-    /// Where `id` is in `queue`, by names only.
-    async fn search(&self, queue: &str, config: &QueueConfig, id: &uuid::Uuid) -> Result<Option<Spot>> {
-        if self
-            .client
-            .check_stat(&self.layout.dead_job(queue, &id.to_string()))
-            .await
-            .map_err(|e| {
-                Error::zk(
-                    "stat dead letter",
-                    self.layout.dead_job(queue, &id.to_string()),
-                    e,
-                )
-            })?
-            .is_some()
-        {
-            return Ok(Some(Spot::Dead));
+    /// Where `id` may be in `queue`, by names only: the dead letter or delayed entry named by
+    /// it, or else every job znode whose name has its fingerprint.
+    async fn search(&self, queue: &str, config: &QueueConfig, id: &uuid::Uuid) -> Result<Vec<Spot>> {
+        let dead = self.layout.dead_job(queue, &id.to_string());
+        match self.client.check_stat(&dead).await {
+            Ok(Some(_)) => return Ok(vec![Spot::Dead]),
+            Ok(None) => {}
+            Err(e) => return Err(Error::zk("stat dead letter", dead, e)),
         }
         let delayed = self.layout.delayed(queue);
         let buckets: Vec<String> = znode::children(&self.client, &delayed)
@@ -283,16 +278,17 @@ impl Admin {
             .into_iter()
             .map(|b| format!("{delayed}/{b}"))
             .collect();
-        let id_text = id.to_string();
         let suffix = format!("-{id}");
-        let entry = self.first_child(buckets, |name| name.ends_with(&suffix)).await?;
-        if let Some((bucket, entry)) = entry {
+        let entries = self
+            .matching_children(buckets, |name| name.ends_with(&suffix))
+            .await?;
+        if let Some((bucket, entry)) = entries.into_iter().next() {
             let due_ms = parse_delayed_entry(&entry).unwrap_or(0);
             let bucket = bucket.rsplit('/').next().unwrap_or_default().to_string();
-            return Ok(Some(Spot::Delayed {
+            return Ok(vec![Spot::Delayed {
                 entry: format!("{bucket}/{entry}"),
                 due_ms,
-            }));
+            }]);
         }
         let lanes: Vec<(u32, u8)> = (0..config.partitions)
             .flat_map(|p| (0..config.priorities).map(move |l| (p, l)))
@@ -313,49 +309,51 @@ impl Admin {
         for l in listed {
             segments.extend(l?);
         }
-        let found = self
-            .first_child(segments, |name| {
-                parse_job_node(name).and_then(|n| n.id) == Some(id_text.as_str())
+        let fingerprint = id_fingerprint(id);
+        let named = self
+            .matching_children(segments, |name| {
+                parse_job_node(name).and_then(|n| n.fingerprint) == Some(fingerprint.as_str())
             })
             .await?;
-        let Some((segment_path, node)) = found else {
-            return Ok(None);
-        };
-        // <queue>/p/<partition>/l<lane>/<segment>
-        let mut parts = segment_path.rsplit('/');
-        let segment = parts.next().unwrap_or_default().to_string();
-        let lane = parts.next().and_then(|l| l.strip_prefix('l')?.parse().ok());
-        let partition = parts.next().and_then(|p| p.parse().ok());
-        match (partition, lane) {
-            (Some(partition), Some(lane)) => Ok(Some(Spot::Lane {
-                partition,
-                lane,
-                segment,
-                node,
-            })),
-            _ => Ok(None),
+        let mut spots = Vec::with_capacity(named.len());
+        for (segment_path, node) in named {
+            // <queue>/p/<partition>/l<lane>/<segment>
+            let mut parts = segment_path.rsplit('/');
+            let segment = parts.next().unwrap_or_default().to_string();
+            let lane = parts.next().and_then(|l| l.strip_prefix('l')?.parse().ok());
+            let partition = parts.next().and_then(|p| p.parse().ok());
+            if let (Some(partition), Some(lane)) = (partition, lane) {
+                spots.push(Spot::Lane {
+                    partition,
+                    lane,
+                    segment,
+                    node,
+                });
+            }
         }
+        Ok(spots)
     }
 
-    /// The first child of any of `dirs` whose name matches, with its parent, listing the dirs in
-    /// pipelined requests and stopping at the first match.
-    async fn first_child(
+    /// The children of `dirs` whose name matches, with their parent, the dirs listed in
+    /// pipelined requests.
+    async fn matching_children(
         &self,
         dirs: Vec<String>,
         matches: impl Fn(&str) -> bool,
-    ) -> Result<Option<(String, String)>> {
+    ) -> Result<Vec<(String, String)>> {
         let mut listings = stream::iter(dirs)
             .map(|dir| async move {
                 let children = znode::children(&self.client, &dir).await;
                 (dir, children)
             })
             .buffer_unordered(STATS_IN_FLIGHT);
+        let mut found = Vec::new();
         while let Some((dir, children)) = listings.next().await {
-            if let Some(name) = children?.into_iter().find(|c| matches(c)) {
-                return Ok(Some((dir, name)));
+            for name in children?.into_iter().filter(|c| matches(c)) {
+                found.push((dir.clone(), name));
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Reads the job at `spot`, and its claim if it has one. `None` if it moved away.

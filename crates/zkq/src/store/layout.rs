@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <root>/queues/<queue>                                  queue config
-//! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/j-<tag>-<id>-<seq>   ready jobs
+//! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/j-<tag><fp>-<seq>   ready jobs
 //! <root>/queues/<queue>/p/<partition>/l<lane>/s-<seq>/open      segment's writer is active
 //! <root>/queues/<queue>/p/<partition>/claims/<claim>     EPHEMERAL claims of running jobs
 //! <root>/queues/<queue>/delayed/b-<minute>/<due-ms>-<id> delayed and retry-waiting jobs
@@ -205,10 +205,18 @@ pub fn kind_tag(kind: &str) -> String {
     format!("{:08x}", fnv1a(kind.as_bytes()) as u32)
 }
 
-/// The name a ready job's znode is created with, `j-<kind tag>-<id>-`; ZooKeeper appends a
-/// 10-digit sequence number. The id in the name is what finds a job without reading jobs.
+/// The id fingerprint in a job's znode name: the first 8 hex digits of the id. It narrows a
+/// search by id to (almost always) one job without reading jobs; the record confirms the id.
+pub fn id_fingerprint(id: &uuid::Uuid) -> String {
+    let bytes = id.as_bytes();
+    format!("{:02x}{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2], bytes[3])
+}
+
+/// The name a ready job's znode is created with, `j-<kind tag><id fingerprint>-`; ZooKeeper
+/// appends a 10-digit sequence number. 16 characters more than a bare `j-`: every job write
+/// carries its path, so names stay short.
 pub fn job_node_prefix(kind: &str, id: &uuid::Uuid) -> String {
-    format!("j-{}-{id}-", kind_tag(kind))
+    format!("j-{}{}-", kind_tag(kind), id_fingerprint(id))
 }
 
 /// What a ready job's znode name tells.
@@ -216,24 +224,25 @@ pub fn job_node_prefix(kind: &str, id: &uuid::Uuid) -> String {
 pub struct JobNode<'a> {
     /// The kind tag, when the name has one.
     pub tag: Option<&'a str>,
-    /// The job id (a hyphenated UUID), when the name has one.
-    pub id: Option<&'a str>,
+    /// The id fingerprint, when the name has one.
+    pub fingerprint: Option<&'a str>,
     /// The sequence number: jobs of a segment run in this order.
     pub seq: u64,
 }
 
-/// Parses a ready job's znode name: `j-<tag>-<id>-<seq>` as zkq names them; any other `j-` name
-/// (`j-<seq>` from zkq 0.1, or from another client) is a job without tag and id, ordered by the
-/// digits after its last `-`, or after every numbered job when there are none. `None` for
-/// anything else (such as a segment's `open` marker). Cheap: listings call it for every name.
+/// Parses a ready job's znode name: `j-<tag><fingerprint>-<seq>` as zkq names them; any other
+/// `j-` name (`j-<seq>` from zkq 0.1, or from another client) is a job without tag and
+/// fingerprint, ordered by the digits after its last `-`, or after every numbered job when
+/// there are none. `None` for anything else (such as a segment's `open` marker). Cheap:
+/// listings call it for every name.
 pub fn parse_job_node(name: &str) -> Option<JobNode<'_>> {
     let rest = name.strip_prefix("j-")?;
     if let Some((head, seq)) = rest.rsplit_once('-') {
-        if let (Some((tag, id)), Ok(seq)) = (head.split_once('-'), seq.parse()) {
-            if tag.len() == 8 && id.len() == 36 {
+        if head.len() == 16 && head.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(seq) = seq.parse() {
                 return Some(JobNode {
-                    tag: Some(tag),
-                    id: Some(id),
+                    tag: Some(&head[..8]),
+                    fingerprint: Some(&head[8..]),
                     seq,
                 });
             }
@@ -242,7 +251,7 @@ pub fn parse_job_node(name: &str) -> Option<JobNode<'_>> {
     let digits = rest.rsplit('-').next().unwrap_or(rest);
     Some(JobNode {
         tag: None,
-        id: None,
+        fingerprint: None,
         seq: digits.parse().unwrap_or(u64::MAX),
     })
 }
@@ -349,22 +358,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_node_names_carry_kind_tag_id_and_sequence() {
-        let id = uuid::Uuid::new_v4();
+    fn job_node_names_carry_kind_tag_id_fingerprint_and_sequence() {
+        let id = uuid::Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap();
+        assert_eq!(id_fingerprint(&id), "67e55044");
         let name = format!("{}0000000042", job_node_prefix("email", &id));
+        assert_eq!(name.len(), 29);
         let node = parse_job_node(&name).unwrap();
         assert_eq!(node.tag, Some(kind_tag("email").as_str()));
-        assert_eq!(node.id, Some(id.to_string().as_str()));
+        assert_eq!(node.fingerprint, Some("67e55044"));
         assert_eq!(node.seq, 42);
         assert_ne!(kind_tag("email"), kind_tag("resize"));
         let old = parse_job_node("j-0000000007").unwrap();
-        assert_eq!((old.tag, old.id, old.seq), (None, None, 7));
+        assert_eq!((old.tag, old.fingerprint, old.seq), (None, None, 7));
         assert_eq!(parse_job_node("open"), None);
         // Other clients' names still are jobs: untagged, ordered by their digits or last.
         let odd = parse_job_node("j-abc").unwrap();
-        assert_eq!((odd.tag, odd.id, odd.seq), (None, None, u64::MAX));
-        let other = parse_job_node("j-0000abcd-not-an-id-0000000001").unwrap();
-        assert_eq!((other.tag, other.id, other.seq), (None, None, 1));
+        assert_eq!((odd.tag, odd.fingerprint, odd.seq), (None, None, u64::MAX));
+        let other = parse_job_node("j-not-hex-at-all-0000000001").unwrap();
+        assert_eq!((other.tag, other.fingerprint, other.seq), (None, None, 1));
         let mut names = vec![
             format!("{}0000000010", job_node_prefix("b", &uuid::Uuid::nil())),
             "open".to_string(),

@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001"), None);
         assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l0/s-0000000001/open"), None);
         assert_eq!(job_in_lane(lane, "/zkq/queues/q/p/3/l01/s-0000000001/j-1"), None);
-        let named = "j-0b1c2d3e-67e55044-10b1-426f-9247-bb680e5fe0c8-0000000003";
+        let named = "j-0b1c2d3e67e55044-0000000003";
         assert_eq!(
             job_in_lane(lane, &format!("/zkq/queues/q/p/3/l0/s-0000000001/{named}")),
             Some(("s-0000000001", named))
