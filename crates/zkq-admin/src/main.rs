@@ -73,7 +73,8 @@ enum Command {
 enum JobCommand {
     /// Where a job is (ready, running on which worker, delayed until when, dead) and its record
     ///
-    /// Finds the job by the id in its znode's name, without reading other jobs.
+    /// Finds the job by a fingerprint of its id in its znode's name, reading only the jobs made
+    /// in the same millisecond.
     Show {
         /// The job id
         id: String,

@@ -129,7 +129,10 @@ async fn job_show_finds_a_job_ready_running_delayed_and_dead_and_refuses_unknown
     );
 
     // Two jobs whose ids share the fingerprint in their znode names: each is told by its record.
-    let twins = ["67e55044-0000-4000-8000-000000000001", "67e55044-0000-4000-8000-000000000002"];
+    let twins = [
+        "67e55044-0000-4000-8000-000000000001",
+        "67e55044-0000-4000-8000-000000000002",
+    ];
     for (i, twin) in twins.iter().enumerate() {
         let id = zkq::JobId(twin.parse().unwrap());
         producer

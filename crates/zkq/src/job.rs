@@ -16,14 +16,15 @@ use crate::limits::{
 use crate::store::codec::Record;
 use crate::store::layout;
 
-/// A job's unique id (a random UUID), printed in its hyphenated form.
+/// A job's unique id (a UUID), printed in its hyphenated form. zkq makes time-ordered ones
+/// (UUIDv7: the creation millisecond, then random bits); any UUID a caller supplies works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub Uuid);
 
 impl JobId {
-    /// A fresh random id.
+    /// A fresh id: a UUIDv7 (time-ordered, random below the millisecond).
     pub fn new() -> JobId {
-        JobId(Uuid::new_v4())
+        JobId(Uuid::now_v7())
     }
 }
 

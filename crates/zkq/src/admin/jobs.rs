@@ -2,11 +2,13 @@
 //!
 //! # Finding a job without reading jobs
 //! Every place a job can be names it: a ready job's znode is `j-<kind tag><id fingerprint>-<seq>`
-//! (the running ones too: a claim leaves the job znode where it is), the fingerprint being the
-//! id's first 8 hex digits; a delayed entry is `<due-ms>-<id>`; a dead letter is `dead/<id>`. So
-//! a search reads names: the dead letter first (one stat), then the delayed buckets, then every
-//! segment of every lane, listed in pipelined requests. Only the jobs whose name matches are read
-//! (one, but for a one-in-four-billion fingerprint collision), and the record confirms the id.
+//! (the running ones too: a claim leaves the job znode where it is), the fingerprint being 32
+//! bits of the id ([`crate::store::layout::id_fingerprint`]: for zkq's ids, the millisecond the
+//! job was made); a delayed entry is `<due-ms>-<id>`; a dead letter is `dead/<id>`. So a search
+//! reads names: the dead letter first (one stat), then the delayed buckets, then every segment
+//! of every lane, listed in pipelined requests. Only the jobs whose name has the fingerprint are
+//! read (the jobs made in the same millisecond: one, or the rest of its batch), and the record
+//! confirms the id.
 //!
 //! A job moves while the search runs (a promotion out of a bucket already searched into a
 //! segment already listed, say). So up to three passes run before the answer is "not found"; a
@@ -80,6 +82,9 @@ pub enum Cancelled {
 
 /// How long [`Admin::cancel_job`] waits for the worker to confirm a running attempt stopped.
 const STOP_CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Candidates read at once: the jobs of one batch share a fingerprint.
+const READS_IN_FLIGHT: usize = 64;
 
 /// A job's znode, as the search found it.
 #[derive(Debug, Clone)]
@@ -249,8 +254,12 @@ impl Admin {
                 };
                 // A spot gone between the search and the read, or holding another job (a
                 // fingerprint collision), is passed over.
-                for spot in self.search(q, &config, &uuid).await? {
-                    if let Some(found) = self.read_spot(q, spot, &id).await? {
+                let spots = self.search(q, &config, &uuid).await?;
+                let mut reads = stream::iter(spots)
+                    .map(|spot| self.read_spot(q, spot, &id))
+                    .buffer_unordered(READS_IN_FLIGHT);
+                while let Some(read) = reads.next().await {
+                    if let Some(found) = read? {
                         if found.job.id.0 == uuid {
                             return Ok(found);
                         }
