@@ -1,40 +1,17 @@
 //! zkq-admin through its binary, against a real ZooKeeper: stats, workers and the dead-letter
 //! commands, their JSON and their errors.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use zkq::{JobContext, NewJob, Outcome, Producer, QueueConfig, Worker, WorkerConfig, ZkConfig};
+use zkq::{JobContext, NewJob, Outcome, Producer, QueueConfig, Worker, WorkerConfig};
 
-const PATIENCE: Duration = Duration::from_secs(60);
+mod support;
 
-fn zk() -> ZkConfig {
-    ZkConfig::new(zkq_testkit::shared().connect_string())
-}
-
-fn admin(root: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zkq-admin"))
-        .args(["--zk", &zkq_testkit::shared().connect_string(), "--root", root])
-        .args(args)
-        .output()
-        .expect("zkq-admin runs")
-}
-
-/// Runs `args` with `--json`, expects success, and parses the output.
-fn admin_json(root: &str, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = admin(root, &all);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{admin, admin_json, text, zk, PATIENCE};
 
 /// A worker on `queue` whose handler for kind `k` is `handler`; stopped by the sender.
 fn spawn_worker<F, Fut>(

@@ -1,40 +1,14 @@
 //! zkq-admin's `job show` and `job cancel` through the binary, and jobs of kinds a worker does
 //! not run, against a real ZooKeeper.
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use zkq::{
-    CommandHandler, JobContext, NewJob, Outcome, Producer, QueueConfig, Worker, WorkerConfig, ZkConfig,
-};
+use zkq::{CommandHandler, JobContext, NewJob, Outcome, Producer, QueueConfig, Worker, WorkerConfig};
 
-const PATIENCE: Duration = Duration::from_secs(60);
+mod support;
 
-fn zk() -> ZkConfig {
-    ZkConfig::new(zkq_testkit::shared().connect_string())
-}
-
-fn admin(root: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zkq-admin"))
-        .args(["--zk", &zkq_testkit::shared().connect_string(), "--root", root])
-        .args(args)
-        .output()
-        .expect("zkq-admin runs")
-}
-
-fn admin_json(root: &str, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = admin(root, &all);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{admin, admin_json, text, zk, PATIENCE};
 
 /// Runs `worker` until the returned sender fires.
 fn spawn(worker: Worker) -> (oneshot::Sender<()>, tokio::task::JoinHandle<zkq::WorkerSummary>) {
