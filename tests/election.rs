@@ -135,6 +135,7 @@ async fn leadership_is_lost_as_soon_as_the_connection_is_in_doubt() {
         address: server.connect_string(),
         session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(10),
+        ..zkq::ZkConfig::default()
     };
     let client = zk.connect().await.unwrap();
     let leadership = within(Election::new(client, "/scheduler", "only").campaign())
@@ -159,6 +160,7 @@ async fn a_leader_whose_connection_returns_keeps_its_place_in_line() {
         address: server.connect_string(),
         session_timeout: Duration::from_secs(6),
         connect_timeout: Duration::from_secs(10),
+        ..zkq::ZkConfig::default()
     };
     let (a, b) = (zk.connect().await.unwrap(), zk.connect().await.unwrap());
     let leader = Election::new(a.clone(), "/scheduler", "a");
@@ -207,6 +209,7 @@ async fn losing_the_zookeeper_leader_does_not_create_a_second_leader() {
         address: ensemble.connect_string(),
         session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(30),
+        ..zkq::ZkConfig::default()
     };
     let terms: Arc<Mutex<Vec<Term>>> = Arc::default();
     let mut candidates = Vec::new();

@@ -35,6 +35,7 @@ impl Env {
             address: server.connect_string(),
             session_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(20),
+            ..ZkConfig::default()
         };
         Env {
             zk,

@@ -195,7 +195,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> zkq::Result<()> {
-    let admin = Admin::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
+    let admin = Admin::connect(&cli.connect.zk_config()?, &cli.connect.root).await?;
     let result = command(&admin, cli).await;
     admin.close().await;
     result

@@ -160,6 +160,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         address: ensemble.connect_string(),
         session_timeout: cli.session_timeout,
         connect_timeout: Duration::from_secs(30),
+        ..ZkConfig::default()
     };
     let mut queue = QueueConfig {
         partitions: 8,

@@ -140,6 +140,7 @@ mod tests {
             address: server.connect_string(),
             session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(20),
+            ..ZkConfig::default()
         };
         let producer = Producer::connect(&zk, &root).await.unwrap();
         producer

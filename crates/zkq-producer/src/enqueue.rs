@@ -27,7 +27,7 @@ fn job_for(args: &EnqueueArgs, payload: Vec<u8>) -> NewJob {
 pub(crate) async fn enqueue(cli: &Cli, args: &EnqueueArgs) -> Result<(), Failure> {
     // Read and check all input before connecting: bad input never leaves half a file enqueued.
     let payloads = Payloads::read(args.payload.as_deref(), args.file.as_deref()).map_err(Failure::Input)?;
-    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
+    let producer = Producer::connect(&cli.connect.zk_config()?, &cli.connect.root).await?;
     // Load (or create) the queue once, so batches below go out in order without extra reads.
     producer
         .create_queue(&args.queue, &QueueConfig::default())

@@ -268,7 +268,7 @@ async fn create_queue(cli: &Cli, args: &CreateQueueArgs) -> Result<(), Failure> 
         ..QueueConfig::default()
     };
     config.validate()?;
-    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
+    let producer = Producer::connect(&cli.connect.zk_config()?, &cli.connect.root).await?;
     let in_force = producer.create_queue(&args.queue, &config).await?;
     producer.close().await;
     let differences = differences(&in_force, &config);
@@ -289,7 +289,7 @@ async fn cron(cli: &Cli, command: &CronCommand) -> Result<(), Failure> {
         CronCommand::Set(args) => Some(periodic_job(args)?),
         _ => None,
     };
-    let producer = Producer::connect(&cli.connect.zk_config(), &cli.connect.root).await?;
+    let producer = Producer::connect(&cli.connect.zk_config()?, &cli.connect.root).await?;
     let result = match (command, periodic) {
         (CronCommand::Set(args), Some(job)) => {
             producer.schedule(&args.name, job).await.map_err(Failure::from)

@@ -214,7 +214,7 @@ async fn run_scheduler(connect: &ConnectArgs, args: SchedulerArgs) -> zkq::Resul
     };
     let id = args.id.unwrap_or_else(|| WorkerConfig::default().id);
     info!(%id, "scheduler-only mode: standing for election");
-    Scheduler::new(connect.zk_config(), &connect.root, id, config)?
+    Scheduler::new(connect.zk_config()?, &connect.root, id, config)?
         .run(shutdown_signal())
         .await
 }
@@ -227,7 +227,7 @@ async fn run_singleton(connect: &ConnectArgs, args: SingletonArgs) -> zkq::Resul
         stop_grace: args.stop_grace,
         ..SingletonConfig::new(args.name, id)
     };
-    SingletonRunner::new(connect.zk_config(), &connect.root, config, args.command)?
+    SingletonRunner::new(connect.zk_config()?, &connect.root, config, args.command)?
         .run(shutdown_signal())
         .await
 }
@@ -247,7 +247,7 @@ async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> zkq::Result<()> {
     if let Some(id) = &cli.id {
         config.id = id.clone();
     }
-    let mut worker = Worker::new(connect.zk_config(), &connect.root, config)?;
+    let mut worker = Worker::new(connect.zk_config()?, &connect.root, config)?;
     for (kind, command) in &cli.exec {
         let handler = CommandHandler::new(command.clone())
             .with_watchdog()

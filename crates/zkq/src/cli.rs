@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::store::session::ZkConfig;
+use crate::store::session::{Credentials, ZkConfig};
 
 /// Flags every zkq binary takes to reach ZooKeeper.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,16 +35,40 @@ pub struct ConnectArgs {
     /// How long to keep trying to reach ZooKeeper before giving up
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
+
+    /// ZooKeeper credentials, such as digest:user:password (repeatable). Other local users can
+    /// see command-line arguments: prefer ZKQ_AUTH or --auth-file
+    #[arg(
+        long = "auth",
+        global = true,
+        env = "ZKQ_AUTH",
+        hide_env_values = true,
+        value_name = "SCHEME:CREDENTIALS"
+    )]
+    pub auth: Vec<Credentials>,
+
+    /// A file of ZooKeeper credentials, one SCHEME:CREDENTIALS per line; refused if group or
+    /// others may read it
+    #[arg(long, global = true, env = "ZKQ_AUTH_FILE", value_name = "PATH")]
+    pub auth_file: Option<std::path::PathBuf>,
 }
 
 impl ConnectArgs {
     /// The connect config these flags describe.
-    pub fn zk_config(&self) -> ZkConfig {
-        ZkConfig {
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidConfig`] for an auth file that cannot be used.
+    pub fn zk_config(&self) -> crate::Result<ZkConfig> {
+        let mut auth = self.auth.clone();
+        if let Some(path) = &self.auth_file {
+            auth.extend(Credentials::from_file(path)?);
+        }
+        Ok(ZkConfig {
             address: self.zk.clone(),
             session_timeout: self.session_timeout,
             connect_timeout: self.connect_timeout,
-        }
+            auth,
+        })
     }
 }
 

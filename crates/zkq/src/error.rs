@@ -70,6 +70,15 @@ pub enum Error {
     LockLost { key: String },
 
     /// Any other ZooKeeper error, with the operation and path it happened on.
+    /// ZooKeeper refused a request on a znode whose ACL does not grant this session's
+    /// identities the permission.
+    #[error(
+        "ZooKeeper refused {op} on {path}: not authorized. Its ACL (or its parent's, to create or \
+         delete) does not grant the identities of this session the permission: give credentials \
+         that it does with --auth, ZKQ_AUTH or --auth-file"
+    )]
+    NotAuthorized { op: &'static str, path: String },
+
     #[error("ZooKeeper {op} on {path} failed: {source}")]
     Zk {
         op: &'static str,
@@ -98,6 +107,10 @@ impl Error {
             zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::SessionMoved => {
                 Error::SessionLost(source)
             }
+            zk::Error::NoAuth => Error::NotAuthorized {
+                op,
+                path: path.into(),
+            },
             source => Error::Zk {
                 op,
                 path: path.into(),

@@ -86,7 +86,7 @@ pub use recipes::watchdog;
 pub use retry::RetryPolicy;
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use store::layout::Layout;
-pub use store::session::ZkConfig;
+pub use store::session::{Credentials, ZkConfig};
 pub use worker::{Worker, WorkerConfig, WorkerSummary};
 
 /// Re-export of the ZooKeeper client, for callers that share a session with zkq.

@@ -8,6 +8,111 @@ use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 
+/// Credentials for one ZooKeeper authentication scheme, such as `digest` with `user:password`.
+/// Sent on every connection before any request, so a reconnected or new session has them too.
+/// Never printed: `Debug` shows the scheme and, for `digest`, the user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    scheme: String,
+    secret: String,
+}
+
+impl Credentials {
+    /// Parses `SCHEME:CREDENTIALS`, such as `digest:user:password`. The error never repeats the
+    /// credentials.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a missing scheme or credentials, or a `digest` without a
+    /// `user:password` pair.
+    pub fn parse(text: &str) -> Result<Credentials> {
+        let text = text.trim();
+        let Some((scheme, secret)) = text.split_once(':') else {
+            return Err(Error::InvalidConfig(
+                "credentials must look like SCHEME:CREDENTIALS, such as digest:user:password".into(),
+            ));
+        };
+        if scheme.is_empty() || secret.is_empty() {
+            return Err(Error::InvalidConfig(
+                "credentials need a scheme and credentials, such as digest:user:password".into(),
+            ));
+        }
+        if scheme == "digest"
+            && !secret
+                .split_once(':')
+                .is_some_and(|(u, p)| !u.is_empty() && !p.is_empty())
+        {
+            return Err(Error::InvalidConfig(
+                "digest credentials must be digest:user:password".into(),
+            ));
+        }
+        Ok(Credentials {
+            scheme: scheme.to_string(),
+            secret: secret.to_string(),
+        })
+    }
+
+    /// Reads credentials from a file, one `SCHEME:CREDENTIALS` per line (blank lines and lines
+    /// starting with `#` skipped). The file must not be readable or writable by group or
+    /// others.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a file that cannot be read, is open to group or others, holds
+    /// no credentials, or holds a malformed line (named by number, not repeated).
+    pub fn from_file(path: &std::path::Path) -> Result<Vec<Credentials>> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::InvalidConfig(format!("cannot read the auth file {shown}: {e}")))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "the auth file {shown} is open to group or others (mode {mode:03o}): make it private with chmod 600"
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidConfig(format!("cannot read the auth file {shown}: {e}")))?;
+        let mut found = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            found.push(
+                Credentials::parse(line).map_err(|e| {
+                    Error::InvalidConfig(format!("the auth file {shown}, line {}: {e}", n + 1))
+                })?,
+            );
+        }
+        if found.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "the auth file {shown} holds no credentials"
+            )));
+        }
+        Ok(found)
+    }
+
+    /// The scheme, such as `digest`.
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.scheme.as_str(), self.secret.split_once(':')) {
+            ("digest", Some((user, _))) => write!(f, "Credentials(digest:{user}:…)"),
+            (scheme, _) => write!(f, "Credentials({scheme}:…)"),
+        }
+    }
+}
+
+impl std::str::FromStr for Credentials {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Credentials> {
+        Credentials::parse(s)
+    }
+}
+
 /// How to reach ZooKeeper.
 #[derive(Debug, Clone)]
 pub struct ZkConfig {
@@ -18,6 +123,8 @@ pub struct ZkConfig {
     pub session_timeout: Duration,
     /// How long to try to establish a session before giving up. Defaults to 10 s.
     pub connect_timeout: Duration,
+    /// Credentials added to every session (none by default).
+    pub auth: Vec<Credentials>,
 }
 
 impl Default for ZkConfig {
@@ -26,6 +133,7 @@ impl Default for ZkConfig {
             address: "127.0.0.1:2181".into(),
             session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            auth: Vec::new(),
         }
     }
 }
@@ -61,9 +169,12 @@ impl ZkConfig {
         if self.address.trim().is_empty() {
             return Err(unreachable("the connect string is empty".into()));
         }
-        let connector = connector
+        let mut connector = connector
             .with_session_timeout(self.session_timeout)
             .with_fail_eagerly();
+        for credentials in &self.auth {
+            connector = connector.with_auth(&credentials.scheme, credentials.secret.as_bytes());
+        }
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let mut last = String::from("timed out");
         loop {
@@ -72,6 +183,13 @@ impl ZkConfig {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(zk::Error::BadArguments(reason))) => {
                     return Err(unreachable(format!("bad connect string: {reason}")))
+                }
+                Ok(Err(zk::Error::AuthFailed)) => {
+                    let schemes: Vec<&str> = self.auth.iter().map(|c| c.scheme()).collect();
+                    return Err(unreachable(format!(
+                        "ZooKeeper refused the credentials given (schemes: {})",
+                        schemes.join(", ")
+                    )));
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => {
@@ -154,6 +272,51 @@ pub(crate) async fn reconnect(zk: &ZkConfig, first: bool) -> Result<zk::Client> 
 mod tests {
     use super::*;
 
+    #[test]
+    fn credentials_are_parsed_and_never_printed() {
+        let c = Credentials::parse("digest:ops:s3cr3t:with:colons").unwrap();
+        assert_eq!(c.scheme(), "digest");
+        let shown = format!(
+            "{c:?} {:?}",
+            ZkConfig {
+                auth: vec![c.clone()],
+                ..ZkConfig::default()
+            }
+        );
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("digest:ops:"), "{shown}");
+        for bad in [
+            "",
+            "digest",
+            "digest:",
+            ":x",
+            "digest:nopassword",
+            "digest::p",
+            "digest:u:",
+        ] {
+            let e = Credentials::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("nopassword"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_auth_file_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("zkq-auth-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("auth");
+        std::fs::write(&path, "# ops\ndigest:ops:s3cr3t\n\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Credentials::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("open to group or others (mode 644)"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Credentials::from_file(&path).unwrap().len(), 1);
+        std::fs::write(&path, "digest:ops\n").unwrap();
+        let e = Credentials::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("line 1") && !e.contains("digest:ops"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_for_a_connection_ends_when_the_session_is_already_over() {
         let server = zkq_testkit::shared();
@@ -162,6 +325,7 @@ mod tests {
             address: proxy.address(),
             session_timeout: Duration::from_millis(1000),
             connect_timeout: Duration::from_secs(20),
+            ..ZkConfig::default()
         };
         let client = zk.connect().await.unwrap();
         // Cut off until the session has expired, then let the client find out.
