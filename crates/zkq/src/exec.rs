@@ -204,6 +204,87 @@ fn failed(how: String, tail: &str) -> Outcome {
     })
 }
 
+/// Payload files for commands under a watchdog: only the worker's user may read them.
+///
+/// They live in `<temp dir>/zkq-payloads-<uid>/<worker pid>/<job id>-<attempt>.in`: the first
+/// folder private to the user (0700, refused if another user owns it), one folder per worker
+/// process (0700), files 0600 created new. The watchdog deletes each file once the command has
+/// it open; a worker killed before that leaves its folder, which the next worker of the user to
+/// run a command removes (its process is gone).
+mod payloads {
+    use std::fs;
+    use std::io::{self, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    /// This process's folder, made (and the dead workers' folders removed) on first use.
+    fn folder() -> io::Result<&'static Path> {
+        static FOLDER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        FOLDER
+            .get_or_init(|| make().map_err(|e| e.to_string()))
+            .as_deref()
+            .map_err(|e| io::Error::other(e.clone()))
+    }
+
+    fn make() -> io::Result<PathBuf> {
+        let uid = unsafe { libc::getuid() };
+        let base = std::env::temp_dir().join(format!("zkq-payloads-{uid}"));
+        private_dir(&base, uid)?;
+        sweep(&base);
+        let mine = base.join(std::process::id().to_string());
+        private_dir(&mine, uid)?;
+        Ok(mine)
+    }
+
+    /// Makes `dir` 0700, or checks that an existing one is `uid`'s and makes it 0700.
+    fn private_dir(dir: &Path, uid: u32) -> io::Result<()> {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let meta = fs::symlink_metadata(dir)?;
+                if !meta.is_dir() || meta.uid() != uid {
+                    return Err(io::Error::other(format!(
+                        "{} is not a folder of this user: payloads are not written there",
+                        dir.display()
+                    )));
+                }
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the folders of worker processes that are gone.
+    fn sweep(base: &Path) {
+        let Ok(entries) = fs::read_dir(base) else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let gone = pid != std::process::id() as i32
+                && unsafe { libc::kill(pid, 0) } != 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Writes `payload` to a new private file for attempt `attempt` of job `id`.
+    pub(super) fn write(id: &str, attempt: u32, payload: &[u8]) -> io::Result<PathBuf> {
+        let path = folder()?.join(format!("{id}-{attempt}.in"));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(payload)?;
+        Ok(path)
+    }
+}
+
 /// Runs the command under a watchdog whose kill deadline follows the session's heartbeat.
 async fn run_watched(command: &str, log: bool, ctx: JobContext) -> Outcome {
     let mut liveness = ctx.fence.liveness().clone();
@@ -212,17 +293,12 @@ async fn run_watched(command: &str, log: bool, ctx: JobContext) -> Outcome {
         .mul_f64(0.4)
         .min(Duration::from_secs(5))
         .min(timeout.mul_f64(KILL_SHARE) / 2);
-    // The watchdog's stdin is its control pipe: the payload goes through a file it opens for
-    // the command and deletes.
-    let input = std::env::temp_dir().join(format!(
-        "zkq-{}-{}-{}.in",
-        std::process::id(),
-        ctx.job.id,
-        ctx.job.attempt
-    ));
-    if let Err(e) = tokio::fs::write(&input, &ctx.job.payload).await {
-        return Outcome::retry(format!("cannot write the payload to {}: {e}", input.display()));
-    }
+    // The watchdog's stdin is its control pipe: the payload goes through a private file it
+    // opens for the command and deletes.
+    let input = match payloads::write(&ctx.job.id.to_string(), ctx.job.attempt, &ctx.job.payload) {
+        Ok(path) => path,
+        Err(e) => return Outcome::retry(format!("cannot write the payload: {e}")),
+    };
     let mut env = job_env(&ctx);
     env.push((watchdog::STDIN_FILE.to_string(), input.display().to_string()));
     let args = ["-c".to_string(), command.to_string()];
