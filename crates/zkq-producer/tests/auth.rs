@@ -67,6 +67,18 @@ async fn a_protected_root_is_used_with_its_credentials_and_refused_without_them(
     assert!(!text(&out.stderr).contains(SECRET) && !text(&out.stdout).contains(SECRET));
     assert!(!owner.list_children(&root).await.unwrap().is_empty());
 
+    // Malformed credentials are refused without being repeated.
+    let mut malformed = vec!["--auth", "digest:owner-nocolon-s3cr3t"];
+    malformed.extend(enqueue);
+    let out = producer(&root, &malformed, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("digest:user:password"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains("s3cr3t"), "{}", text(&out.stderr));
+
     // --help never shows the environment's credentials.
     let help = producer(&root, &["--help"], &[("ZKQ_AUTH", flag.as_str())]);
     assert!(!text(&help.stdout).contains(SECRET), "{}", text(&help.stdout));

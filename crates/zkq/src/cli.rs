@@ -45,7 +45,8 @@ pub struct ConnectArgs {
         hide_env_values = true,
         value_name = "SCHEME:CREDENTIALS"
     )]
-    pub auth: Vec<Credentials>,
+    // Parsed by `zk_config`, not by clap, whose errors would repeat the value.
+    pub auth: Vec<String>,
 
     /// A file of ZooKeeper credentials, one SCHEME:CREDENTIALS per line; refused if group or
     /// others may read it
@@ -57,9 +58,16 @@ impl ConnectArgs {
     /// The connect config these flags describe.
     ///
     /// # Errors
-    /// [`crate::Error::InvalidConfig`] for an auth file that cannot be used.
+    /// [`crate::Error::InvalidConfig`] for malformed credentials or an auth file that cannot be
+    /// used (never repeating the credentials).
     pub fn zk_config(&self) -> crate::Result<ZkConfig> {
-        let mut auth = self.auth.clone();
+        let mut auth = Vec::with_capacity(self.auth.len());
+        for text in &self.auth {
+            auth.push(
+                Credentials::parse(text)
+                    .map_err(|e| crate::Error::InvalidConfig(format!("--auth (or ZKQ_AUTH): {e}")))?,
+            );
+        }
         if let Some(path) = &self.auth_file {
             auth.extend(Credentials::from_file(path)?);
         }
