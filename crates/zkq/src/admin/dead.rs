@@ -101,9 +101,10 @@ impl Admin {
                 unique.push(id);
             }
         }
+        let stopping = self.stopping_ids().await?;
         let mut found = Vec::with_capacity(unique.len());
         for id in unique {
-            if self.stopping(id).await? {
+            if stopping.contains(id.as_str()) {
                 return Err(Error::InvalidJob(format!(
                     "job {id} was cancelled while running and its worker has not confirmed the attempt stopped; \
                      retry it once it has (within the worker's stop grace)"

@@ -228,10 +228,6 @@ impl Admin {
     }
 
     /// Whether an attempt of `id` is still being stopped after a cancel.
-    pub(super) async fn stopping(&self, id: &str) -> Result<bool> {
-        Ok(stops::pending(&self.client, &self.layout).await?.contains(id))
-    }
-
     /// The ids of every job whose cancelled attempt is still being stopped.
     pub(super) async fn stopping_ids(&self) -> Result<std::collections::HashSet<String>> {
         stops::pending(&self.client, &self.layout).await
@@ -243,18 +239,20 @@ impl Admin {
         let uuid = uuid::Uuid::parse_str(id)
             .map_err(|_| Error::NotFound(format!("no job with id {id:?} (a job id is a UUID)")))?;
         let id = uuid.to_string();
-        let queues = queue::list(&self.client, &self.layout).await?;
+        let mut queues = Vec::new();
+        for q in queue::list(&self.client, &self.layout).await? {
+            match queue::load(&self.client, &self.layout, &q).await {
+                Ok(Some(config)) => queues.push((q, config)),
+                Ok(None) => {}
+                Err(e) if queue::is_unreadable(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
         for _ in 0..3 {
-            for q in &queues {
-                let config = match queue::load(&self.client, &self.layout, q).await {
-                    Ok(Some(config)) => config,
-                    Ok(None) => continue,
-                    Err(e) if queue::is_unreadable(&e) => continue,
-                    Err(e) => return Err(e),
-                };
+            for (q, config) in &queues {
                 // A spot gone between the search and the read, or holding another job (a
                 // fingerprint collision), is passed over.
-                let spots = self.search(q, &config, &uuid).await?;
+                let spots = self.search(q, config, &uuid).await?;
                 let mut reads = stream::iter(spots)
                     .map(|spot| self.read_spot(q, spot, &id))
                     .buffer_unordered(READS_IN_FLIGHT);

@@ -56,7 +56,7 @@ pub(crate) fn dead_letter_op(layout: &Layout, queue: &str, job: &Job) -> Result<
 impl Producer {
     /// The request bytes a job record of `encoded` bytes takes in a `multi` of [`Self::commit`]:
     /// the record, the path of a job or delayed entry (partition, lane, segment and a job name
-    /// of 58 bytes, or a bucket and an entry of 50) and the operation's framing.
+    /// of 29 bytes, or a bucket and an entry of 50) and the operation's framing.
     pub(crate) fn placement_bytes(&self, queue: &str, encoded: usize) -> usize {
         encoded + self.layout.queue(queue).len() + 200
     }

@@ -106,13 +106,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-impl std::str::FromStr for Credentials {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Credentials> {
-        Credentials::parse(s)
-    }
-}
-
 /// How to reach ZooKeeper.
 #[derive(Debug, Clone)]
 pub struct ZkConfig {
