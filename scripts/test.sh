@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Two build jobs and two test threads per binary: sized for small machines; every test binary
 # starts its own ZooKeeper.
-cargo test --workspace --locked -j2 -- --test-threads=2
+# A test binary that runs for over 10 minutes is hung: scripts/hang-watch.sh prints its threads'
+# stacks and kills it, so the run fails with evidence rather than at the CI's time limit.
+cargo test --workspace --locked -j2 -- --test-threads=2 &
+tests=$!
+bash scripts/hang-watch.sh "$tests" 600 &
+wait "$tests"
 # ZKQ_CHAOS_SEED picks other faults (the seed is printed; timing varies from run to run anyway).
 cargo build --locked -j2 -p zkq-chaos -p zkq-worker
 seed="${ZKQ_CHAOS_SEED:-1}"
