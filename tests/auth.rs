@@ -82,8 +82,7 @@ async fn a_session_keeps_its_credentials_across_dropped_connections_and_a_worker
     producer.close().await;
 
     // Without the credentials, a worker on a fresh protected root is refused at once, with the
-    // path it could not use. (zkq's own znodes do not carry ACLs yet: below the root, what
-    // zkq created is open.)
+    // path it could not use.
     let fresh = Env::new("auth-bare");
     protect(&fresh).await;
     let (handler, _runs) = recording(|_| Outcome::Done);

@@ -343,3 +343,40 @@ async fn a_busy_lock_key_holds_up_neither_slots_nor_other_jobs() {
     let summary = handle.await.unwrap().unwrap();
     assert_eq!(summary.done, 8);
 }
+
+/// A guard dropped once its client's session task is gone (its runtime shut down first, as at
+/// the end of a test or of a process) must leave the runtime free: its delete fails at once,
+/// and retrying it without waiting kept a worker thread busy forever, so that the runtime could
+/// never shut down.
+#[test]
+fn a_guard_dropped_after_its_client_stopped_leaves_the_runtime_free() {
+    let env = Env::new("lock-drop-after-stop");
+    let runtime = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The client's session task runs on a runtime of its own.
+    let client_runtime = runtime(1);
+    let client = client_runtime.block_on(env.client());
+    let work = runtime(1);
+    let guard = work.block_on(lock(&env, &client, "k").acquire()).unwrap();
+    client_runtime.shutdown_timeout(Duration::from_secs(1));
+
+    let (free, freed) = std::sync::mpsc::channel();
+    work.spawn(async move {
+        drop(guard);
+        tokio::task::yield_now().await;
+        tokio::spawn(async move {
+            let _ = free.send(());
+        });
+    });
+    let result = freed.recv_timeout(Duration::from_secs(5));
+    work.shutdown_background();
+    assert!(
+        result.is_ok(),
+        "the dropped guard kept the only worker thread busy"
+    );
+}

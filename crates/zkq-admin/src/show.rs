@@ -1,7 +1,9 @@
 //! Output: a table for people, JSON for scripts (`--json`, one document per command).
 
 use serde_json::{json, Value};
-use zkq::{Cancelled, DeadLetter, Job, JobState, JobView, LockView, QueueConfig, Stats, WorkerView};
+use zkq::{
+    AclReport, Cancelled, DeadLetter, Job, JobState, JobView, LockView, QueueConfig, Stats, WorkerView,
+};
 
 /// Longest payload preview, in characters.
 const PREVIEW_CHARS: usize = 200;
@@ -133,6 +135,47 @@ pub fn print_workers(workers: &[WorkerView], json: bool) {
             rows
         )
     );
+}
+
+pub fn print_acl(report: &AclReport, applied: bool, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+        return;
+    }
+    let expected: Vec<String> = report.expected.iter().map(ToString::to_string).collect();
+    println!("expected ACL: {}", expected.join(", "));
+    let rows = report
+        .examples
+        .iter()
+        .map(|d| {
+            let acl: Vec<String> = d.acl.iter().map(ToString::to_string).collect();
+            vec![d.path.clone(), acl.join(", ")]
+        })
+        .collect();
+    let header = if applied {
+        ["PATH", "ACL BEFORE"]
+    } else {
+        ["PATH", "ACL"]
+    };
+    if !report.examples.is_empty() {
+        print!("{}", table(&header, rows));
+    }
+    if report.differing > report.examples.len() {
+        println!("... and {} more", report.differing - report.examples.len());
+    }
+    if applied {
+        println!(
+            "{} znodes checked, {} set to the expected ACL",
+            report.checked, report.fixed
+        );
+    } else if report.differing == 0 {
+        println!("{} znodes checked, all with the expected ACL", report.checked);
+    } else {
+        println!(
+            "{} znodes checked, {} with another ACL: zkq-admin acl apply sets the expected one",
+            report.checked, report.differing
+        );
+    }
 }
 
 pub fn print_locks(locks: &[LockView], json: bool) {

@@ -500,3 +500,76 @@ async fn locks_show_each_key_its_holder_and_its_waiters() {
     assert_eq!(locks[0]["waiters"], 0);
     next.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_check_lists_znodes_open_to_everyone_and_acl_apply_closes_them() {
+    let root = zkq_testkit::unique_root("admin-acl");
+    let producer = Producer::connect(&zk(), &root).await.unwrap();
+    producer.create_queue("q", &QueueConfig::default()).await.unwrap();
+    producer.enqueue("q", NewJob::new("k", "x")).await.unwrap();
+    producer.close().await;
+    let with_auth = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_zkq-admin"))
+            .args(["--zk", &zkq_testkit::shared().connect_string(), "--root", &root])
+            .args(args)
+            .env("ZKQ_AUTH", "digest:zkq:pw-admin")
+            .output()
+            .expect("zkq-admin runs")
+    };
+
+    let check = with_auth(&["acl", "check"]);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "differences exit 1: {}",
+        text(&check.stderr)
+    );
+    let out = text(&check.stdout);
+    assert!(
+        out.contains(&format!("{root} ")) && out.contains("world:anyone:cdrwa"),
+        "{out}"
+    );
+    assert!(out.contains("zkq-admin acl apply"), "{out}");
+    assert!(!out.contains("pw-admin"), "the password is never printed: {out}");
+
+    let apply = with_auth(&["acl", "apply", "--acl-read", "world:anyone", "--json"]);
+    assert_eq!(apply.status.code(), Some(0), "{}", text(&apply.stderr));
+    let report: Value = serde_json::from_slice(&apply.stdout).unwrap();
+    assert!(report["fixed"].as_u64().unwrap() >= 10, "{report}");
+    let expected: Vec<String> = report["expected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["scheme"].as_str().unwrap(),
+                e["perms"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(expected, ["digest:cdrwa", "world:r"], "{report}");
+
+    // Without --acl-read, world:anyone's read entry is now one too many.
+    let check = with_auth(&["acl", "check", "--json"]);
+    assert_eq!(check.status.code(), Some(1));
+    let again = with_auth(&["acl", "check", "--acl-read", "world:anyone"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stdout));
+    assert!(text(&again.stdout).contains("all with the expected ACL"));
+    // Still readable without credentials (world:anyone may read), but only that.
+    let stats = admin(&root, &["stats"]);
+    assert_eq!(stats.status.code(), Some(0), "{}", text(&stats.stderr));
+    let pause = admin(&root, &["pause", "q"]);
+    assert_eq!(pause.status.code(), Some(1));
+    let err = text(&pause.stderr);
+    assert!(err.contains("not authorized") && err.contains("WRITE"), "{err}");
+
+    // A password where a digest id is expected is refused without being repeated.
+    let bad = with_auth(&["acl", "check", "--acl-read", "digest:monitor:secret-pw"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("digest:USER:HASH") && !err.contains("secret-pw"),
+        "{err}"
+    );
+}

@@ -32,3 +32,22 @@ pub fn signal(pid: u32, sig: libc::c_int) {
         libc::kill(pid as libc::pid_t, sig);
     }
 }
+
+/// What ZooKeeper's own command-line client (`zkCli`, the class `ZooKeeperMain` of the installed
+/// jars) printed for one command, such as `["get", "/zkq/queues/q"]`, run without credentials
+/// against `address`; and whether it exited 0. An outsider's view, from a client zkq did not
+/// write.
+pub fn zk_cli(address: &str, command: &[&str]) -> Result<(bool, String), String> {
+    let install = install::find()?;
+    let output = std::process::Command::new(&install.java)
+        .arg("-cp")
+        .arg(&install.classpath)
+        .arg("org.apache.zookeeper.ZooKeeperMain")
+        .args(["-server", address])
+        .args(command)
+        .output()
+        .map_err(|e| format!("cannot run zkCli: {e}"))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.success(), text))
+}

@@ -170,9 +170,9 @@ pub(crate) async fn serve(
     delay: Duration,
     stop: &CancellationToken,
 ) -> Result<()> {
-    znode::ensure_path(client, &layout.assignments()).await?;
-    znode::ensure_path(client, &layout.workers()).await?;
-    znode::ensure_path(client, &layout.queues()).await?;
+    for dir in [layout.assignments(), layout.workers(), layout.queues()] {
+        znode::ensure_path(client, layout.acl(), &dir).await?;
+    }
     let mut unreadable = queue::Unreadable::default();
     let retry = Duration::from_secs(1) + delay;
     let mut passes = Passes::new(stop, "rebalancing partitions failed", retry);

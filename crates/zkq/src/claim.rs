@@ -43,6 +43,7 @@ use zookeeper_client as zk;
 use crate::error::{outcome_unknown, Error, Result};
 use crate::job::{now_ms, Job, JobId};
 use crate::limits::MAX_REQUEST_BYTES;
+use crate::store::acl::AclPolicy;
 use crate::store::codec::{self, Record};
 use crate::store::layout::{self, JobNode, Layout};
 use crate::store::session;
@@ -307,7 +308,8 @@ pub(crate) async fn claim_many(
         }
     }
     let mut won = Vec::new();
-    for (claims, errs) in futures::future::join_all(batches.into_iter().map(|b| claim_batch(client, b))).await
+    for (claims, errs) in
+        futures::future::join_all(batches.into_iter().map(|b| claim_batch(client, layout.acl(), b))).await
     {
         won.extend(claims);
         errors.extend(errs);
@@ -315,11 +317,15 @@ pub(crate) async fn claim_many(
     (won, errors)
 }
 
-async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Claimed>, Vec<Error>) {
+async fn claim_batch(
+    client: &zk::Client,
+    acl: &AclPolicy,
+    mut batch: Vec<Prepared>,
+) -> (Vec<Claimed>, Vec<Error>) {
     let mut races = 0;
     while !batch.is_empty() && races <= BATCH_RACES {
         let ops: Vec<Op> = batch.iter().flat_map(|p| p.ops.iter().cloned()).collect();
-        match txn::commit(client, &ops).await {
+        match txn::commit(client, acl, &ops).await {
             Ok(results) => {
                 let won = batch
                     .into_iter()
@@ -342,7 +348,7 @@ async fn claim_batch(client: &zk::Client, mut batch: Vec<Prepared>) -> (Vec<Clai
     // Contended: one `multi` per job, so that each race costs only its own job.
     // All sent on the first poll, in order.
     let singles = batch.into_iter().map(|p| async move {
-        let result = txn::commit(client, &p.ops).await;
+        let result = txn::commit(client, acl, &p.ops).await;
         (p, result)
     });
     let mut won = Vec::new();

@@ -52,6 +52,20 @@ pub struct ConnectArgs {
     /// others may read it
     #[arg(long, global = true, env = "ZKQ_AUTH_FILE", value_name = "PATH")]
     pub auth_file: Option<std::path::PathBuf>,
+
+    /// With credentials, every znode zkq creates is readable and writable only by sessions
+    /// holding them; this grants read-only access to another identity too, such as
+    /// world:anyone or digest:monitor:HASH (repeatable; comma-separated in ZKQ_ACL_READ)
+    #[arg(
+        long = "acl-read",
+        global = true,
+        env = "ZKQ_ACL_READ",
+        value_delimiter = ',',
+        value_name = "SCHEME:ID"
+    )]
+    // Parsed by `zk_config`, not by clap, whose errors would repeat the value (a password given
+    // by mistake for a digest hash).
+    pub acl_read: Vec<String>,
 }
 
 impl ConnectArgs {
@@ -71,11 +85,19 @@ impl ConnectArgs {
         if let Some(path) = &self.auth_file {
             auth.extend(Credentials::from_file(path)?);
         }
+        let mut acl_read = Vec::with_capacity(self.acl_read.len());
+        for text in &self.acl_read {
+            acl_read
+                .push(crate::store::acl::parse_acl_id(text).map_err(|e| {
+                    crate::Error::InvalidConfig(format!("--acl-read (or ZKQ_ACL_READ): {e}"))
+                })?);
+        }
         Ok(ZkConfig {
             address: self.zk.clone(),
             session_timeout: self.session_timeout,
             connect_timeout: self.connect_timeout,
             auth,
+            acl_read,
         })
     }
 }

@@ -69,15 +69,21 @@ pub enum Error {
     #[error("lock on {key:?} is no longer held")]
     LockLost { key: String },
 
-    /// Any other ZooKeeper error, with the operation and path it happened on.
-    /// ZooKeeper refused a request on a znode whose ACL does not grant this session's
-    /// identities the permission.
+    /// ZooKeeper refused a request: the ACL of `on` does not grant this session's identities
+    /// `permission` (creating or deleting a znode needs a permission on its parent).
     #[error(
-        "ZooKeeper refused {op} on {path}: not authorized. Its ACL (or its parent's, to create or \
-         delete) does not grant the identities of this session the permission: give credentials \
-         that it does with --auth, ZKQ_AUTH or --auth-file"
+        "ZooKeeper refused {op} on {path}: not authorized: the identities of this session lack the \
+         {permission} permission on {on}. Give credentials that have it (--auth, ZKQ_AUTH or \
+         --auth-file), or have the owner of {on} grant it"
     )]
-    NotAuthorized { op: &'static str, path: String },
+    NotAuthorized {
+        op: &'static str,
+        path: String,
+        permission: Permission,
+        on: String,
+    },
+
+    /// Any other ZooKeeper error, with the operation and path it happened on.
 
     #[error("ZooKeeper {op} on {path} failed: {source}")]
     Zk {
@@ -107,10 +113,16 @@ impl Error {
             zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::SessionMoved => {
                 Error::SessionLost(source)
             }
-            zk::Error::NoAuth => Error::NotAuthorized {
-                op,
-                path: path.into(),
-            },
+            zk::Error::NoAuth => {
+                let path = path.into();
+                let (permission, on) = Permission::needed_for(op, &path);
+                Error::NotAuthorized {
+                    op,
+                    path,
+                    permission,
+                    on,
+                }
+            }
             source => Error::Zk {
                 op,
                 path: path.into(),
@@ -127,6 +139,56 @@ impl Error {
     /// Whether the session behind the request is gone for good.
     pub fn is_session_lost(&self) -> bool {
         matches!(self, Error::SessionLost(_))
+    }
+}
+
+/// A ZooKeeper permission (an ACL grants some of them to an identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read a znode's data and list its children.
+    Read,
+    /// Set a znode's data.
+    Write,
+    /// Create children.
+    Create,
+    /// Delete children.
+    Delete,
+    /// Set the ACL.
+    Admin,
+    /// One of those, not known which (a request of several kinds).
+    Some,
+}
+
+impl Permission {
+    /// The permission a refused request needed, and the znode whose ACL refused it: the parent,
+    /// to create or delete. Told from the operation's name (zkq names them by verb: "create
+    /// segment", "read job", "bump epoch").
+    pub(crate) fn needed_for(op: &str, path: &str) -> (Permission, String) {
+        let parent = || match path.rsplit_once('/') {
+            Some(("", _)) | None => "/".to_string(),
+            Some((parent, _)) => parent.to_string(),
+        };
+        match op.split_whitespace().next().unwrap_or_default() {
+            "create" | "register" => (Permission::Create, parent()),
+            "delete" | "release" | "remove" | "purge" => (Permission::Delete, parent()),
+            "write" | "bump" | "set" | "update" => (Permission::Write, path.to_string()),
+            "read" | "list" | "watch" | "get" | "check" | "sync" => (Permission::Read, path.to_string()),
+            "acl" => (Permission::Admin, path.to_string()),
+            _ => (Permission::Some, path.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Permission::Read => "READ",
+            Permission::Write => "WRITE",
+            Permission::Create => "CREATE",
+            Permission::Delete => "DELETE",
+            Permission::Admin => "ADMIN",
+            Permission::Some => "needed",
+        })
     }
 }
 

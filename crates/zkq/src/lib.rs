@@ -69,10 +69,10 @@ pub mod telemetry;
 mod worker;
 
 pub use admin::{
-    Admin, Cancelled, DeadLetter, FleetStats, JobState, JobView, LockView, Purge, QueueStats, Stats,
-    UnhandledKind, WorkerView,
+    AclDifference, AclEntry, AclReport, Admin, Cancelled, DeadLetter, FleetStats, JobState, JobView,
+    LockView, Purge, QueueStats, Stats, UnhandledKind, WorkerView,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Permission, Result};
 pub use exec::CommandHandler;
 pub use handler::{Fence, Handler, HandlerFuture, JobContext, Outcome};
 pub use job::{AttemptError, Job, JobId, NewJob};
@@ -85,6 +85,7 @@ pub use recipes::lock::{Lock, LockGuard};
 pub use recipes::watchdog;
 pub use retry::RetryPolicy;
 pub use scheduler::{Scheduler, SchedulerConfig};
+pub use store::acl::{parse_acl_id, AclPolicy};
 pub use store::layout::Layout;
 pub use store::session::{Credentials, ZkConfig};
 pub use worker::{Worker, WorkerConfig, WorkerSummary};

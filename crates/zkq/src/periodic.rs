@@ -235,7 +235,7 @@ impl Producer {
             config.max_payload_bytes as usize,
         )?;
         tick_batches(self, &job, vec![(u64::MAX, sample)])?;
-        znode::ensure_path(self.client(), &self.layout().schedules()).await?;
+        znode::ensure_path(self.client(), self.layout().acl(), &self.layout().schedules()).await?;
         let path = self.layout().schedule(name);
         loop {
             let mut record = job.clone();
@@ -260,7 +260,11 @@ impl Producer {
                     .map(drop),
                 None => self
                     .client()
-                    .create(&path, &data, &znode::PERSISTENT)
+                    .create(
+                        &path,
+                        &data,
+                        &self.layout().acl().options(zk::CreateMode::Persistent),
+                    )
                     .await
                     .map(drop),
             };

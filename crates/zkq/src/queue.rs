@@ -15,7 +15,7 @@ use crate::limits::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES};
 use crate::retry::RetryPolicy;
 use crate::store::codec::{self, Record};
 use crate::store::layout::{self, Layout};
-use crate::store::znode::{self, PERSISTENT};
+use crate::store::znode;
 
 /// Most partitions a queue may have.
 pub const MAX_PARTITIONS: u32 = 1024;
@@ -136,11 +136,12 @@ pub async fn ensure(
         return Ok(existing);
     }
     config.validate()?;
-    znode::ensure_path(client, &layout.queues()).await?;
+    znode::ensure_path(client, layout.acl(), &layout.queues()).await?;
     let mut multi = client.new_multi_writer();
     let data = codec::encode(config)?;
+    let persistent = layout.acl().options(zk::CreateMode::Persistent);
     let add = |m: &mut zk::MultiWriter<'_>, path: &str, data: &[u8]| {
-        m.add_create(path, data, &PERSISTENT)
+        m.add_create(path, data, &persistent)
             .map_err(|e| Error::zk("create", path, e))
     };
     add(&mut multi, &layout.queue(name), &data)?;

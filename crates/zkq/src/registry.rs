@@ -11,7 +11,7 @@ use crate::job::now_ms;
 use crate::store::codec::{self, Record};
 use crate::store::layout::Layout;
 use crate::store::session;
-use crate::store::znode::{self, EPHEMERAL};
+use crate::store::znode;
 
 /// What a worker says about itself in its registration node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,11 +61,12 @@ impl WorkerInfo {
 /// # Errors
 /// [`Error::WorkerIdInUse`] when another live session registered the same id.
 pub async fn register(client: &zk::Client, layout: &Layout, info: &WorkerInfo) -> Result<()> {
-    znode::ensure_path(client, &layout.workers()).await?;
+    znode::ensure_path(client, layout.acl(), &layout.workers()).await?;
+    let ephemeral = layout.acl().options(zk::CreateMode::Ephemeral);
     let path = layout.worker(&info.id);
     let data = codec::encode(info)?;
     loop {
-        match client.create(&path, &data, &EPHEMERAL).await {
+        match client.create(&path, &data, &ephemeral).await {
             Ok(_) => return Ok(()),
             Err(zk::Error::NodeExists) => match client.check_stat(&path).await {
                 Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => return Ok(()),

@@ -42,7 +42,7 @@ use crate::store::session::{self, ZkConfig};
 /// [`Error::InvalidName`] for a bad singleton name.
 pub fn election(client: zk::Client, layout: &Layout, name: &str, candidate: &str) -> Result<Election> {
     layout::validate_name("singleton name", name)?;
-    Ok(Election::new(client, layout.singleton(name), candidate))
+    Ok(Election::new(client, layout.singleton(name), candidate).with_acl(layout.acl().clone()))
 }
 
 /// What to do when the command exits while this process is master.
@@ -129,8 +129,8 @@ impl SingletonRunner {
             .next()
             .ok_or_else(|| Error::InvalidConfig("the singleton needs a command to run".into()))?;
         Ok(SingletonRunner {
+            layout: Layout::for_config(root, &zk)?,
             zk,
-            layout: Layout::new(root)?,
             config,
             program,
             args: command.collect(),

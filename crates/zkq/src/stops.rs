@@ -212,7 +212,7 @@ impl Running {
 /// deletes those naming attempts that no longer run.
 pub(crate) async fn follow(client: zk::Client, layout: Layout, worker: String, running: Running) {
     let dir = layout.stops();
-    while let Err(e) = znode::ensure_path(&client, &dir).await {
+    while let Err(e) = znode::ensure_path(&client, layout.acl(), &dir).await {
         if e.is_session_lost() {
             return;
         }

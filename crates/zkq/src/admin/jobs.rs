@@ -148,7 +148,7 @@ impl Admin {
             let worker = match (&found.state, &found.claim) {
                 (JobState::Dead { .. }, _) => return Ok(Cancelled::AlreadyDead),
                 (JobState::Running { worker, .. }, Some(claim)) => {
-                    znode::ensure_path(&self.client, &self.layout.stops()).await?;
+                    znode::ensure_path(&self.client, self.layout.acl(), &self.layout.stops()).await?;
                     ops.push(Op::Delete {
                         path: claim.clone(),
                         version: None,
@@ -159,7 +159,7 @@ impl Admin {
                 _ => None,
             };
             ops.push(dead_letter_op(&self.layout, &found.queue, &dead)?);
-            match txn::commit(&self.client, &ops).await {
+            match txn::commit(&self.client, self.layout.acl(), &ops).await {
                 Ok(results) => {
                     let Some(worker) = worker else {
                         return Ok(Cancelled::Waiting);

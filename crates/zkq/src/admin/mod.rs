@@ -5,6 +5,7 @@
 //! so they stay fast on a million-job backlog: a lane costs one listing of its segments and two
 //! stats per segment (its child count, and whether its `open` marker is among them).
 
+mod acl;
 mod dead;
 mod fleet;
 mod jobs;
@@ -12,6 +13,7 @@ mod locks;
 mod queues;
 mod stats;
 
+pub use acl::{AclDifference, AclEntry, AclReport};
 pub use dead::{DeadLetter, Purge};
 pub use fleet::WorkerView;
 pub use jobs::{Cancelled, JobState, JobView};
@@ -46,8 +48,9 @@ impl Admin {
     /// # Errors
     /// [`crate::Error::Unreachable`] when no session can be had; a bad root.
     pub async fn connect(zk: &ZkConfig, root: &str) -> Result<Admin> {
+        let layout = Layout::for_config(root, zk)?;
         let client = zk.connect().await?;
-        Ok(Admin::with_client(client, Layout::new(root)?))
+        Ok(Admin::with_client(client, layout))
     }
 
     /// An admin on an existing session.

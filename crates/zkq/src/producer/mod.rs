@@ -50,7 +50,7 @@ pub struct Producer {
 impl Producer {
     /// Connects to ZooKeeper and uses the znodes under `root` (such as `/zkq`).
     pub async fn connect(zk: &ZkConfig, root: &str) -> Result<Producer> {
-        let layout = Layout::new(root)?;
+        let layout = Layout::for_config(root, zk)?;
         let client = zk.connect().await?;
         Ok(Producer::with_client(client, layout))
     }

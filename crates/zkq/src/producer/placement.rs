@@ -15,7 +15,6 @@ use crate::queue::QueueConfig;
 use crate::store::codec;
 use crate::store::layout::{self, Layout};
 use crate::store::txn::{self, NodeKind, Op};
-use crate::store::znode::PERSISTENT;
 
 use super::segment::{LaneKey, NamedRecord};
 use super::Producer;
@@ -146,7 +145,7 @@ impl Producer {
                             .await?,
                     );
                 }
-                (txn::commit(&self.client, &ops), used)
+                (txn::commit(&self.client, self.layout.acl(), &ops), used)
             };
             let Err(err) = sent.await else {
                 return Ok(());
@@ -176,7 +175,8 @@ impl Producer {
 
     pub(crate) async fn ensure_bucket(&self, queue: &str, bucket: &str) -> Result<()> {
         let path = self.layout.delayed_bucket(queue, bucket);
-        match self.client.create(&path, &[], &PERSISTENT).await {
+        let persistent = self.layout.acl().options(zk::CreateMode::Persistent);
+        match self.client.create(&path, &[], &persistent).await {
             Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
             Err(e) => Err(Error::zk("create delayed bucket", path, e)),
         }

@@ -28,7 +28,6 @@ use zookeeper_client as zk;
 use crate::error::{Error, Result};
 use crate::store::layout::{Layout, OPEN_MARKER};
 use crate::store::txn::{NodeKind, Op};
-use crate::store::znode::PERSISTENT_SEQUENTIAL;
 
 /// A ready job to create: its znode name prefix ([`crate::store::layout::job_node_prefix`])
 /// and its encoded record.
@@ -163,7 +162,8 @@ impl Segments {
 async fn create_segment(client: &zk::Client, layout: &Layout, key: &LaneKey) -> Result<String> {
     let lane = layout.lane(&key.queue, key.partition, key.lane);
     let prefix = format!("{lane}/s-");
-    match client.create(&prefix, &[], &PERSISTENT_SEQUENTIAL).await {
+    let sequential = layout.acl().options(zk::CreateMode::PersistentSequential);
+    match client.create(&prefix, &[], &sequential).await {
         Ok((_, seq)) => Ok(format!("{prefix}{seq}")),
         Err(zk::Error::NoNode) => Err(Error::InvalidConfig(format!(
             "lane {lane} does not exist: the queue {} is missing or was created with fewer partitions or priorities",

@@ -34,9 +34,10 @@ use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 use crate::recipes::line::{self, Place, Waited};
+use crate::store::acl::AclPolicy;
 use crate::store::session;
 use crate::store::txn::{self, Op};
-use crate::store::znode::{self, EPHEMERAL_SEQUENTIAL};
+use crate::store::znode;
 
 /// A candidate in one election, identified by the directory it runs under.
 #[derive(Debug, Clone)]
@@ -44,6 +45,7 @@ pub struct Election {
     client: zk::Client,
     dir: String,
     name: String,
+    acl: AclPolicy,
     wakeups: Arc<AtomicU64>,
 }
 
@@ -51,6 +53,7 @@ pub struct Election {
 #[derive(Debug)]
 pub struct Leadership {
     client: zk::Client,
+    acl: AclPolicy,
     name: String,
     epoch: i32,
     epoch_path: String,
@@ -67,8 +70,15 @@ impl Election {
             client,
             dir: dir.into(),
             name: name.into(),
+            acl: AclPolicy::open(),
             wakeups: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// This candidate, creating its znodes (and the leader's fenced writes' znodes) with `acl`
+    /// instead of the open ACL.
+    pub fn with_acl(self, acl: AclPolicy) -> Election {
+        Election { acl, ..self }
     }
 
     fn candidates(&self) -> String {
@@ -106,8 +116,8 @@ impl Election {
     }
 
     async fn try_campaign(&self) -> Result<Leadership> {
-        znode::ensure_path(&self.client, &self.candidates()).await?;
-        znode::ensure_path(&self.client, &self.epoch_path()).await?;
+        znode::ensure_path(&self.client, &self.acl, &self.candidates()).await?;
+        znode::ensure_path(&self.client, &self.acl, &self.epoch_path()).await?;
         let me = self.own_node().await?;
         let node = format!("{}/{me}", self.candidates());
         loop {
@@ -120,6 +130,7 @@ impl Election {
                         tokio::spawn(line::watch_held(self.client.clone(), node.clone(), lost.clone()));
                     return Ok(Leadership {
                         client: self.client.clone(),
+                        acl: self.acl.clone(),
                         name: self.name.clone(),
                         epoch,
                         epoch_path: self.epoch_path(),
@@ -172,7 +183,11 @@ impl Election {
         let prefix = format!("{}/c-", self.candidates());
         let (_, seq) = self
             .client
-            .create(&prefix, self.name.as_bytes(), &EPHEMERAL_SEQUENTIAL)
+            .create(
+                &prefix,
+                self.name.as_bytes(),
+                &self.acl.options(zk::CreateMode::EphemeralSequential),
+            )
             .await
             .map_err(|e| Error::zk("create candidate", &prefix, e))?;
         Ok(format!("c-{seq}"))
@@ -306,7 +321,7 @@ impl Leadership {
         let mut all = Vec::with_capacity(ops.len() + 1);
         all.push(self.epoch_check());
         all.extend(ops);
-        match txn::commit(&self.client, &all).await {
+        match txn::commit(&self.client, &self.acl, &all).await {
             Ok(_) => Ok(()),
             Err(e) if e.index == Some(0) && e.source == zk::Error::BadVersion => {
                 Err(Error::Fenced { epoch: self.epoch })

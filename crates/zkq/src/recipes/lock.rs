@@ -44,19 +44,20 @@ use zookeeper_client as zk;
 use crate::error::{Error, Result};
 use crate::limits::MAX_KEY_BYTES;
 use crate::recipes::line::{self, Place, Waited};
+use crate::store::acl::AclPolicy;
 use crate::store::layout::Layout;
 use crate::store::session;
-use crate::store::znode::{self, EPHEMERAL_SEQUENTIAL};
+use crate::store::znode;
 
-const CONTAINER: zk::CreateOptions<'static> = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
-
-/// The mutex on one key. Cheap to clone; acquiring twice waits in line twice.
+/// The mutex on one key. Cheap to clone; acquiring twice waits in line twice. Its znodes get
+/// the layout's ACL.
 #[derive(Debug, Clone)]
 pub struct Lock {
     client: zk::Client,
     key: String,
     dir: String,
     holder: String,
+    acl: AclPolicy,
     wakeups: Arc<AtomicU64>,
 }
 
@@ -93,6 +94,7 @@ impl Lock {
             key: key.to_string(),
             dir: layout.lock(key),
             holder: holder.to_string(),
+            acl: layout.acl().clone(),
             wakeups: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -175,7 +177,11 @@ impl Lock {
         loop {
             match self
                 .client
-                .create(&prefix, self.holder.as_bytes(), &EPHEMERAL_SEQUENTIAL)
+                .create(
+                    &prefix,
+                    self.holder.as_bytes(),
+                    &self.acl.options(zk::CreateMode::EphemeralSequential),
+                )
                 .await
             {
                 Ok((stat, seq)) => {
@@ -196,8 +202,10 @@ impl Lock {
     }
 
     async fn make_dir(&self) -> Result<()> {
-        znode::ensure_path(&self.client, self.dir.rsplit_once('/').map_or("/", |(p, _)| p)).await?;
-        match self.client.create(&self.dir, &[], &CONTAINER).await {
+        let parent = self.dir.rsplit_once('/').map_or("/", |(p, _)| p);
+        znode::ensure_path(&self.client, &self.acl, parent).await?;
+        let container = self.acl.options(zk::CreateMode::Container);
+        match self.client.create(&self.dir, &[], &container).await {
             Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
             Err(e) => Err(Error::zk("create lock directory", &self.dir, e)),
         }

@@ -76,8 +76,8 @@ impl Scheduler {
         config: SchedulerConfig,
     ) -> Result<Scheduler> {
         Ok(Scheduler {
+            layout: Layout::for_config(root, &zk)?,
             zk,
-            layout: Layout::new(root)?,
             id: id.into(),
             config,
         })
@@ -98,7 +98,8 @@ impl Scheduler {
             };
             first = false;
             let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));
-            let election = Election::new(client.clone(), self.layout.scheduler(), self.id.clone());
+            let election = Election::new(client.clone(), self.layout.scheduler(), self.id.clone())
+                .with_acl(self.layout.acl().clone());
             let stop = CancellationToken::new();
             let served = stand(producer, election, self.config.clone(), stop.clone());
             tokio::pin!(served);

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use zookeeper_client as zk;
 
 use crate::limits::MAX_REQUEST_BYTES;
+use crate::store::acl::AclPolicy;
 use crate::store::txn::{self, Op, TxnError};
 
 /// Most operations in one `multi`.
@@ -42,9 +43,12 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// A batcher on `client`, and the task that runs it (spawn it; it ends when every
     /// [`Batcher`] is dropped and the queued groups are committed).
-    pub(crate) fn new(client: zk::Client) -> (Batcher, impl std::future::Future<Output = ()> + Send) {
+    pub(crate) fn new(
+        client: zk::Client,
+        acl: AclPolicy,
+    ) -> (Batcher, impl std::future::Future<Output = ()> + Send) {
         let (queue, groups) = mpsc::unbounded_channel();
-        (Batcher { queue }, run(client, groups))
+        (Batcher { queue }, run(client, acl, groups))
     }
 
     /// Commits `ops` atomically, possibly in one `multi` with other groups. A failure's index is
@@ -60,7 +64,7 @@ impl Batcher {
     }
 }
 
-async fn run(client: zk::Client, mut groups: mpsc::UnboundedReceiver<Group>) {
+async fn run(client: zk::Client, acl: AclPolicy, mut groups: mpsc::UnboundedReceiver<Group>) {
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -76,7 +80,7 @@ async fn run(client: zk::Client, mut groups: mpsc::UnboundedReceiver<Group>) {
                         bytes += b;
                         batch.push(next);
                     }
-                    in_flight.push(commit_batch(&client, batch));
+                    in_flight.push(commit_batch(&client, &acl, batch));
                 }
                 None => open = false,
             },
@@ -90,10 +94,10 @@ fn size(group: &Group) -> (usize, usize) {
 }
 
 /// Commits `batch` in one `multi`, sending it again without each group that fails.
-async fn commit_batch(client: &zk::Client, mut batch: Vec<Group>) {
+async fn commit_batch(client: &zk::Client, acl: &AclPolicy, mut batch: Vec<Group>) {
     while !batch.is_empty() {
         let ops: Vec<Op> = batch.iter().flat_map(|g| g.ops.iter().cloned()).collect();
-        let err = match txn::commit(client, &ops).await {
+        let err = match txn::commit(client, acl, &ops).await {
             Ok(_) => {
                 for group in batch {
                     let _ = group.reply.send(Ok(()));

@@ -19,6 +19,8 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::store::acl::AclPolicy;
+use crate::store::session::ZkConfig;
 
 /// Longest queue name.
 pub const MAX_QUEUE_NAME: usize = 64;
@@ -26,10 +28,11 @@ pub const MAX_QUEUE_NAME: usize = 64;
 /// Name of the marker node a segment's producer keeps while it may still append.
 pub const OPEN_MARKER: &str = "open";
 
-/// Builds znode paths under one root.
+/// Builds znode paths under one root, and carries the ACL every znode created under it gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     root: String,
+    acl: AclPolicy,
 }
 
 impl Layout {
@@ -57,7 +60,28 @@ impl Layout {
         } else {
             root.to_string()
         };
-        Ok(Layout { root })
+        Ok(Layout {
+            root,
+            acl: AclPolicy::open(),
+        })
+    }
+
+    /// The layout under `root` whose znodes get the ACL `config` asks for ([`AclPolicy::for_config`]).
+    ///
+    /// # Errors
+    /// As [`Layout::new`] and [`AclPolicy::for_config`].
+    pub fn for_config(root: &str, config: &ZkConfig) -> Result<Layout> {
+        Ok(Layout::new(root)?.with_acl(AclPolicy::for_config(config)?))
+    }
+
+    /// This layout, its znodes created with `acl`.
+    pub fn with_acl(self, acl: AclPolicy) -> Layout {
+        Layout { acl, ..self }
+    }
+
+    /// The ACL of every znode created under this layout.
+    pub fn acl(&self) -> &AclPolicy {
+        &self.acl
     }
 
     /// The root path.

@@ -2,6 +2,7 @@
 //! the znode layout, MessagePack records, transactions (`multi`) with their error attribution
 //! and the lost-race predicate, and group commit. Nothing here knows what a job's life is.
 
+pub mod acl;
 pub(crate) mod batcher;
 pub(crate) mod codec;
 pub mod layout;

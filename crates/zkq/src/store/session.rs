@@ -116,8 +116,11 @@ pub struct ZkConfig {
     pub session_timeout: Duration,
     /// How long to try to establish a session before giving up. Defaults to 10 s.
     pub connect_timeout: Duration,
-    /// Credentials added to every session (none by default).
+    /// Credentials added to every session (none by default). With credentials, every znode
+    /// zkq creates is creator-all ([`crate::AclPolicy`]).
     pub auth: Vec<Credentials>,
+    /// Identities given read-only access to every znode zkq creates (with credentials only).
+    pub acl_read: Vec<zk::AuthId>,
 }
 
 impl Default for ZkConfig {
@@ -127,6 +130,7 @@ impl Default for ZkConfig {
             session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             auth: Vec::new(),
+            acl_read: Vec::new(),
         }
     }
 }

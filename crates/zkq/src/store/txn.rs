@@ -10,7 +10,7 @@ use zookeeper_client as zk;
 
 use crate::error::Error;
 
-use crate::store::znode::{EPHEMERAL, PERSISTENT, PERSISTENT_SEQUENTIAL};
+use crate::store::acl::AclPolicy;
 
 /// What kind of znode a create makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,27 @@ impl TxnError {
 
     /// An [`Error`] naming what was done and the path that failed.
     pub(crate) fn into_error(self, what: &'static str, ops: &[Op]) -> Error {
-        Error::zk(what, self.path(ops), self.source)
+        let path = self.path(ops).to_string();
+        let failed = self.index.and_then(|i| ops.get(i));
+        match (self.source, failed) {
+            // The failed operation tells the permission it needed.
+            (zk::Error::NoAuth, Some(op)) => {
+                let verb = match op {
+                    Op::Create { .. } => "create",
+                    Op::Delete { .. } => "delete",
+                    Op::SetData { .. } => "write",
+                    Op::Check { .. } => "check",
+                };
+                let (permission, on) = crate::error::Permission::needed_for(verb, op.path());
+                Error::NotAuthorized {
+                    op: what,
+                    path: op.path().to_string(),
+                    permission,
+                    on,
+                }
+            }
+            (source, _) => Error::zk(what, path, source),
+        }
     }
 }
 
@@ -101,12 +121,13 @@ impl TxnError {
 /// write, atomic all the same, but cheaper for the server than a `multi` around it.
 pub(crate) fn commit<'a>(
     client: &'a zk::Client,
+    acl: &'a AclPolicy,
     ops: &'a [Op],
 ) -> impl Future<Output = Result<Vec<zk::MultiWriteResult>, TxnError>> + Send + 'a {
     let sent = match ops {
         [Op::Create { path, data, kind }] => {
             let kind = *kind;
-            let created = client.create(path, data, options(kind));
+            let created = client.create(path, data, &acl.options(mode(kind)));
             let path = path.clone();
             futures::future::Either::Left(async move {
                 match created.await {
@@ -125,7 +146,7 @@ pub(crate) fn commit<'a>(
             })
         }
         _ => {
-            let sent = build(client, ops).map(|mut multi| multi.commit());
+            let sent = build(client, acl, ops).map(|mut multi| multi.commit());
             futures::future::Either::Right(async move {
                 let sent = sent?;
                 sent.await.map_err(|e| match e {
@@ -141,19 +162,19 @@ pub(crate) fn commit<'a>(
     sent
 }
 
-fn options(kind: NodeKind) -> &'static zk::CreateOptions<'static> {
+fn mode(kind: NodeKind) -> zk::CreateMode {
     match kind {
-        NodeKind::Persistent => &PERSISTENT,
-        NodeKind::Sequential => &PERSISTENT_SEQUENTIAL,
-        NodeKind::Ephemeral => &EPHEMERAL,
+        NodeKind::Persistent => zk::CreateMode::Persistent,
+        NodeKind::Sequential => zk::CreateMode::PersistentSequential,
+        NodeKind::Ephemeral => zk::CreateMode::Ephemeral,
     }
 }
 
-fn build<'a>(client: &'a zk::Client, ops: &[Op]) -> Result<zk::MultiWriter<'a>, TxnError> {
+fn build<'a>(client: &'a zk::Client, acl: &AclPolicy, ops: &[Op]) -> Result<zk::MultiWriter<'a>, TxnError> {
     let mut multi = client.new_multi_writer();
     for (index, op) in ops.iter().enumerate() {
         let added = match op {
-            Op::Create { path, data, kind } => multi.add_create(path, data, options(*kind)),
+            Op::Create { path, data, kind } => multi.add_create(path, data, &acl.options(mode(*kind))),
             Op::Delete { path, version } => multi.add_delete(path, *version),
             Op::SetData { path, data, version } => multi.add_set_data(path, data, *version),
             Op::Check { path, version } => multi.add_check_version(path, *version),

@@ -1,21 +1,16 @@
-//! Znode helpers shared by the modules: create modes, paths made with their ancestors, deletes
+//! Znode helpers shared by the modules: paths made with their ancestors, deletes
 //! that must land, and batched reads.
+
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 
-use super::session::{connected, is_final};
-
-pub(crate) const PERSISTENT: zk::CreateOptions<'static> =
-    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-pub(crate) const PERSISTENT_SEQUENTIAL: zk::CreateOptions<'static> =
-    zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
-pub(crate) const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
-    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-pub(crate) const EPHEMERAL: zk::CreateOptions<'static> =
-    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+use super::acl::AclPolicy;
+use super::session::connected;
+use crate::error::outcome_unknown;
 
 /// Stat requests in flight in [`stat_children`].
 const STATS_IN_FLIGHT: usize = 256;
@@ -54,8 +49,8 @@ pub(crate) async fn stat_children(
     Ok(out)
 }
 
-/// Creates `path` and its missing ancestors as empty persistent znodes.
-pub(crate) async fn ensure_path(client: &zk::Client, path: &str) -> Result<()> {
+/// Creates `path` and its missing ancestors as empty persistent znodes with the ACL `acl`.
+pub(crate) async fn ensure_path(client: &zk::Client, acl: &AclPolicy, path: &str) -> Result<()> {
     match client.check_stat(path).await {
         Ok(Some(_)) => return Ok(()),
         Ok(None) => {}
@@ -65,7 +60,10 @@ pub(crate) async fn ensure_path(client: &zk::Client, path: &str) -> Result<()> {
     for part in path.split('/').filter(|p| !p.is_empty()) {
         prefix.push('/');
         prefix.push_str(part);
-        match client.create(&prefix, &[], &PERSISTENT).await {
+        match client
+            .create(&prefix, &[], &acl.options(zk::CreateMode::Persistent))
+            .await
+        {
             Ok(_) | Err(zk::Error::NodeExists) => {}
             Err(e) => return Err(Error::zk("create", prefix, e)),
         }
@@ -78,6 +76,11 @@ pub(crate) async fn ensure_path(client: &zk::Client, path: &str) -> Result<()> {
 /// once the connection is back, until it lands or the session is over (which deletes the node
 /// anyway). A delete lost with the connection would otherwise leave the node for as long as the
 /// session lives: a lock never released. Without a runtime, the delete is only sent.
+///
+/// Only a lost reply is retried, and never without waiting a little first: once the client's
+/// own task is gone (its runtime shut down before this one), every request fails at once while
+/// the last state seen is still "connected", and retrying at once would keep this task running
+/// forever, and its runtime from ever shutting down.
 pub(crate) fn delete_surely(client: &zk::Client, path: String) {
     let first = client.delete(&path, None);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -87,16 +90,19 @@ pub(crate) fn delete_surely(client: &zk::Client, path: String) {
     let client = client.clone();
     runtime.spawn(async move {
         let mut sent = first.await;
+        let mut pause = Duration::from_millis(10);
         loop {
             match sent {
-                Ok(()) | Err(zk::Error::NoNode) => return,
-                Err(e) if is_final(&e) => return,
-                Err(_) => {
+                Err(e) if outcome_unknown(&e) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                     if connected(&client).await.is_err() {
                         return;
                     }
                     sent = client.delete(&path, None).await;
                 }
+                // Done, gone already, the session over, or an error no retry can mend.
+                _ => return,
             }
         }
     });

@@ -177,7 +177,7 @@ impl Worker {
             },
             op,
         ];
-        if let Err(e) = super::settle::settle(client, "dead-letter garbage", ops).await {
+        if let Err(e) = super::settle::settle(client, self.layout.acl(), "dead-letter garbage", ops).await {
             warn!(%path, error = %e, "cannot dead-letter undecodable job");
         } else {
             metrics::counter!(telemetry::DEAD, "queue" => candidate.queue.clone()).increment(1);

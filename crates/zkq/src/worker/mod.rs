@@ -107,7 +107,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker on `zk` under `root` with `config`. Add handlers, then [`Worker::run`].
     pub fn new(zk: ZkConfig, root: &str, config: WorkerConfig) -> Result<Worker> {
-        let layout = Layout::new(root)?;
+        let layout = Layout::for_config(root, &zk)?;
         if config.queues.is_empty() {
             return Err(Error::InvalidConfig("a worker needs at least one queue".into()));
         }

@@ -87,7 +87,7 @@ impl Worker {
         let session_lost = CancellationToken::new();
         let mut background = JoinSet::new();
         background.spawn(watch_session(client.clone(), session_lost.clone()));
-        let (acks, committing) = Batcher::new(client.clone());
+        let (acks, committing) = Batcher::new(client.clone(), self.layout.acl().clone());
         background.spawn(committing);
         let (liveness, heartbeat) = liveness::start(
             client.clone(),
@@ -97,7 +97,8 @@ impl Worker {
         background.spawn(heartbeat);
         let scheduler_stop = CancellationToken::new();
         if self.config.scheduler {
-            let election = Election::new(client.clone(), self.layout.scheduler(), self.config.id.clone());
+            let election = Election::new(client.clone(), self.layout.scheduler(), self.config.id.clone())
+                .with_acl(self.layout.acl().clone());
             background.spawn(scheduler::stand(
                 producer.clone(),
                 election,

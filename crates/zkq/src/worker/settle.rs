@@ -11,6 +11,7 @@ use crate::handler::Outcome;
 use crate::job::{now_ms, Job};
 use crate::producer::Placement;
 use crate::stops::CANCELLED;
+use crate::store::acl::AclPolicy;
 use crate::store::codec;
 use crate::store::txn::{self, Op};
 use crate::telemetry;
@@ -134,7 +135,7 @@ impl Worker {
                 job.record_error(&error);
                 let mut ops = claimed.remove_ops();
                 ops.push(crate::producer::dead_letter_op(&self.layout, &queue, &job)?);
-                let result = settle(client, "dead-letter", ops).await;
+                let result = settle(client, self.layout.acl(), "dead-letter", ops).await;
                 if let Ok(Settled::Committed) = result {
                     warn!(%error, attempts = job.attempt, "job dead-lettered");
                 }
@@ -200,8 +201,13 @@ pub(crate) async fn settled_meanwhile(client: &zk::Client, claimed: &Claimed) ->
 }
 
 /// Commits `ops` that settle a claim, telling a lost claim apart from other errors.
-pub(crate) async fn settle(client: &zk::Client, what: &'static str, ops: Vec<Op>) -> Result<Settled> {
-    match txn::commit(client, &ops).await {
+pub(crate) async fn settle(
+    client: &zk::Client,
+    acl: &AclPolicy,
+    what: &'static str,
+    ops: Vec<Op>,
+) -> Result<Settled> {
+    match txn::commit(client, acl, &ops).await {
         Ok(_) => Ok(Settled::Committed),
         Err(e) if txn::lost_race(&e.source) => Ok(Settled::lost(e.index, &e.source)),
         Err(e) => Err(e.into_error(what, &ops)),
@@ -260,5 +266,6 @@ pub(crate) async fn release_once(client: &zk::Client, claimed: &Claimed) -> Resu
             version: None,
         },
     ];
-    settle(client, "release claim", ops).await
+    // Creates nothing: the ACL is not used.
+    settle(client, &AclPolicy::open(), "release claim", ops).await
 }
