@@ -15,4 +15,5 @@ wait "$tests"
 # ZKQ_CHAOS_SEED picks other faults (the seed is printed; timing varies from run to run anyway).
 cargo build --locked -j2 -p zkq-chaos -p zkq-worker
 seed="${ZKQ_CHAOS_SEED:-1}"
-target/debug/zkq-chaos --seed "$seed" --duration 60s --rate 60
+# With credentials: every znode the fleet makes must be creator-all (checked at the end).
+target/debug/zkq-chaos --seed "$seed" --duration 60s --rate 60 --auth

@@ -40,6 +40,8 @@ pub struct Setup {
     pub concurrency: usize,
     /// Where each process writes its log, `<id>.log`.
     pub logs: PathBuf,
+    /// Credentials every process of the fleet gets (`ZKQ_AUTH`), if any.
+    pub auth: Option<String>,
 }
 
 impl Slot {
@@ -85,6 +87,9 @@ impl Slot {
         let id = self.id();
         let timeout = format!("{}ms", setup.session_timeout.as_millis());
         let mut cmd = Command::new(&setup.worker_bin);
+        if let Some(auth) = &setup.auth {
+            cmd.env("ZKQ_AUTH", auth);
+        }
         match self.role {
             Role::Worker => {
                 let zk: Vec<String> = self.proxies.iter().map(Proxy::address).collect();

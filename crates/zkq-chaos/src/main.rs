@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use zkq::cli::parse_duration;
 use zkq::zookeeper_client as zk;
-use zkq::{Producer, QueueConfig, ZkConfig};
+use zkq::{Admin, Credentials, Layout, Producer, QueueConfig, ZkConfig};
 use zkq_testkit::Ensemble;
 
 use crate::check::Acknowledged;
@@ -84,6 +84,12 @@ struct Cli {
     /// passes (a failed run always keeps them)
     #[arg(long)]
     keep: bool,
+
+    /// Run the fleet with ZooKeeper credentials (a digest identity made for the run), so that
+    /// every znode zkq creates is creator-all. The run then also fails if any znode under the
+    /// root ends with another ACL, or if a session without credentials can list the root
+    #[arg(long)]
+    auth: bool,
 
     #[command(subcommand)]
     role: Option<Command>,
@@ -155,13 +161,22 @@ async fn run(cli: Cli) -> Result<bool, String> {
         master_ledger: dir.join("masters.ledger"),
         concurrency: cli.concurrency,
         logs: dir.clone(),
+        auth: cli
+            .auth
+            .then(|| format!("digest:chaos:{}", uuid::Uuid::new_v4().simple())),
     };
     let zk = ZkConfig {
         address: ensemble.connect_string(),
         session_timeout: cli.session_timeout,
         connect_timeout: Duration::from_secs(30),
+        auth: setup
+            .auth
+            .iter()
+            .map(|a| Credentials::parse(a).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
         ..ZkConfig::default()
     };
+    let acl = Layout::for_config(&setup.root, &zk).map_err(|e| e.to_string())?;
     let mut queue = QueueConfig {
         partitions: 8,
         max_attempts: 25,
@@ -186,7 +201,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         .create(
             &corrupt,
             &garbage,
-            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::new(acl.acl().acls())),
         )
         .await
         .map_err(|e| format!("cannot create {corrupt}: {e}"))?;
@@ -340,6 +355,48 @@ async fn run(cli: Cli) -> Result<bool, String> {
             zookeeper.display()
         );
     }
+    let acls_ok = !cli.auth || acls_hold(&zk, &setup.root, &ensemble.connect_string()).await;
     println!("{}", report.last_line());
-    Ok(report.ok())
+    Ok(report.ok() && acls_ok)
+}
+
+/// Whether every znode under `root` carries the ACL `zk`'s credentials give, and a session
+/// without credentials is refused the root; says what it found.
+async fn acls_hold(zk: &ZkConfig, root: &str, address: &str) -> bool {
+    let report = match Admin::connect(zk, root).await {
+        Ok(admin) => {
+            let report = admin.acl_check().await;
+            admin.close().await;
+            report
+        }
+        Err(e) => Err(e),
+    };
+    let outsider = match zk::Client::connector().connect(address).await {
+        Ok(client) => client.list_children(root).await.map(|c| c.len()),
+        Err(e) => Err(e),
+    };
+    let refused = matches!(outsider, Err(zk::Error::NoAuth));
+    match report {
+        Ok(report) => {
+            eprintln!(
+                "chaos: ACL: {} znodes checked, {} with another ACL; a session without credentials {}",
+                report.checked,
+                report.differing,
+                if refused {
+                    "is refused".to_string()
+                } else {
+                    format!("got {outsider:?}")
+                }
+            );
+            for d in report.examples.iter().take(20) {
+                let acl: Vec<String> = d.acl.iter().map(ToString::to_string).collect();
+                eprintln!("chaos:   ACL of {}: {}", d.path, acl.join(", "));
+            }
+            report.differing == 0 && refused
+        }
+        Err(e) => {
+            eprintln!("chaos: ACL: cannot check: {e}");
+            false
+        }
+    }
 }
