@@ -23,6 +23,13 @@ impl Ensemble {
         Self::start(1, TEST_JVM)
     }
 
+    /// Starts one standalone server that also serves TLS with `certs` (on
+    /// [`Ensemble::secure_connect_string`]), asking clients for a certificate signed by the same
+    /// CA, as ZooKeeper does by default.
+    pub fn standalone_tls(certs: &crate::tls::TestCerts) -> Result<Ensemble, String> {
+        Self::start_with(1, TEST_JVM, Some(certs))
+    }
+
     /// Starts one standalone server sized and tuned as in production (a 4 GiB heap, the default
     /// collector and compiler), for benchmarks with millions of znodes.
     pub fn standalone_for_benchmark() -> Result<Ensemble, String> {
@@ -36,6 +43,14 @@ impl Ensemble {
     }
 
     fn start(size: u32, jvm: &'static [&'static str]) -> Result<Ensemble, String> {
+        Self::start_with(size, jvm, None)
+    }
+
+    fn start_with(
+        size: u32,
+        jvm: &'static [&'static str],
+        tls: Option<&crate::tls::TestCerts>,
+    ) -> Result<Ensemble, String> {
         let install = install::find()?;
         let dir = tempfile::Builder::new()
             .prefix("zkq-zookeeper-")
@@ -45,7 +60,11 @@ impl Ensemble {
         for id in 1..=size {
             let member_dir = dir.path().join(format!("member-{id}"));
             std::fs::create_dir_all(&member_dir).map_err(|e| e.to_string())?;
-            members.push(Member::new(id, member_dir, install.clone(), jvm).map_err(|e| e.to_string())?);
+            let mut member = Member::new(id, member_dir, install.clone(), jvm).map_err(|e| e.to_string())?;
+            if let Some(certs) = tls {
+                member = member.with_tls(certs.clone()).map_err(|e| e.to_string())?;
+            }
+            members.push(member);
         }
         let refs: Vec<&Member> = members.iter().collect();
         for member in &members {
@@ -62,6 +81,12 @@ impl Ensemble {
         };
         ensemble.wait_ready(Duration::from_secs(60))?;
         Ok(ensemble)
+    }
+
+    /// The connect string of every member's secure (TLS) client port; empty without TLS.
+    pub fn secure_connect_string(&self) -> String {
+        let secure: Vec<String> = self.members.iter().filter_map(Member::secure_address).collect();
+        secure.join(",")
     }
 
     /// The connect string of every member, `127.0.0.1:p1,127.0.0.1:p2,...`.

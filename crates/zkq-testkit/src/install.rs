@@ -36,12 +36,15 @@ pub fn find() -> Result<Install, String> {
     let debian = Path::new("/usr/share/java");
     let server = debian.join("zookeeper.jar");
     if server.exists() {
-        // Debian's zookeeper.jar names its dependencies in its manifest class path; only a
-        // logging backend has to be added.
+        // Debian's zookeeper.jar names its dependencies in its manifest class path, nearly all.
         let mut jars = vec![server];
-        let log = debian.join("slf4j-simple.jar");
-        if log.exists() {
-            jars.push(log);
+        // A logging backend; and two Netty jars the manifest omits, which the Netty connection
+        // factory (TLS) needs.
+        for extra in ["slf4j-simple.jar", "netty-codec.jar", "netty-resolver.jar"] {
+            let jar = debian.join(extra);
+            if jar.exists() {
+                jars.push(jar);
+            }
         }
         return Ok(Install {
             java,

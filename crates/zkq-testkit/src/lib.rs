@@ -14,15 +14,18 @@
 //! - [`server`]: one member process: config, start, stop, kill, freeze.
 //! - [`ensemble`]: a standalone server or a quorum of members, readiness checks.
 //! - [`proxy`]: a loopback TCP proxy that partitions one client from the server.
+//! - [`tls`]: certificates made in the test, for servers that serve TLS.
 
 pub mod ensemble;
 pub mod install;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 pub use ensemble::{shared, unique_root, Ensemble};
 pub use proxy::Proxy;
 pub use server::Member;
+pub use tls::TestCerts;
 
 /// Sends `sig` to the process `pid` (a child the caller spawned and has not reaped): SIGSTOP to
 /// freeze it, SIGCONT to thaw it, SIGKILL to crash it.

@@ -32,6 +32,8 @@ pub struct Member {
     pub client_port: u16,
     pub(crate) quorum_port: u16,
     pub(crate) election_port: u16,
+    /// With TLS: the secure client port on 127.0.0.1 and the certificates it serves.
+    secure: Option<(u16, crate::tls::TestCerts)>,
     dir: PathBuf,
     install: Install,
     jvm: &'static [&'static str],
@@ -58,6 +60,7 @@ impl Member {
             client_port: free_port()?,
             quorum_port: free_port()?,
             election_port: free_port()?,
+            secure: None,
             dir,
             install,
             child: Mutex::new(None),
@@ -67,6 +70,17 @@ impl Member {
     /// `127.0.0.1:<client port>`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:<secure client port>`, for a member serving TLS.
+    pub fn secure_address(&self) -> Option<String> {
+        self.secure.as_ref().map(|(port, _)| format!("127.0.0.1:{port}"))
+    }
+
+    /// This member, serving TLS with `certs` on a secure client port of its own too.
+    pub(crate) fn with_tls(mut self, certs: crate::tls::TestCerts) -> std::io::Result<Member> {
+        self.secure = Some((free_port()?, certs));
+        Ok(self)
     }
 
     /// The member's working directory (config, data, log).
@@ -95,6 +109,21 @@ impl Member {
             data = data.display(),
             port = self.client_port,
         );
+        if let Some((port, certs)) = &self.secure {
+            // Netty serves TLS; the plain port stays for the readiness checks.
+            let (key_store, trust_store) = certs.write_server_stores(&self.dir)?;
+            cfg.push_str(&format!(
+                "secureClientPort={port}\n\
+                 secureClientPortAddress=127.0.0.1\n\
+                 serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                 ssl.keyStore.location={}\n\
+                 ssl.keyStore.type=PEM\n\
+                 ssl.trustStore.location={}\n\
+                 ssl.trustStore.type=PEM\n",
+                key_store.display(),
+                trust_store.display(),
+            ));
+        }
         if peers.len() > 1 {
             for peer in peers {
                 cfg.push_str(&format!(

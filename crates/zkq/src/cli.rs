@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::store::session::{Credentials, ZkConfig};
+use crate::store::tls::TlsConfig;
 
 /// Flags every zkq binary takes to reach ZooKeeper.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,6 +67,32 @@ pub struct ConnectArgs {
     // Parsed by `zk_config`, not by clap, whose errors would repeat the value (a password given
     // by mistake for a digest hash).
     pub acl_read: Vec<String>,
+
+    /// Reach ZooKeeper over TLS (its secureClientPort), trusting the CA certificates in this PEM
+    /// file
+    #[arg(long, global = true, env = "ZKQ_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// With --tls-ca: this client's certificate (PEM), for servers that ask for one (ZooKeeper's
+    /// default)
+    #[arg(
+        long,
+        global = true,
+        env = "ZKQ_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_ca"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// With --tls-cert: its private key (PEM); refused if every local user may read it
+    #[arg(
+        long,
+        global = true,
+        env = "ZKQ_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl ConnectArgs {
@@ -98,6 +125,14 @@ impl ConnectArgs {
             connect_timeout: self.connect_timeout,
             auth,
             acl_read,
+            tls: match &self.tls_ca {
+                Some(ca) => Some(TlsConfig::from_files(
+                    ca,
+                    self.tls_cert.as_deref(),
+                    self.tls_key.as_deref(),
+                )?),
+                None => None,
+            },
         })
     }
 }

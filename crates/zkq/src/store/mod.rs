@@ -7,5 +7,6 @@ pub(crate) mod batcher;
 pub(crate) mod codec;
 pub mod layout;
 pub mod session;
+pub mod tls;
 pub(crate) mod txn;
 pub mod znode;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
+use crate::store::tls::TlsConfig;
 
 /// Credentials for one ZooKeeper authentication scheme, such as `digest` with `user:password`.
 /// Sent on every connection before any request, so a reconnected or new session has them too.
@@ -121,6 +122,9 @@ pub struct ZkConfig {
     pub auth: Vec<Credentials>,
     /// Identities given read-only access to every znode zkq creates (with credentials only).
     pub acl_read: Vec<zk::AuthId>,
+    /// TLS to ZooKeeper's secure client port; every server of `address` is then reached over
+    /// TLS (none by default).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ZkConfig {
@@ -131,6 +135,7 @@ impl Default for ZkConfig {
             connect_timeout: Duration::from_secs(10),
             auth: Vec::new(),
             acl_read: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -172,10 +177,24 @@ impl ZkConfig {
         for credentials in &self.auth {
             connector = connector.with_auth(&credentials.scheme, credentials.secret.as_bytes());
         }
+        if let Some(tls) = &self.tls {
+            connector = connector.with_tls(tls.options()?);
+        }
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let mut last = String::from("timed out");
         loop {
-            let attempt = connector.clone().connect(&self.address);
+            let attempt = {
+                let connector = connector.clone();
+                let tls = self.tls.is_some();
+                async move {
+                    if tls {
+                        // Every `host:port` over TLS (`tcp://host:port` would opt one out).
+                        connector.secure_connect(&self.address).await
+                    } else {
+                        connector.connect(&self.address).await
+                    }
+                }
+            };
             match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(zk::Error::BadArguments(reason))) => {
