@@ -34,6 +34,8 @@ pub struct Member {
     pub(crate) election_port: u16,
     /// With TLS: the secure client port on 127.0.0.1 and the certificates it serves.
     secure: Option<(u16, crate::tls::TestCerts)>,
+    /// With SASL: the users (and passwords) of the JAAS `Server` section for DIGEST-MD5.
+    sasl_users: Vec<(String, String)>,
     dir: PathBuf,
     install: Install,
     jvm: &'static [&'static str],
@@ -61,6 +63,7 @@ impl Member {
             quorum_port: free_port()?,
             election_port: free_port()?,
             secure: None,
+            sasl_users: Vec::new(),
             dir,
             install,
             child: Mutex::new(None),
@@ -75,6 +78,19 @@ impl Member {
     /// `127.0.0.1:<secure client port>`, for a member serving TLS.
     pub fn secure_address(&self) -> Option<String> {
         self.secure.as_ref().map(|(port, _)| format!("127.0.0.1:{port}"))
+    }
+
+    /// This member, authenticating `users` (name, password) over SASL DIGEST-MD5.
+    pub(crate) fn with_sasl(mut self, users: &[(&str, &str)]) -> Member {
+        self.sasl_users = users
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+        self
+    }
+
+    fn jaas_file(&self) -> PathBuf {
+        self.dir.join("jaas.conf")
     }
 
     /// This member, serving TLS with `certs` on a secure client port of its own too.
@@ -124,6 +140,21 @@ impl Member {
                 trust_store.display(),
             ));
         }
+        if !self.sasl_users.is_empty() {
+            cfg.push_str("authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider\n");
+            let users: Vec<String> = self
+                .sasl_users
+                .iter()
+                .map(|(user, password)| format!("  user_{user}=\"{password}\""))
+                .collect();
+            fs::write(
+                self.jaas_file(),
+                format!(
+                    "Server {{\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n{};\n}};\n",
+                    users.join("\n")
+                ),
+            )?;
+        }
         if peers.len() > 1 {
             for peer in peers {
                 cfg.push_str(&format!(
@@ -149,6 +180,12 @@ impl Member {
             .append(true)
             .open(self.dir.join("server.log"))?;
         let mut cmd = Command::new(&self.install.java);
+        if !self.sasl_users.is_empty() {
+            cmd.arg(format!(
+                "-Djava.security.auth.login.config={}",
+                self.jaas_file().display()
+            ));
+        }
         cmd.args(self.jvm)
             .args([
                 "-Dzookeeper.admin.enableServer=false",

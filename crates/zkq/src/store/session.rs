@@ -9,7 +9,8 @@ use zookeeper_client as zk;
 use crate::error::{Error, Result};
 use crate::store::tls::TlsConfig;
 
-/// Credentials for one ZooKeeper authentication scheme, such as `digest` with `user:password`.
+/// Credentials for one ZooKeeper authentication scheme, such as `digest` with `user:password`,
+/// or `sasl` with `user:password` for SASL DIGEST-MD5 ([`SASL`]).
 /// Sent on every connection before any request, so a reconnected or new session has them too.
 /// Never printed: `Debug` shows the scheme and, for `digest`, the user.
 #[derive(Clone, PartialEq, Eq)]
@@ -37,14 +38,14 @@ impl Credentials {
                 "credentials need a scheme and credentials, such as digest:user:password".into(),
             ));
         }
-        if scheme == "digest"
+        if (scheme == "digest" || scheme == SASL)
             && !secret
                 .split_once(':')
                 .is_some_and(|(u, p)| !u.is_empty() && !p.is_empty())
         {
-            return Err(Error::InvalidConfig(
-                "digest credentials must be digest:user:password".into(),
-            ));
+            return Err(Error::InvalidConfig(format!(
+                "{scheme} credentials must be {scheme}:user:password"
+            )));
         }
         Ok(Credentials {
             scheme: scheme.to_string(),
@@ -101,11 +102,15 @@ impl Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.scheme.as_str(), self.secret.split_once(':')) {
-            ("digest", Some((user, _))) => write!(f, "Credentials(digest:{user}:…)"),
+            ("digest" | SASL, Some((user, _))) => write!(f, "Credentials({}:{user}:…)", self.scheme),
             (scheme, _) => write!(f, "Credentials({scheme}:…)"),
         }
     }
 }
+
+/// The scheme of credentials sent over SASL (DIGEST-MD5) rather than as an `addauth`: the server
+/// checks them against its JAAS `Server` section, and the session's identity is `sasl:<user>`.
+pub const SASL: &str = "sasl";
 
 /// How to reach ZooKeeper.
 #[derive(Debug, Clone)]
@@ -174,8 +179,25 @@ impl ZkConfig {
         let mut connector = connector
             .with_session_timeout(self.session_timeout)
             .with_fail_eagerly();
+        let mut sasl = None;
         for credentials in &self.auth {
-            connector = connector.with_auth(&credentials.scheme, credentials.secret.as_bytes());
+            if credentials.scheme == SASL {
+                if sasl.is_some() {
+                    return Err(Error::InvalidConfig(
+                        "one session authenticates over SASL once: give one sasl:user:password".into(),
+                    ));
+                }
+                let (user, password) = credentials.secret.split_once(':').unwrap_or_default();
+                sasl = Some(zk::SaslOptions::digest_md5(
+                    user.to_string(),
+                    password.to_string(),
+                ));
+            } else {
+                connector = connector.with_auth(&credentials.scheme, credentials.secret.as_bytes());
+            }
+        }
+        if let Some(sasl) = sasl {
+            connector = connector.with_sasl(sasl);
         }
         if let Some(tls) = &self.tls {
             connector = connector.with_tls(tls.options()?);
@@ -309,10 +331,14 @@ mod tests {
             "digest:nopassword",
             "digest::p",
             "digest:u:",
+            "sasl:nopassword",
         ] {
             let e = Credentials::parse(bad).unwrap_err().to_string();
             assert!(!e.contains("nopassword"), "{e}");
         }
+        let sasl = Credentials::parse("sasl:zkq:s3cr3t").unwrap();
+        let shown = format!("{sasl:?}");
+        assert!(shown.contains("sasl:zkq:") && !shown.contains("s3cr3t"), "{shown}");
     }
 
     #[test]
