@@ -50,6 +50,8 @@ pub struct FleetConfig {
     pub queue: String,
     pub workers: usize,
     pub concurrency: usize,
+    /// Credentials for every worker (`ZKQ_AUTH`), if any.
+    pub auth: Option<String>,
 }
 
 impl Fleet {
@@ -61,7 +63,11 @@ impl Fleet {
         let mut children = Vec::new();
         let mut readers = Vec::new();
         for _ in 0..config.workers {
-            let mut child = Command::new(&exe)
+            let mut command = Command::new(&exe);
+            if let Some(auth) = &config.auth {
+                command.env("ZKQ_AUTH", auth);
+            }
+            let mut child = command
                 .args([
                     "worker",
                     "--zk",
@@ -173,6 +179,7 @@ pub async fn serve(zk: String, root: String, queue: String, concurrency: usize) 
     let zk = ZkConfig {
         // Long enough to ride out a slow fsync of a large transaction log.
         session_timeout: Duration::from_secs(30),
+        auth: crate::credentials(std::env::var("ZKQ_AUTH").ok().as_deref())?,
         ..ZkConfig::new(zk)
     };
     let config = WorkerConfig {

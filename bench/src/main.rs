@@ -80,6 +80,15 @@ pub struct Args {
     /// in under a minute
     #[arg(long)]
     quick: bool,
+
+    /// Run zkq with ZooKeeper credentials (a digest identity made for the run), so that every
+    /// znode it creates is creator-all, to compare with a run without
+    #[arg(long)]
+    auth: bool,
+
+    /// The credentials of an --auth run, given to every session and worker process.
+    #[arg(skip)]
+    credentials: Option<String>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -116,6 +125,9 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    if args.auth {
+        args.credentials = Some(format!("digest:bench:{}", zkq::JobId::new()));
+    }
     if args.quick {
         args.jobs = args.jobs.min(10_000);
         args.backlog = args.backlog.min(20_000);
@@ -141,7 +153,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     println!(
         "zkq-bench: {} jobs, {}-job backlog, {} B payloads, {} worker processes x {}, {} partitions, \
-         {}/s offered for {:?}, ZooKeeper at {address}",
+         {}/s offered for {:?}, ZooKeeper at {address}{}",
         args.jobs,
         args.backlog,
         args.payload,
@@ -149,11 +161,17 @@ async fn run(args: Args) -> Result<(), String> {
         args.concurrency,
         args.partitions,
         args.rate,
-        args.duration
+        args.duration,
+        if args.auth {
+            ", with credentials and creator-all ACLs"
+        } else {
+            ""
+        }
     );
     let zk = zkq::ZkConfig {
         // Long enough to ride out a slow fsync of a large transaction log.
         session_timeout: Duration::from_secs(30),
+        auth: credentials(args.credentials.as_deref())?,
         ..zkq::ZkConfig::new(address)
     };
     let progress = Progress::start();
@@ -249,6 +267,14 @@ async fn run(args: Args) -> Result<(), String> {
         .collect();
     println!("{}", serde_json::Value::Object(json));
     Ok(())
+}
+
+/// The parsed `credentials`, if any.
+pub fn credentials(text: Option<&str>) -> Result<Vec<zkq::Credentials>, String> {
+    text.map(zkq::Credentials::parse)
+        .transpose()
+        .map(|c| c.into_iter().collect())
+        .map_err(|e| e.to_string())
 }
 
 async fn connect(zk: &zkq::ZkConfig) -> Result<zkq::zookeeper_client::Client, String> {

@@ -90,6 +90,7 @@ impl<'a> Workloads<'a> {
                 queue: queue.to_string(),
                 workers: self.args.workers,
                 concurrency: self.args.concurrency,
+                auth: self.args.credentials.clone(),
             },
             self.progress,
         )

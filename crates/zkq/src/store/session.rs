@@ -338,7 +338,10 @@ mod tests {
         }
         let sasl = Credentials::parse("sasl:zkq:s3cr3t").unwrap();
         let shown = format!("{sasl:?}");
-        assert!(shown.contains("sasl:zkq:") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("sasl:zkq:") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 
     #[test]
