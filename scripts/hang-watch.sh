@@ -6,10 +6,13 @@
 set -uo pipefail
 run="$1"
 limit="${2:-600}"
-deps="target/debug/deps/"
+deps="$(cd "$(dirname "$0")/.." && pwd)/target/debug/deps/"
 while kill -0 "$run" 2>/dev/null; do
   sleep 15
-  for pid in $(pgrep -f "$deps" || true); do
+  for pid in $(pgrep -f "target/debug/deps/" || true); do
+    # Only test binaries of this checkout (not rustc, whose arguments name deps/ too).
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+    case "$exe" in "$deps"*) ;; *) continue ;; esac
     age=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')
     [ -n "$age" ] && [ "$age" -gt "$limit" ] || continue
     echo "hang-watch: $(ps -o args= -p "$pid") has run for ${age}s; its threads:" >&2

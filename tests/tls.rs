@@ -32,6 +32,23 @@ async fn jobs_run_over_tls_and_clients_without_the_right_ca_get_no_session() {
     let _ = stop.send(());
     assert_eq!(handle.await.unwrap().unwrap().done, 1);
     producer.close().await;
+    // With credentials too, znodes belong to the credentials' identity only: not also to the
+    // client certificate's (`x509:CN=...`), which ZooKeeper adds to a TLS session's identities.
+    let authed = ZkConfig {
+        auth: vec![zkq::Credentials::parse("digest:zkq:pw").unwrap()],
+        ..zk.clone()
+    };
+    let root = format!("{}-acl", env.root);
+    let with_credentials = Producer::connect(&authed, &root).await.unwrap();
+    with_credentials.create_queue("q", &small_queue()).await.unwrap();
+    let (acl, _) = with_credentials
+        .client()
+        .get_acl(&format!("{root}/queues/q"))
+        .await
+        .unwrap();
+    let ids: Vec<String> = acl.iter().map(|a| format!("{}:{}", a.scheme(), a.id())).collect();
+    assert_eq!(ids, ["digest:zkq:uPhTktmrlIeEg30WtBX/hL3eskM="]);
+    with_credentials.close().await;
 
     let quick = |config: ZkConfig| ZkConfig {
         connect_timeout: Duration::from_secs(3),

@@ -1,5 +1,6 @@
 //! A command job's payload reaches only its command: the file it passes through is private to
-//! the worker's user, and a killed worker's files are removed by the next worker.
+//! the worker's user, and a killed worker's files are removed by the next worker. The worker's
+//! ZooKeeper credentials do not reach the command.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -25,7 +26,7 @@ async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payload_files_are_private_and_a_killed_workers_files_are_removed() {
+async fn payload_files_are_private_a_killed_workers_files_are_removed_and_credentials_stay_with_the_worker() {
     let root = zkq_testkit::unique_root("payloads");
     let tmp = tempfile::tempdir().unwrap();
     let uid = unsafe { libc::getuid() };
@@ -52,13 +53,15 @@ async fn payload_files_are_private_and_a_killed_workers_files_are_removed() {
     // by then: the open file is still there), and what it reads.
     let report = tmp.path().join("report");
     let command = format!(
-        "k=stat -L -c %a /dev/stdin > {r}.mode; cat > {r}.payload",
+        "k=stat -L -c %a /dev/stdin > {r}.mode; echo \"${{ZKQ_AUTH-unset}} ${{ZKQ_AUTH_FILE-unset}}\" > {r}.env; cat > {r}.payload",
         r = report.display()
     );
     let mut worker = Command::new(env!("CARGO_BIN_EXE_zkq-worker"))
         .args(["--zk", &zkq_testkit::shared().connect_string(), "--root", &root])
         .args(["--queue", "q", "--exec", &command])
         .env("TMPDIR", tmp.path())
+        // The worker's credentials, which its commands must not see.
+        .env("ZKQ_AUTH", "digest:zkq:pw-of-the-worker")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -80,6 +83,12 @@ async fn payload_files_are_private_and_a_killed_workers_files_are_removed() {
     assert_eq!(payload, "the payload");
     let file_mode = std::fs::read_to_string(report.with_extension("mode")).unwrap();
     assert_eq!(file_mode.trim(), "600", "the payload file is the user's alone");
+    let env = std::fs::read_to_string(report.with_extension("env")).unwrap();
+    assert_eq!(
+        env.trim(),
+        "unset unset",
+        "a command never sees the worker's credentials"
+    );
     assert_eq!(mode(&base), 0o700);
     assert_eq!(mode(&mine), 0o700);
     assert!(!dead.exists(), "the killed worker's folder is removed");

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::store::session::{Credentials, ZkConfig};
 use crate::store::tls::TlsConfig;
 
-/// Flags every zkq binary takes to reach ZooKeeper.
-#[derive(Debug, Clone, clap::Args)]
+/// Flags every zkq binary takes to reach ZooKeeper. `Debug` leaves the credentials out.
+#[derive(Clone, clap::Args)]
 pub struct ConnectArgs {
     /// ZooKeeper connect string, host:port[,host:port...]
     #[arg(
@@ -56,12 +56,13 @@ pub struct ConnectArgs {
 
     /// With credentials, every znode zkq creates is readable and writable only by sessions
     /// holding them; this grants read-only access to another identity too, such as
-    /// world:anyone or digest:monitor:HASH (repeatable; comma-separated in ZKQ_ACL_READ)
+    /// world:anyone or digest:monitor:HASH (repeatable; several separated by ';', as in
+    /// ZKQ_ACL_READ, since x509 names hold commas)
     #[arg(
         long = "acl-read",
         global = true,
         env = "ZKQ_ACL_READ",
-        value_delimiter = ',',
+        value_delimiter = ';',
         value_name = "SCHEME:ID"
     )]
     // Parsed by `zk_config`, not by clap, whose errors would repeat the value (a password given
@@ -93,6 +94,23 @@ pub struct ConnectArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectArgs")
+            .field("zk", &self.zk)
+            .field("root", &self.root)
+            .field("session_timeout", &self.session_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("auth", &format_args!("({} given)", self.auth.len()))
+            .field("auth_file", &self.auth_file)
+            .field("acl_read", &self.acl_read)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
 }
 
 impl ConnectArgs {

@@ -352,9 +352,11 @@ async fn run_watched(command: &str, log: bool, ctx: JobContext) -> Outcome {
 async fn run_command(command: &str, log: bool, ctx: JobContext) -> Outcome {
     let job = &ctx.job;
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
-        .envs(job_env(&ctx))
+    cmd.arg("-c").arg(command);
+    for var in crate::store::session::CREDENTIAL_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(job_env(&ctx))
         .stdin(Stdio::piped())
         .stdout(if log { Stdio::piped() } else { Stdio::inherit() })
         .stderr(Stdio::piped())

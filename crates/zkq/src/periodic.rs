@@ -275,7 +275,14 @@ impl Producer {
                 }
                 // Fired or edited meanwhile: read it again.
                 Err(zk::Error::BadVersion | zk::Error::NodeExists) => continue,
-                Err(e) => return Err(Error::zk("write schedule", path, e)),
+                Err(e) => {
+                    let what = if op.is_some() {
+                        "write schedule"
+                    } else {
+                        "create schedule"
+                    };
+                    return Err(Error::zk(what, path, e));
+                }
             }
         }
     }

@@ -1,11 +1,11 @@
 //! ACLs of an existing tree checked against the configured policy, and fixed: for a tree made
 //! before credentials were turned on (every znode `world:anyone:cdrwa`), or with other readers.
 //!
-//! The ACL to expect is the one the server stores for a znode created now under the policy: the
-//! `auth` scheme is expanded by the server into the session's identities (`digest:user:HASH`), so
-//! it is read back from an ephemeral probe rather than computed here.
+//! The ACL to expect is the policy's, as the server stores it: the credentials' identities named
+//! explicitly, plus the readers. Only for credentials of a scheme zkq cannot name is it read back
+//! from an ephemeral probe, created under the policy and expanded by the server.
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use zookeeper_client as zk;
 
@@ -74,19 +74,25 @@ pub struct AclDifference {
 }
 
 impl Admin {
-    /// The ACL znodes get when created under this admin's policy, as the server stores it.
+    /// The ACL every znode under the root should have, as the server stores it: the policy's
+    /// own entries, or, when the policy leaves the identities to the server (credentials of a
+    /// scheme zkq cannot name), what the server stored for an ephemeral probe just created.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when the root does not exist; [`Error::NotAuthorized`] when this
-    /// session may not create under it.
+    /// With a probe: [`Error::NotFound`] when the root does not exist; [`Error::NotAuthorized`]
+    /// when this session may not create under it.
     pub async fn acl_expected(&self) -> Result<Vec<zk::Acl>> {
+        let policy = self.layout.acl();
+        if !policy.expanded_by_server() {
+            return Ok(policy.acls().to_vec());
+        }
         let root = self.layout.root();
         let probe = format!(
             "{}/acl-probe-{}",
             root.trim_end_matches('/'),
             uuid::Uuid::new_v4().simple()
         );
-        let options = self.layout.acl().options(zk::CreateMode::Ephemeral);
+        let options = policy.options(zk::CreateMode::Ephemeral);
         match self.client.create(&probe, &[], &options).await {
             Ok(_) => {}
             Err(zk::Error::NoNode) => return Err(Error::NotFound(format!("no zkq tree at {root}"))),
@@ -103,8 +109,8 @@ impl Admin {
     /// million znodes).
     ///
     /// # Errors
-    /// As [`Admin::acl_expected`]; a znode this session may not list or read the ACL of is an
-    /// [`Error::NotAuthorized`] naming it.
+    /// [`Error::NotFound`] when the root does not exist; a znode this session may not list or
+    /// read the ACL of is an [`Error::NotAuthorized`] naming it.
     pub async fn acl_check(&self) -> Result<AclReport> {
         self.walk(false).await
     }
@@ -118,8 +124,9 @@ impl Admin {
         self.walk(true).await
     }
 
-    /// Walks the tree level by level, reading (and with `fix`, setting) ACLs, the requests of a
-    /// level pipelined.
+    /// Walks the tree depth first, reading (and with `fix`, setting) ACLs, a bounded number of
+    /// znodes in flight: memory stays that of the paths waiting their turn, not of a whole level
+    /// of a million jobs, and the first refusal ends the walk at once.
     async fn walk(&self, fix: bool) -> Result<AclReport> {
         let expected = sorted(self.acl_expected().await?);
         let mut report = AclReport {
@@ -129,32 +136,36 @@ impl Admin {
             fixed: 0,
             examples: Vec::new(),
         };
-        let mut level = vec![self.layout.root().to_string()];
-        while !level.is_empty() {
-            let expected = &expected;
-            let visits: Vec<Result<Option<Visit>>> = stream::iter(level)
-                .map(|path| async move { self.visit(path, expected, fix).await })
-                .buffered(STATS_IN_FLIGHT)
-                .collect()
-                .await;
-            let mut next = Vec::new();
-            for visit in visits {
-                // A znode gone meanwhile (a job done, a claim released) is simply not counted.
-                let Some(visit) = visit? else { continue };
-                report.checked += 1;
-                if let Some(acl) = visit.differing {
-                    report.differing += 1;
-                    report.fixed += usize::from(fix);
-                    if report.examples.len() < LISTED {
-                        report.examples.push(AclDifference {
-                            path: visit.path,
-                            acl: acl.iter().map(AclEntry::from_zk).collect(),
-                        });
-                    }
-                }
-                next.extend(visit.children);
+        let root = self.layout.root().to_string();
+        match self.client.check_stat(&root).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Error::NotFound(format!("no zkq tree at {root}"))),
+            Err(e) => return Err(Error::zk("stat", root, e)),
+        }
+        let mut waiting = vec![root];
+        let mut in_flight = FuturesUnordered::new();
+        while !waiting.is_empty() || !in_flight.is_empty() {
+            while in_flight.len() < STATS_IN_FLIGHT {
+                let Some(path) = waiting.pop() else { break };
+                in_flight.push(self.visit(path, &expected, fix));
             }
-            level = next;
+            let Some(visit) = in_flight.next().await else {
+                break;
+            };
+            // A znode gone meanwhile (a job done, a claim released) is simply not counted.
+            let Some(visit) = visit? else { continue };
+            report.checked += 1;
+            if let Some(acl) = visit.differing {
+                report.differing += 1;
+                report.fixed += usize::from(fix);
+                if report.examples.len() < LISTED {
+                    report.examples.push(AclDifference {
+                        path: visit.path,
+                        acl: acl.iter().map(AclEntry::from_zk).collect(),
+                    });
+                }
+            }
+            waiting.extend(visit.children);
         }
         Ok(report)
     }

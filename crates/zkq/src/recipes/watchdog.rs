@@ -200,6 +200,10 @@ fn watch(args: &[String]) -> i32 {
     let grace_ns = grace * 1_000_000;
     let mut command = std::process::Command::new(program);
     command.args(&args[3..]).stdin(Stdio::null()).process_group(0);
+    // The command runs a job or a singleton's work, not zkq: it gets no credentials of zkq's.
+    for var in crate::store::session::CREDENTIAL_VARS {
+        command.env_remove(var);
+    }
     let stdin_file = std::env::var_os(STDIN_FILE);
     if monotonic_ns() >= kill_at {
         if let Some(path) = &stdin_file {

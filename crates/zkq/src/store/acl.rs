@@ -1,10 +1,15 @@
 //! The ACL zkq gives every znode it creates, and how an existing tree is checked against it.
 //!
 //! Without credentials every znode is open (`world:anyone:cdrwa`), as ZooKeeper's own default.
-//! With credentials ([`ZkConfig::auth`]) the default is creator-all: ZooKeeper's `auth` scheme,
-//! which the server expands at create time into the identities of the creating session, so only
-//! sessions holding the same credentials can read or change zkq's znodes. Monitoring identities
-//! get read-only access with [`ZkConfig::acl_read`] (`world:anyone`, `digest:monitor:HASH`, ...).
+//! With credentials ([`ZkConfig::auth`]) the default is creator-all for the identities of those
+//! credentials, named explicitly: `digest:user:HASH` for digest credentials (HASH being
+//! `base64(sha1(user:password))`, as ZooKeeper computes it) and `sasl:user` for SASL ones. Not
+//! ZooKeeper's `auth` scheme, which the server expands into every identity of the creating
+//! session: over TLS that includes the client certificate's `x509:` name, so each znode would
+//! then grant all to whichever certificate made it, and processes with different certificates
+//! would leave different ACLs. Credentials of other schemes, whose identity zkq cannot tell, do
+//! fall back to the `auth` scheme. Monitoring identities get read-only access with
+//! [`ZkConfig::acl_read`] (`world:anyone`, `digest:monitor:HASH`, ...).
 //!
 //! Every create goes through [`AclPolicy::options`], so the policy covers ephemerals (claims,
 //! worker registrations, places in line) as much as jobs and queue configs.
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
-use crate::store::session::ZkConfig;
+use crate::store::session::{Credentials, ZkConfig, SASL};
 
 /// The ACL of every znode zkq creates under one root. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,9 +41,19 @@ impl AclPolicy {
         }
     }
 
-    /// Only the creating session's identities may do anything; each of `readers` may read.
-    pub fn creator_all(readers: &[zk::AuthId]) -> AclPolicy {
-        let mut acls = zk::Acls::creator_all().to_vec();
+    /// Only the identities of `credentials` may do anything; each of `readers` may read.
+    pub fn creator_all(credentials: &[Credentials], readers: &[zk::AuthId]) -> AclPolicy {
+        let mut acls: Vec<zk::Acl> = Vec::new();
+        for credentials in credentials {
+            let owner = identity(credentials).map_or_else(
+                // An identity zkq cannot tell: the server's expansion of the session's.
+                || zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+                |id| zk::Acl::new(zk::Permission::ALL, id),
+            );
+            if !acls.contains(&owner) {
+                acls.push(owner);
+            }
+        }
         for reader in readers {
             acls.push(zk::Acl::new(zk::Permission::READ, reader.clone()));
         }
@@ -62,7 +77,7 @@ impl AclPolicy {
             }
             return Ok(AclPolicy::open());
         }
-        Ok(AclPolicy::creator_all(&config.acl_read))
+        Ok(AclPolicy::creator_all(&config.auth, &config.acl_read))
     }
 
     /// Whether this is the open policy.
@@ -70,14 +85,37 @@ impl AclPolicy {
         self.acls.as_slice() == &*zk::Acls::anyone_all()
     }
 
-    /// The ACL entries, as given to create (before the server expands `auth`).
+    /// The ACL entries, as given to create.
     pub fn acls(&self) -> &[zk::Acl] {
         &self.acls
+    }
+
+    /// Whether the server expands an entry of this policy into the creating session's
+    /// identities (credentials of a scheme zkq cannot name).
+    pub(crate) fn expanded_by_server(&self) -> bool {
+        self.acls.iter().any(|a| a.scheme() == "auth")
     }
 
     /// Create options for a znode of `mode` under this policy.
     pub(crate) fn options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'_> {
         mode.with_acls(zk::Acls::new(&self.acls))
+    }
+}
+
+/// The identity ZooKeeper gives a session holding `credentials`, for the schemes zkq knows.
+fn identity(credentials: &Credentials) -> Option<zk::AuthId> {
+    use base64::Engine;
+    let (user, password) = credentials.secret().split_once(':')?;
+    match credentials.scheme() {
+        "digest" => {
+            let hash = sha1_smol::Sha1::from(format!("{user}:{password}"))
+                .digest()
+                .bytes();
+            let hash = base64::engine::general_purpose::STANDARD.encode(hash);
+            Some(zk::AuthId::new("digest", &format!("{user}:{hash}")))
+        }
+        SASL => Some(zk::AuthId::new(SASL, user)),
+        _ => None,
     }
 }
 
@@ -159,15 +197,26 @@ mod tests {
             AclPolicy::for_config(&config).is_err(),
             "readers without credentials"
         );
-        config.auth = vec![crate::Credentials::parse("digest:zkq:pw").unwrap()];
+        config.auth = vec![
+            Credentials::parse("digest:zkq:pw").unwrap(),
+            Credentials::parse("sasl:svc:pw2").unwrap(),
+        ];
         let policy = AclPolicy::for_config(&config).unwrap();
-        assert!(!policy.is_open());
+        assert!(!policy.is_open() && !policy.expanded_by_server());
+        // The digest id as ZooKeeper's DigestAuthenticationProvider computes it.
         assert_eq!(
             policy.acls(),
             [
-                zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+                zk::Acl::new(
+                    zk::Permission::ALL,
+                    zk::AuthId::new("digest", "zkq:uPhTktmrlIeEg30WtBX/hL3eskM=")
+                ),
+                zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("sasl", "svc")),
                 zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
             ]
         );
+        // A scheme whose identity zkq cannot name falls back to the server's expansion.
+        config.auth = vec![Credentials::parse("custom:token").unwrap()];
+        assert!(AclPolicy::for_config(&config).unwrap().expanded_by_server());
     }
 }

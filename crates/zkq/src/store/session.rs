@@ -93,6 +93,11 @@ impl Credentials {
         Ok(found)
     }
 
+    /// The credentials proper (`user:password` for digest and SASL).
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
     /// The scheme, such as `digest`.
     pub fn scheme(&self) -> &str {
         &self.scheme
@@ -107,6 +112,10 @@ impl std::fmt::Debug for Credentials {
         }
     }
 }
+
+/// Environment variables that carry zkq's own ZooKeeper credentials (or point to them): removed
+/// from the environment of every command zkq starts, which runs job payloads, not zkq.
+pub const CREDENTIAL_VARS: &[&str] = &["ZKQ_AUTH", "ZKQ_AUTH_FILE", "ZKQ_TLS_KEY"];
 
 /// The scheme of credentials sent over SASL (DIGEST-MD5) rather than as an `addauth`: the server
 /// checks them against its JAAS `Server` section, and the session's identity is `sasl:<user>`.

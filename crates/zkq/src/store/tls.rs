@@ -66,13 +66,19 @@ impl TlsConfig {
                 ))
             }
         };
-        let identity = identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
-        TlsConfig::from_pem(&ca_pem, identity).map_err(|e| match e {
-            Error::InvalidConfig(reason) => {
-                Error::InvalidConfig(format!("{reason} (CA file {})", ca.display()))
-            }
-            e => e,
-        })
+        let config = TlsConfig { ca: ca_pem, identity };
+        let options = zk::TlsOptions::new()
+            .with_pem_ca(&config.ca)
+            .map_err(|e| Error::InvalidConfig(format!("unusable TLS CA file {}: {e}", ca.display())))?;
+        if let (Some((cert_pem, key_pem)), Some(cert)) = (&config.identity, cert) {
+            options.with_pem_identity(cert_pem, key_pem).map_err(|e| {
+                Error::InvalidConfig(format!(
+                    "unusable TLS client certificate {} or key: {e}",
+                    cert.display()
+                ))
+            })?;
+        }
+        Ok(config)
     }
 
     /// The client crate's options for these settings.

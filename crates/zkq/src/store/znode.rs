@@ -129,11 +129,21 @@ pub(crate) async fn get_many(
         sent.push(async move { reply.await.map_err(|e| Error::zk(what, first, e)) });
     }
     let mut out = Vec::with_capacity(paths.len());
-    for results in futures::future::join_all(sent).await {
-        out.extend(results?.into_iter().map(|r| match r {
-            zk::MultiReadResult::Data { data, stat } => Some((data, stat)),
-            _ => None,
-        }));
+    for (chunk, results) in paths
+        .chunks(READ_BATCH)
+        .zip(futures::future::join_all(sent).await)
+    {
+        for (path, result) in chunk.iter().zip(results?) {
+            out.push(match result {
+                zk::MultiReadResult::Data { data, stat } => Some((data, stat)),
+                zk::MultiReadResult::Error {
+                    err: zk::Error::NoNode,
+                } => None,
+                // A read refused (NoAuth) is not a znode gone: say so.
+                zk::MultiReadResult::Error { err } => return Err(Error::zk(what, path, err)),
+                _ => None,
+            });
+        }
     }
     Ok(out)
 }
