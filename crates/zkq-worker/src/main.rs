@@ -1,6 +1,9 @@
 //! zkq-worker: join a worker fleet, claim jobs and run them as shell commands; or run only the
 //! scheduler; or run a batch job on exactly one of several hosts.
 
+mod endpoint;
+
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 use zkq::cli::{init_logging, parse_duration, ConnectArgs};
 use zkq::singleton::{Restart, SingletonConfig, SingletonRunner};
-use zkq::{CommandHandler, Scheduler, SchedulerConfig, Worker, WorkerConfig};
+use zkq::{CommandHandler, Health, Scheduler, SchedulerConfig, Worker, WorkerConfig};
 
 /// Join a zkq worker fleet: claim jobs from queues on ZooKeeper and run them.
 ///
@@ -41,6 +44,11 @@ struct Cli {
     /// Log only warnings and errors
     #[arg(long, global = true)]
     quiet: bool,
+
+    /// Serve Prometheus metrics at /metrics, and /healthz and /readyz for orchestrators, on this
+    /// address (off by default; bind to localhost unless the network is trusted)
+    #[arg(long, global = true, env = "ZKQ_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
     jobs: JobArgs,
@@ -191,10 +199,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        let metrics = cli.metrics_addr;
         match cli.command {
-            None => run_jobs(&cli.connect, cli.jobs).await.map(|()| 0),
-            Some(Command::Scheduler(args)) => run_scheduler(&cli.connect, args).await.map(|()| 0),
-            Some(Command::Singleton(args)) => run_singleton(&cli.connect, args).await,
+            None => run_jobs(&cli.connect, cli.jobs, metrics).await.map(|()| 0),
+            Some(Command::Scheduler(args)) => run_scheduler(&cli.connect, args, metrics).await.map(|()| 0),
+            Some(Command::Singleton(args)) => run_singleton(&cli.connect, args, metrics).await,
         }
     });
     match result {
@@ -206,7 +215,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_scheduler(connect: &ConnectArgs, args: SchedulerArgs) -> zkq::Result<()> {
+/// Starts the metrics endpoint on `addr`, if given, reporting `health`.
+async fn serve_metrics(addr: Option<SocketAddr>, health: Health) -> zkq::Result<()> {
+    match addr {
+        Some(addr) => endpoint::start(addr, health)
+            .await
+            .map_err(zkq::Error::InvalidConfig),
+        None => Ok(()),
+    }
+}
+
+async fn run_scheduler(
+    connect: &ConnectArgs,
+    args: SchedulerArgs,
+    metrics: Option<SocketAddr>,
+) -> zkq::Result<()> {
     let config = SchedulerConfig {
         promote_interval: args.promote_interval,
         rebalance_delay: args.rebalance_delay,
@@ -214,12 +237,16 @@ async fn run_scheduler(connect: &ConnectArgs, args: SchedulerArgs) -> zkq::Resul
     };
     let id = args.id.unwrap_or_else(|| WorkerConfig::default().id);
     info!(%id, "scheduler-only mode: standing for election");
-    Scheduler::new(connect.zk_config()?, &connect.root, id, config)?
-        .run(shutdown_signal())
-        .await
+    let scheduler = Scheduler::new(connect.zk_config()?, &connect.root, id, config)?;
+    serve_metrics(metrics, scheduler.health()).await?;
+    scheduler.run(shutdown_signal()).await
 }
 
-async fn run_singleton(connect: &ConnectArgs, args: SingletonArgs) -> zkq::Result<i32> {
+async fn run_singleton(
+    connect: &ConnectArgs,
+    args: SingletonArgs,
+    metrics: Option<SocketAddr>,
+) -> zkq::Result<i32> {
     let id = args.id.unwrap_or_else(|| WorkerConfig::default().id);
     let config = SingletonConfig {
         restart: args.restart,
@@ -227,12 +254,12 @@ async fn run_singleton(connect: &ConnectArgs, args: SingletonArgs) -> zkq::Resul
         stop_grace: args.stop_grace,
         ..SingletonConfig::new(args.name, id)
     };
-    SingletonRunner::new(connect.zk_config()?, &connect.root, config, args.command)?
-        .run(shutdown_signal())
-        .await
+    let runner = SingletonRunner::new(connect.zk_config()?, &connect.root, config, args.command)?;
+    serve_metrics(metrics, runner.health()).await?;
+    runner.run(shutdown_signal()).await
 }
 
-async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> zkq::Result<()> {
+async fn run_jobs(connect: &ConnectArgs, cli: JobArgs, metrics: Option<SocketAddr>) -> zkq::Result<()> {
     let mut config = WorkerConfig {
         queues: cli.queue.clone(),
         concurrency: cli.concurrency as usize,
@@ -258,6 +285,7 @@ async fn run_jobs(connect: &ConnectArgs, cli: JobArgs) -> zkq::Result<()> {
             worker.handle(kind, handler)?
         };
     }
+    serve_metrics(metrics, worker.health()).await?;
     let summary = worker.run(shutdown_signal()).await?;
     info!(
         done = summary.done,

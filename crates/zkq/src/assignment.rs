@@ -269,6 +269,8 @@ async fn rebalance(
                     .filter(|(p, o)| old.get(*p) != Some(*o))
                     .count();
                 let workers: usize = groups.iter().map(Vec::len).sum();
+                metrics::counter!(crate::telemetry::PARTITIONS_MOVED, "queue" => q.clone())
+                    .increment(moved as u64);
                 info!(queue = %q, workers, groups = groups.len(), moved, epoch = record.epoch, "partitions assigned");
             }
             // Written meanwhile (by our own earlier, slower write): the next pass sees it.

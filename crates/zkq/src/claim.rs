@@ -219,6 +219,12 @@ struct Prepared {
     ops: [Op; 2],
 }
 
+/// Counts a claim another worker won first.
+fn race_lost(p: &Prepared) {
+    metrics::counter!(crate::telemetry::CLAIM_RACES_LOST, "queue" => p.claimed.queue().to_string())
+        .increment(1);
+}
+
 impl Prepared {
     fn new(
         layout: &Layout,
@@ -337,7 +343,7 @@ async fn claim_batch(
             Err(e) if claim_race(&e.source) => {
                 races += 1;
                 match e.index.map(|i| i / 2).filter(|i| *i < batch.len()) {
-                    Some(i) => drop(batch.remove(i)),
+                    Some(i) => race_lost(&batch.remove(i)),
                     None => break,
                 }
             }
@@ -357,7 +363,7 @@ async fn claim_batch(
     for (p, result) in futures::future::join_all(singles).await {
         match result {
             Ok(results) => won.push(stamped(p.claimed, &results, 0)),
-            Err(e) if claim_race(&e.source) => {}
+            Err(e) if claim_race(&e.source) => race_lost(&p),
             Err(e) if outcome_unknown(&e.source) => unknown.push(p),
             Err(e) => errors.push(e.into_error("claim", &p.ops)),
         }

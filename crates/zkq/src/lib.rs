@@ -89,6 +89,7 @@ pub use store::acl::{parse_acl_id, AclPolicy};
 pub use store::layout::Layout;
 pub use store::session::{Credentials, ZkConfig};
 pub use store::tls::TlsConfig;
+pub use telemetry::Health;
 pub use worker::{Worker, WorkerConfig, WorkerSummary};
 
 /// Re-export of the ZooKeeper client, for callers that share a session with zkq.

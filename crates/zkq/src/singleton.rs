@@ -35,6 +35,7 @@ use crate::recipes::election::{Election, Leadership};
 use crate::recipes::watchdog::{monotonic_ns, Watchdog};
 use crate::store::layout::{self, Layout};
 use crate::store::session::{self, ZkConfig};
+use crate::telemetry::{self, Health};
 
 /// The election for singleton `name` under `layout`, for a candidate named `candidate`.
 ///
@@ -100,6 +101,23 @@ pub struct SingletonRunner {
     config: SingletonConfig,
     program: String,
     args: Vec<String>,
+    health: Health,
+}
+
+/// `zkq_singleton_master{name}` is 1 while one of these lives.
+struct MasterGauge(String);
+
+impl MasterGauge {
+    fn on(name: &str) -> MasterGauge {
+        metrics::gauge!(telemetry::SINGLETON_MASTER, "name" => name.to_string()).set(1.0);
+        MasterGauge(name.to_string())
+    }
+}
+
+impl Drop for MasterGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::SINGLETON_MASTER, "name" => self.0.clone()).set(0.0);
+    }
 }
 
 /// How a run of the command ended, as far as the runner is concerned.
@@ -134,7 +152,13 @@ impl SingletonRunner {
             config,
             program,
             args: command.collect(),
+            health: Health::default(),
         })
+    }
+
+    /// The health of this runner's ZooKeeper session, for a readiness probe.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Campaigns, runs the command while master, and campaigns again after losing mastership,
@@ -146,12 +170,16 @@ impl SingletonRunner {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<i32> {
         tokio::pin!(shutdown);
         let mut first = true;
+        let mut following = tokio::task::JoinSet::new();
         loop {
             let client = tokio::select! {
                 _ = &mut shutdown => return Ok(0),
                 c = session::reconnect(&self.zk, first) => c?,
             };
             first = false;
+            following.abort_all();
+            let (health, c) = (self.health.clone(), client.clone());
+            following.spawn(async move { health.follow(c).await });
             let election = election(client.clone(), &self.layout, &self.config.name, &self.config.id)?;
             if let Some(code) = self.on_session(&client, &election, &mut shutdown).await {
                 return Ok(code);
@@ -186,6 +214,7 @@ impl SingletonRunner {
                 }
             };
             info!(singleton = %self.config.name, token = leadership.epoch(), "master");
+            let _master = MasterGauge::on(&self.config.name);
             let mut delay = self.config.restart_delay;
             let mut first_run = true;
             loop {
@@ -269,7 +298,10 @@ impl SingletonRunner {
         ];
         let deadline = |sent: u64| sent + budget.as_nanos() as u64;
         let mut watchdog = match Watchdog::spawn(&self.program, &self.args, &env, grace, deadline(sent)) {
-            Ok(w) => w,
+            Ok(w) => {
+                metrics::counter!(telemetry::SINGLETON_RUNS, "name" => self.config.name.clone()).increment(1);
+                w
+            }
             Err(e) => {
                 warn!(error = %e, "cannot start the command");
                 return RunEnd::Exited(crate::recipes::watchdog::CANNOT_START);

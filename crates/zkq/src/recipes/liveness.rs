@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use zookeeper_client as zk;
 
 use crate::recipes::watchdog::monotonic_ns;
+use crate::telemetry::{self, Health};
 
 /// Share of the session timeout after the last answered probe at which a command's watchdog
 /// kills it: a fifth of the timeout is left as margin before the server can expire the session.
@@ -101,10 +102,12 @@ impl Liveness {
 
 /// Starts the heartbeat of `client`'s session, reading `probe` (any path; it need not exist).
 /// The returned task runs until the session ends; drop or abort it to stop.
+/// Fencing shows in `health` (not ready while fenced) and in [`telemetry::FENCED`].
 pub(crate) fn start(
     client: zk::Client,
     probe: String,
     fence_share: f64,
+    health: Health,
 ) -> (Liveness, impl std::future::Future<Output = ()> + Send) {
     let timeout = client.session_timeout();
     let (tx, rx) = watch::channel(Beat {
@@ -117,7 +120,7 @@ pub(crate) fn start(
         timeout,
         fence_after_ns,
     };
-    (liveness, beat(client, probe, timeout, fence_after_ns, tx))
+    (liveness, beat(client, probe, timeout, fence_after_ns, tx, health))
 }
 
 async fn beat(
@@ -126,6 +129,7 @@ async fn beat(
     timeout: Duration,
     fence_after: u64,
     tx: watch::Sender<Beat>,
+    health: Health,
 ) {
     let interval = (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut tick = tokio::time::interval(interval);
@@ -156,17 +160,22 @@ async fn beat(
                         b.fenced = false;
                         fresh || was
                     });
+                    health.set_fenced(false);
                 }
                 tick.tick().await;
             }
             _ = tick.tick() => {}
         }
         let now = monotonic_ns();
-        tx.send_if_modified(|b| {
+        let fenced_now = tx.send_if_modified(|b| {
             let fence = now > b.sent_ns + fence_after;
             let changed = fence && !b.fenced;
             b.fenced |= fence;
             changed
         });
+        if fenced_now {
+            metrics::counter!(telemetry::FENCED).increment(1);
+            health.set_fenced(true);
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! stop at once and the candidate campaigns again.
 
 mod cron;
+mod depth;
 mod promote;
 pub(crate) mod service;
 mod trim;
@@ -31,7 +32,7 @@ use crate::producer::Producer;
 use crate::recipes::election::{Election, Leadership};
 use crate::store::layout::Layout;
 use crate::store::session::{self, ZkConfig};
-use crate::{assignment, queue};
+use crate::{assignment, queue, telemetry};
 
 use self::service::{Next, Passes};
 
@@ -65,6 +66,7 @@ pub struct Scheduler {
     layout: Layout,
     id: String,
     config: SchedulerConfig,
+    health: telemetry::Health,
 }
 
 impl Scheduler {
@@ -80,7 +82,13 @@ impl Scheduler {
             zk,
             id: id.into(),
             config,
+            health: telemetry::Health::default(),
         })
+    }
+
+    /// The health of this candidate's ZooKeeper session, for a readiness probe.
+    pub fn health(&self) -> telemetry::Health {
+        self.health.clone()
     }
 
     /// Campaigns and, while leader, serves, until `shutdown` resolves; then resigns. A lost
@@ -91,12 +99,16 @@ impl Scheduler {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         tokio::pin!(shutdown);
         let mut first = true;
+        let mut following = JoinSet::new();
         loop {
             let client = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 c = session::reconnect(&self.zk, first) => c?,
             };
             first = false;
+            following.abort_all();
+            let (health, c) = (self.health.clone(), client.clone());
+            following.spawn(async move { health.follow(c).await });
             let producer = Arc::new(Producer::with_client(client.clone(), self.layout.clone()));
             let election = Election::new(client.clone(), self.layout.scheduler(), self.id.clone())
                 .with_acl(self.layout.acl().clone());
@@ -190,16 +202,23 @@ async fn serve(
     spawn_service(&mut services, &serving, "cron", async move {
         cron::serve(&p, &l, &s).await
     });
+    let (p, s) = (producer.clone(), serving.clone());
+    spawn_service(&mut services, &serving, "depth", async move {
+        depth::serve(p.client(), p.layout(), &s).await
+    });
     let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
     let interval = config.trim_interval;
     spawn_service(&mut services, &serving, "trim", async move {
         trim::serve(p.client(), p.layout(), &l, interval, &s).await
     });
     info!(epoch = leadership.epoch(), "scheduler services running");
+    metrics::gauge!(telemetry::SCHEDULER_LEADER).set(1.0);
+    metrics::gauge!(telemetry::SCHEDULER_EPOCH).set(f64::from(leadership.epoch()));
     tokio::select! {
         _ = serving.cancelled() => {}
         _ = stop.cancelled() => serving.cancel(),
     }
+    metrics::gauge!(telemetry::SCHEDULER_LEADER).set(0.0);
     let mut session_lost = false;
     while let Some(done) = services.join_next().await {
         if let Ok(Err(e)) = done {

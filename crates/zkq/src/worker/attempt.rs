@@ -108,15 +108,19 @@ impl Worker {
                         return self.release_when_heard(session, &claimed, &mut liveness).await;
                     }
                     _ => {
-                        metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string())
+                        metrics::counter!(telemetry::CLAIMS_LOST, "queue" => claimed.queue().to_string())
                             .increment(1);
                         return AttemptEnd::Lost;
                     }
                 }
             }
         };
-        metrics::histogram!(telemetry::RUN_SECONDS, "queue" => claimed.queue().to_string())
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(
+            telemetry::DURATION_SECONDS,
+            "queue" => claimed.queue().to_string(),
+            "kind" => claimed.job.kind.clone()
+        )
+        .record(started.elapsed().as_secs_f64());
         self.settle(session, &claimed, outcome).await
     }
 
@@ -137,7 +141,7 @@ impl Worker {
                 return AttemptEnd::Released;
             }
         }
-        metrics::counter!(telemetry::LOST, "queue" => claimed.queue().to_string()).increment(1);
+        metrics::counter!(telemetry::CLAIMS_LOST, "queue" => claimed.queue().to_string()).increment(1);
         AttemptEnd::Lost
     }
 }

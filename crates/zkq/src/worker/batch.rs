@@ -65,8 +65,9 @@ impl Worker {
         }
         for c in &won {
             let latency = now_ms().saturating_sub(c.job.ready_at_ms) as f64 / 1000.0;
-            metrics::counter!(telemetry::CLAIMED, "queue" => c.queue().to_string()).increment(1);
-            metrics::histogram!(telemetry::LATENCY_SECONDS, "queue" => c.queue().to_string()).record(latency);
+            metrics::counter!(telemetry::CLAIMS, "queue" => c.queue().to_string()).increment(1);
+            metrics::histogram!(telemetry::START_DELAY_SECONDS, "queue" => c.queue().to_string())
+                .record(latency);
         }
         Claims {
             won,
@@ -124,8 +125,17 @@ impl Worker {
                         info!("attempt started");
                     }
                     let claim = claimed.claim_path.clone();
+                    let (queue, kind) = (claimed.queue().to_string(), claimed.job.kind.clone());
+                    metrics::counter!(telemetry::STARTED, "queue" => queue.clone(), "kind" => kind.clone()).increment(1);
+                    let running = metrics::gauge!(telemetry::RUNNING, "queue" => queue.clone());
+                    running.increment(1.0);
                     let stoppable = session.running.add(&claim);
                     let settle = this.run_attempt(&session, claimed, abort, &stoppable).await;
+                    running.decrement(1.0);
+                    if let Some(outcome) = settle.outcome() {
+                        metrics::counter!(telemetry::FINISHED, "queue" => queue, "kind" => kind, "outcome" => outcome)
+                            .increment(1);
+                    }
                     // A cancel's notice is deleted once the attempt is over, whether it stopped
                     // the attempt or came as it ended: the canceller waits for that.
                     if let Some(notice) = session.running.remove(&claim) {
@@ -180,7 +190,7 @@ impl Worker {
         if let Err(e) = super::settle::settle(client, self.layout.acl(), "dead-letter garbage", ops).await {
             warn!(%path, error = %e, "cannot dead-letter undecodable job");
         } else {
-            metrics::counter!(telemetry::DEAD, "queue" => candidate.queue.clone()).increment(1);
+            metrics::counter!(telemetry::UNDECODABLE, "queue" => candidate.queue.clone()).increment(1);
         }
     }
 }

@@ -59,6 +59,7 @@ use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::store::layout::Layout;
 use crate::store::session::ZkConfig;
+use crate::telemetry::Health;
 
 use self::session::SessionEnd;
 
@@ -93,6 +94,7 @@ pub struct Worker {
     handlers: HashMap<String, Arc<dyn Handler>>,
     fallback: Option<Arc<dyn Handler>>,
     detached: bool,
+    health: Health,
 }
 
 impl std::fmt::Debug for Worker {
@@ -130,7 +132,14 @@ impl Worker {
             handlers: HashMap::new(),
             fallback: None,
             detached: false,
+            health: Health::default(),
         })
+    }
+
+    /// The health of this worker's ZooKeeper session, for a readiness probe: ready while the
+    /// session is connected and the worker is not fenced.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Runs jobs of `kind` with `handler`.

@@ -87,12 +87,17 @@ impl Worker {
         let session_lost = CancellationToken::new();
         let mut background = JoinSet::new();
         background.spawn(watch_session(client.clone(), session_lost.clone()));
+        {
+            let (health, client) = (self.health.clone(), client.clone());
+            background.spawn(async move { health.follow(client).await });
+        }
         let (acks, committing) = Batcher::new(client.clone(), self.layout.acl().clone());
         background.spawn(committing);
         let (liveness, heartbeat) = liveness::start(
             client.clone(),
             self.layout.worker(&self.config.id),
             self.config.fence_share,
+            self.health.clone(),
         );
         background.spawn(heartbeat);
         let scheduler_stop = CancellationToken::new();

@@ -43,6 +43,15 @@ impl AttemptEnd {
             AttemptEnd::Cancelled => "cancelled",
         }
     }
+
+    /// The `outcome` label of [`telemetry::FINISHED`]; none for a lost claim (counted apart,
+    /// as [`telemetry::CLAIMS_LOST`]: the attempt did not end, it will run again elsewhere).
+    pub(super) fn outcome(self) -> Option<&'static str> {
+        match self {
+            AttemptEnd::Lost => None,
+            other => Some(other.name()),
+        }
+    }
 }
 
 impl Worker {
@@ -146,25 +155,19 @@ impl Worker {
             Settled::Committed => Ok(self.settled(claimed, intended)),
             Settled::ClaimLost => {
                 warn!("claim lost before the attempt settled (its session ended, or the job was claimed again): nothing written; the job runs again");
-                metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
+                metrics::counter!(telemetry::CLAIMS_LOST, "queue" => queue).increment(1);
                 Ok(AttemptEnd::Lost)
             }
             Settled::JobGone => {
                 warn!("the job is gone (settled elsewhere after this claim was lost, or removed): nothing written");
-                metrics::counter!(telemetry::LOST, "queue" => queue).increment(1);
+                metrics::counter!(telemetry::CLAIMS_LOST, "queue" => queue).increment(1);
                 Ok(AttemptEnd::Lost)
             }
         }
     }
 
-    /// Counts an attempt whose outcome committed.
-    pub(super) fn settled(&self, claimed: &Claimed, settle: AttemptEnd) -> AttemptEnd {
-        let metric = match settle {
-            AttemptEnd::Done => telemetry::DONE,
-            AttemptEnd::Retried => telemetry::RETRIED,
-            _ => telemetry::DEAD,
-        };
-        metrics::counter!(metric, "queue" => claimed.queue().to_string()).increment(1);
+    /// An attempt whose outcome committed (counted by outcome where the attempt ends).
+    pub(super) fn settled(&self, _claimed: &Claimed, settle: AttemptEnd) -> AttemptEnd {
         debug!("attempt settled");
         settle
     }
