@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use zkq::cli::{init_logging, parse_duration, ConnectArgs};
+use zkq::cli::{parse_duration, ConnectArgs, LogArgs};
 use zkq::{Admin, Purge};
 
 use crate::show::{
@@ -24,6 +24,9 @@ use crate::show::{
 struct Cli {
     #[command(flatten)]
     connect: ConnectArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
 
     /// Print JSON instead of a table
     #[arg(long, global = true)]
@@ -199,7 +202,7 @@ enum DeadCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(true);
+    cli.log.init(true);
     match run(&cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use zkq::cli::{init_logging, parse_duration, ConnectArgs};
+use zkq::cli::{parse_duration, ConnectArgs, LogArgs};
 use zkq::{CatchUp, NewJob, PeriodicJob, Producer, QueueConfig, RetryPolicy};
 
 use crate::enqueue::enqueue;
@@ -22,6 +22,9 @@ use crate::input::Payloads;
 struct Cli {
     #[command(flatten)]
     connect: ConnectArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
 
     /// Print only errors (no progress, no summary)
     #[arg(long, global = true)]
@@ -236,7 +239,7 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(true);
+    cli.log.init(true);
     let result = match &cli.command {
         Command::Enqueue(args) => enqueue(&cli, args).await,
         Command::CreateQueue(args) => create_queue(&cli, args).await,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
-use zkq::cli::{init_logging, parse_duration, ConnectArgs};
+use zkq::cli::{parse_duration, ConnectArgs, LogArgs};
 use zkq::singleton::{Restart, SingletonConfig, SingletonRunner};
 use zkq::{CommandHandler, Health, Scheduler, SchedulerConfig, Worker, WorkerConfig};
 
@@ -40,6 +40,9 @@ use zkq::{CommandHandler, Health, Scheduler, SchedulerConfig, Worker, WorkerConf
 struct Cli {
     #[command(flatten)]
     connect: ConnectArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
 
     /// Log only warnings and errors
     #[arg(long, global = true)]
@@ -190,7 +193,7 @@ fn main() -> ExitCode {
     // here and exits, before any runtime or thread exists.
     zkq::watchdog::run_if_requested();
     let cli = Cli::parse();
-    init_logging(cli.quiet);
+    cli.log.init(cli.quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

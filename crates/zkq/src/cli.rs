@@ -160,11 +160,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; use forms like 500ms, 5s, 2m, 1h"))
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event
+    #[default]
+    Text,
+    /// One JSON object per line; an attempt's events carry its job id, queue, kind and attempt
+    /// (in `span`)
+    Json,
+}
+
+/// The logging flag every zkq binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: text, or json (one object per line, for log shippers)
+    #[arg(long, global = true, env = "ZKQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Starts logging in this format (see [`init_logging_as`]).
+    pub fn init(&self, quiet: bool) {
+        init_logging_as(quiet, self.log_format);
+    }
+}
+
+/// Logs text to stderr (see [`init_logging_as`]).
+pub fn init_logging(quiet: bool) {
+    init_logging_as(quiet, LogFormat::Text);
+}
+
 /// Logs to stderr, at the level of `RUST_LOG` (default `info`, or `warn` when `quiet`). The
 /// ZooKeeper client's own session chatter shows only from `error`: its warnings (a reconnect
 /// that finds the session closed, after a clean close) say nothing zkq's own messages do not.
-/// Colours only on a terminal.
-pub fn init_logging(quiet: bool) {
+/// Text has colours only on a terminal; JSON has one object per line, with the fields of the
+/// current span (an attempt's job id, queue, kind and attempt) under `span`.
+pub fn init_logging_as(quiet: bool, format: LogFormat) {
     use std::io::IsTerminal;
     let default = if quiet {
         "warn,zookeeper_client=error"
@@ -173,10 +205,20 @@ pub fn init_logging(quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    // A line that cannot be written (stderr closed: a log shipper gone, `| head`) is dropped.
+    // Reporting it, as the subscriber does by default, prints to that same stderr, and a failed
+    // print panics in whatever task logged: a job attempt, or the shutdown signal's.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
