@@ -52,6 +52,8 @@ pub struct FleetConfig {
     pub concurrency: usize,
     /// Credentials for every worker (`ZKQ_AUTH`), if any.
     pub auth: Option<String>,
+    /// Whether the workers record metrics (a Prometheus recorder, rendered every 5 s).
+    pub metrics: bool,
 }
 
 impl Fleet {
@@ -78,6 +80,7 @@ impl Fleet {
                     &config.queue,
                 ])
                 .args(["--concurrency", &config.concurrency.to_string()])
+                .args(config.metrics.then_some("--metrics"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -173,9 +176,31 @@ async fn read_reports(
 }
 
 /// The worker process: runs until its stdin closes.
-pub async fn serve(zk: String, root: String, queue: String, concurrency: usize) -> Result<(), String> {
+pub async fn serve(
+    zk: String,
+    root: String,
+    queue: String,
+    concurrency: usize,
+    metrics: bool,
+) -> Result<(), String> {
     // Warnings (a failing scan or claim) reach the bench's stderr; RUST_LOG shows more.
     zkq::cli::init_logging(true);
+    if metrics {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
+            .and_then(|b| b.install_recorder())
+            .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+        zkq::telemetry::describe();
+        // A scrape every 5 s, as Prometheus would.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                recorder.run_upkeep();
+                std::hint::black_box(recorder.render());
+            }
+        });
+    }
     let zk = ZkConfig {
         // Long enough to ride out a slow fsync of a large transaction log.
         session_timeout: Duration::from_secs(30),

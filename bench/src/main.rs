@@ -104,6 +104,9 @@ enum Role {
         queue: String,
         #[arg(long)]
         concurrency: usize,
+        /// Record metrics into a Prometheus recorder, rendered every 5 s as a scraper would
+        #[arg(long)]
+        metrics: bool,
     },
 }
 
@@ -115,9 +118,10 @@ async fn main() -> std::process::ExitCode {
         root,
         queue,
         concurrency,
+        metrics,
     }) = args.role.take()
     {
-        return match fleet::serve(zk, root, queue, concurrency).await {
+        return match fleet::serve(zk, root, queue, concurrency, metrics).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("worker: {e}");
@@ -244,6 +248,18 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("delayed_start_late_p99_ms", late.p99);
     figures.insert("delayed_start_late_max_ms", late.max);
     let mut peak_rss_mb = fleet.stop().await?;
+
+    // The drain again, on a queue of its own filled the same way, by workers that record every
+    // metric into a Prometheus recorder rendered every 5 s: the cost of metrics, in this run.
+    let metered = "bench-metrics";
+    w.create_queue(metered).await?;
+    w.enqueue_batch("enqueue (metrics on)", metered, args.jobs)
+        .await?;
+    let fleet = w.fleet_with(metered, true)?;
+    let drain = w.drain("drain, metrics on", &fleet, args.jobs).await?;
+    figures.insert("drain_metrics_on_per_s", drain.per_s);
+    figures.insert("drain_metrics_on_duplicates", drain.duplicates as f64);
+    peak_rss_mb = peak_rss_mb.max(fleet.stop().await?);
 
     if args.backlog > 0 {
         let backlog = w.backlog("backlog", args.backlog).await?;

@@ -83,6 +83,11 @@ impl<'a> Workloads<'a> {
 
     /// A fleet of `--workers` worker processes on `queue`.
     pub fn fleet(&self, queue: &str) -> Result<Fleet, String> {
+        self.fleet_with(queue, false)
+    }
+
+    /// Like [`Workloads::fleet`], its workers recording metrics when `metrics`.
+    pub fn fleet_with(&self, queue: &str, metrics: bool) -> Result<Fleet, String> {
         Fleet::start(
             &FleetConfig {
                 zk: self.zk.address.clone(),
@@ -91,6 +96,7 @@ impl<'a> Workloads<'a> {
                 workers: self.args.workers,
                 concurrency: self.args.concurrency,
                 auth: self.args.credentials.clone(),
+                metrics,
             },
             self.progress,
         )
