@@ -249,17 +249,30 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("delayed_start_late_max_ms", late.max);
     let mut peak_rss_mb = fleet.stop().await?;
 
-    // The drain again, on a queue of its own filled the same way, by workers that record every
-    // metric into a Prometheus recorder rendered every 5 s: the cost of metrics, in this run.
-    let metered = "bench-metrics";
-    w.create_queue(metered).await?;
-    w.enqueue_batch("enqueue (metrics on)", metered, args.jobs)
-        .await?;
-    let fleet = w.fleet_with(metered, true)?;
-    let drain = w.drain("drain, metrics on", &fleet, args.jobs).await?;
-    figures.insert("drain_metrics_on_per_s", drain.per_s);
-    figures.insert("drain_metrics_on_duplicates", drain.duplicates as f64);
-    peak_rss_mb = peak_rss_mb.max(fleet.stop().await?);
+    // The drain twice more, each on a queue of its own filled the same way: by workers that
+    // record every metric into a Prometheus recorder rendered every 5 s, then again without.
+    // Metrics off before and after metrics on: the cost of metrics, with the order's effect
+    // (a warmer server later in the run) shown by the two figures without.
+    for (queue, metrics, name) in [
+        ("bench-metrics-on", true, "drain_metrics_on_per_s"),
+        ("bench-metrics-off", false, "drain_metrics_off_again_per_s"),
+    ] {
+        w.create_queue(queue).await?;
+        w.enqueue_batch(&format!("enqueue ({queue})"), queue, args.jobs)
+            .await?;
+        let fleet = w.fleet_with(queue, metrics)?;
+        let drain = w.drain(&format!("drain ({queue})"), &fleet, args.jobs).await?;
+        figures.insert(name, drain.per_s);
+        figures.insert(
+            if metrics {
+                "drain_metrics_on_duplicates"
+            } else {
+                "drain_metrics_off_again_duplicates"
+            },
+            drain.duplicates as f64,
+        );
+        peak_rss_mb = peak_rss_mb.max(fleet.stop().await?);
+    }
 
     if args.backlog > 0 {
         let backlog = w.backlog("backlog", args.backlog).await?;

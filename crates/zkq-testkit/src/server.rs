@@ -317,9 +317,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, and that this process has not handed out
+/// before. The port is released at once, so the system may well give it again to the next
+/// `bind` on port 0: a member given the same port twice (client and election) died at start.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "every free port the system offered was handed out already",
+    ))
 }
 
 /// Sends a four-letter command and returns the reply.
@@ -364,4 +375,16 @@ fn spawn_tied_to_process(cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("zk-spawner thread is gone"))?;
     rx.recv()
         .map_err(|_| std::io::Error::other("zk-spawner thread is gone"))?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let port = super::free_port().unwrap();
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+    }
 }

@@ -12,19 +12,16 @@ async fn json_logs_are_one_object_per_line_with_the_jobs_fields() {
     let root = zkq_testkit::unique_root("json-logs");
     let zk = ZkConfig::new(zkq_testkit::shared().connect_string());
     let producer = Producer::connect(&zk, &root).await.unwrap();
-    producer.create_queue("q", &QueueConfig::default()).await.unwrap();
+    let config = QueueConfig {
+        max_attempts: 1,
+        ..QueueConfig::default()
+    };
+    producer.create_queue("q", &config).await.unwrap();
+    let failing = producer.enqueue("q", NewJob::new("f", "x")).await.unwrap();
     let id = producer.enqueue("q", NewJob::new("k", "x")).await.unwrap();
     let mut worker = Command::new(env!("CARGO_BIN_EXE_zkq-worker"))
-        .args([
-            "--zk",
-            &zk.address,
-            "--root",
-            &root,
-            "--queue",
-            "q",
-            "--exec",
-            "k=true",
-        ])
+        .args(["--zk", &zk.address, "--root", &root, "--queue", "q"])
+        .args(["--exec", "k=true", "--exec", "f=false", "--concurrency", "1"])
         .env("ZKQ_LOG_FORMAT", "json")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -40,7 +37,7 @@ async fn json_logs_are_one_object_per_line_with_the_jobs_fields() {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            let ended = line.contains("attempt ended");
+            let ended = line.contains("attempt ended") && line.contains("\"outcome\":\"done\"");
             seen.lock().unwrap().push(line);
             if ended {
                 if let Some(done) = done.take() {
@@ -61,8 +58,8 @@ async fn json_logs_are_one_object_per_line_with_the_jobs_fields() {
         .collect();
     let ended = objects
         .iter()
-        .find(|o| o["fields"]["message"] == "attempt ended")
-        .unwrap_or_else(|| panic!("no attempt ended in {lines:#?}"));
+        .find(|o| o["fields"]["message"] == "attempt ended" && o["fields"]["outcome"] == "done")
+        .unwrap_or_else(|| panic!("no attempt ended done in {lines:#?}"));
     assert_eq!(ended["level"], "INFO");
     assert_eq!(ended["fields"]["outcome"], "done");
     let span = &ended["span"];
@@ -70,6 +67,21 @@ async fn json_logs_are_one_object_per_line_with_the_jobs_fields() {
     assert_eq!(span["queue"], "q");
     assert_eq!(span["kind"], "k");
     assert_eq!(span["attempt"], 1);
+    // A line of an inner step (settling the failed job) carries the job's fields too, in the
+    // list of enclosing spans.
+    let dead = objects
+        .iter()
+        .find(|o| o["fields"]["message"] == "job dead-lettered")
+        .unwrap_or_else(|| panic!("no dead-letter line in {lines:#?}"));
+    let job = dead["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["name"] == "job"))
+        .unwrap_or_else(|| panic!("no job span in {dead}"));
+    assert_eq!(job["id"], failing.to_string(), "{dead}");
+    assert_eq!(
+        (job["queue"].as_str(), job["kind"].as_str()),
+        (Some("q"), Some("f"))
+    );
     producer.close().await;
 }
 

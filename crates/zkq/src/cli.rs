@@ -167,7 +167,7 @@ pub enum LogFormat {
     #[default]
     Text,
     /// One JSON object per line; an attempt's events carry its job id, queue, kind and attempt
-    /// (in `span`)
+    /// (in its `job` span, under `span` or `spans`)
     Json,
 }
 
@@ -195,7 +195,8 @@ pub fn init_logging(quiet: bool) {
 /// ZooKeeper client's own session chatter shows only from `error`: its warnings (a reconnect
 /// that finds the session closed, after a clean close) say nothing zkq's own messages do not.
 /// Text has colours only on a terminal; JSON has one object per line, with the fields of the
-/// current span (an attempt's job id, queue, kind and attempt) under `span`.
+/// current span under `span` and of every enclosing one under `spans` (an attempt's job id,
+/// queue, kind and attempt are in its `job` span).
 pub fn init_logging_as(quiet: bool, format: LogFormat) {
     use std::io::IsTerminal;
     let default = if quiet {
@@ -215,10 +216,6 @@ pub fn init_logging_as(quiet: bool, format: LogFormat) {
         .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
     }
 }

@@ -69,10 +69,20 @@ pub const QUEUE_PAUSED: &str = "zkq_queue_paused";
 /// Gauge `{queue}`: live workers serving the queue (scheduler leader only).
 pub const WORKERS: &str = "zkq_workers";
 
-/// Describes every metric to the installed recorder (the HELP lines of Prometheus text), and
-/// shows the process-wide counters at 0 before their first event, so that an alert on them has
-/// a series from the start. Call once, after installing a recorder.
+/// Whether an exporter asked for the queue depth (see [`describe`]): the leader counts it only
+/// then, not for nothing.
+static DEPTH_WANTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn depth_wanted() -> bool {
+    DEPTH_WANTED.load(Ordering::Relaxed)
+}
+
+/// Describes every metric to the installed recorder (the HELP lines of Prometheus text), shows
+/// the process-wide series at 0 before their first event (so that an alert on them has a series
+/// from the start), and asks the scheduler leader to count the queue depth for
+/// [`depth_text`]. Call once, after installing a recorder.
 pub fn describe() {
+    DEPTH_WANTED.store(true, Ordering::Relaxed);
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(ENQUEUED, "Jobs committed by producers in this process.");
     describe_counter!(STARTED, "Attempts started.");
@@ -128,6 +138,7 @@ pub fn describe() {
         metrics::counter!(counter).increment(0);
     }
     metrics::gauge!(SESSION_CONNECTED).set(0.0);
+    metrics::gauge!(SCHEDULER_LEADER).set(0.0);
 }
 
 /// The leader's latest queue depth, as Prometheus text; `None` where this process does not
@@ -179,6 +190,17 @@ impl Health {
 
     /// Follows `client`'s session until it ends: connected or not, reconnects, expiry.
     pub(crate) async fn follow(&self, client: zk::Client) {
+        /// Not connected once following ends, however it ends (the session over, or the task
+        /// aborted with it).
+        struct Disconnected<'a>(&'a Health);
+        impl Drop for Disconnected<'_> {
+            fn drop(&mut self) {
+                self.0.set_connected(false);
+            }
+        }
+        let _disconnected = Disconnected(self);
+        // A new session starts unfenced: its heartbeat fences it if need be.
+        self.set_fenced(false);
         let mut states = client.state_watcher();
         drop(client);
         let mut state = states.state();
@@ -198,6 +220,5 @@ impl Health {
         if state == zk::SessionState::Expired {
             metrics::counter!(SESSION_EXPIRED).increment(1);
         }
-        self.set_connected(false);
     }
 }

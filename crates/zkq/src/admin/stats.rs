@@ -105,6 +105,18 @@ impl Admin {
         })
     }
 
+    /// The depth of every queue whose config can be read, from child counts only: what the
+    /// scheduler leader exports every few seconds (no unhandled kinds, which may list jobs).
+    pub(crate) async fn depth(&self) -> Result<Vec<QueueStats>> {
+        let mut queues = Vec::new();
+        for name in queue::list(&self.client, &self.layout).await? {
+            if let Ok(Some(config)) = queue::load(&self.client, &self.layout, &name).await {
+                queues.push(self.queue_stats(&name, &config).await?);
+            }
+        }
+        Ok(queues)
+    }
+
     async fn queue_stats(&self, queue: &str, config: &QueueConfig) -> Result<QueueStats> {
         let mut ready = vec![0u64; config.priorities as usize];
         let mut running = 0;

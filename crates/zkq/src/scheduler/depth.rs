@@ -20,27 +20,50 @@ use crate::telemetry;
 /// How often the leader counts.
 const EVERY: Duration = Duration::from_secs(5);
 
-/// Counts every [`EVERY`] until `stop` is cancelled, then withdraws the depth.
+/// Withdraws the depth when dropped: however the service ends (stopped, aborted with its
+/// session), a process that no longer leads exports none.
+struct Withdraw;
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        telemetry::set_depth(None);
+    }
+}
+
+/// Counts every [`EVERY`] until `stop` is cancelled, when an exporter asked for the depth
+/// ([`telemetry::describe`]); withdraws it at the end.
 pub(crate) async fn serve(client: &zk::Client, layout: &Layout, stop: &CancellationToken) -> Result<()> {
+    if !telemetry::depth_wanted() {
+        stop.cancelled().await;
+        return Ok(());
+    }
+    let _withdraw = Withdraw;
     let admin = Admin::with_client(client.clone(), layout.clone());
     loop {
-        match scan(&admin, client, layout).await {
+        let scanned = tokio::select! {
+            _ = stop.cancelled() => break,
+            scanned = scan(&admin, client, layout) => scanned,
+        };
+        match scanned {
             Ok(text) => telemetry::set_depth(Some(text)),
             Err(e) if e.is_session_lost() => break,
-            Err(e) => warn!(error = %e, "cannot count queue depth"),
+            Err(e) => {
+                // Rather none than stale figures.
+                telemetry::set_depth(None);
+                warn!(error = %e, "cannot count queue depth");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(EVERY) => {}
         }
     }
-    telemetry::set_depth(None);
     Ok(())
 }
 
 /// The depth gauges of every queue, as Prometheus text.
 async fn scan(admin: &Admin, client: &zk::Client, layout: &Layout) -> Result<String> {
-    let stats = admin.stats(None).await?;
+    let queues = admin.depth().await?;
     let workers = registry::list(client, layout).await?;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, rows: Vec<(String, u64)>| {
@@ -49,7 +72,7 @@ async fn scan(admin: &Admin, client: &zk::Client, layout: &Layout) -> Result<Str
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     };
-    let counted: Vec<_> = stats.queues.iter().filter(|q| q.problem.is_none()).collect();
+    let counted: Vec<_> = queues.iter().collect();
     let each = |f: &dyn Fn(&crate::admin::QueueStats) -> u64| -> Vec<(String, u64)> {
         counted
             .iter()

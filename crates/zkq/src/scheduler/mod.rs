@@ -178,6 +178,24 @@ pub(crate) async fn stand(
     }
 }
 
+/// `zkq_scheduler_leader` is 1 while one of these lives (dropped however `serve` ends, an
+/// abort included).
+struct Leading;
+
+impl Leading {
+    fn new(epoch: i32) -> Leading {
+        metrics::gauge!(telemetry::SCHEDULER_LEADER).set(1.0);
+        metrics::gauge!(telemetry::SCHEDULER_EPOCH).set(f64::from(epoch));
+        Leading
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::SCHEDULER_LEADER).set(0.0);
+    }
+}
+
 /// Runs the leader's services until the leadership is lost, a service is fenced, or `stop` is
 /// cancelled. Returns whether the session is gone.
 async fn serve(
@@ -212,13 +230,11 @@ async fn serve(
         trim::serve(p.client(), p.layout(), &l, interval, &s).await
     });
     info!(epoch = leadership.epoch(), "scheduler services running");
-    metrics::gauge!(telemetry::SCHEDULER_LEADER).set(1.0);
-    metrics::gauge!(telemetry::SCHEDULER_EPOCH).set(f64::from(leadership.epoch()));
+    let _leading = Leading::new(leadership.epoch());
     tokio::select! {
         _ = serving.cancelled() => {}
         _ = stop.cancelled() => serving.cancel(),
     }
-    metrics::gauge!(telemetry::SCHEDULER_LEADER).set(0.0);
     let mut session_lost = false;
     while let Some(done) = services.join_next().await {
         if let Ok(Err(e)) = done {

@@ -107,18 +107,14 @@ impl Worker {
                         warn!("no reply from ZooKeeper for too long: attempt stopped");
                         return self.release_when_heard(session, &claimed, &mut liveness).await;
                     }
-                    _ => {
-                        metrics::counter!(telemetry::CLAIMS_LOST, "queue" => claimed.queue().to_string())
-                            .increment(1);
-                        return AttemptEnd::Lost;
-                    }
+                    _ => return AttemptEnd::Lost,
                 }
             }
         };
         metrics::histogram!(
             telemetry::DURATION_SECONDS,
             "queue" => claimed.queue().to_string(),
-            "kind" => claimed.job.kind.clone()
+            "kind" => self.kind_label(&claimed.job.kind)
         )
         .record(started.elapsed().as_secs_f64());
         self.settle(session, &claimed, outcome).await
@@ -141,7 +137,6 @@ impl Worker {
                 return AttemptEnd::Released;
             }
         }
-        metrics::counter!(telemetry::CLAIMS_LOST, "queue" => claimed.queue().to_string()).increment(1);
         AttemptEnd::Lost
     }
 }

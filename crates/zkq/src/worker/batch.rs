@@ -12,12 +12,12 @@ use zookeeper_client as zk;
 
 use crate::claim::{self, Candidate, Claimed};
 
-use crate::job::now_ms;
 use crate::store::txn::Op;
 use crate::store::znode;
 use crate::telemetry;
 
 use super::fetch::Found;
+use super::meter::{self, Meter};
 use super::session::Session;
 use super::settle::{AttemptEnd, Settled};
 use super::Worker;
@@ -64,10 +64,7 @@ impl Worker {
             warn!(error = %e, "claim failed");
         }
         for c in &won {
-            let latency = now_ms().saturating_sub(c.job.ready_at_ms) as f64 / 1000.0;
             metrics::counter!(telemetry::CLAIMS, "queue" => c.queue().to_string()).increment(1);
-            metrics::histogram!(telemetry::START_DELAY_SECONDS, "queue" => c.queue().to_string())
-                .record(latency);
         }
         Claims {
             won,
@@ -95,16 +92,24 @@ impl Worker {
         }
         drop(turn);
         if session.lost.is_cancelled() {
+            claims.won.iter().for_each(|c| meter::claim_lost(c.queue()));
             return claims.won.iter().map(|_| AttemptEnd::Lost).collect();
         }
         if stopping.is_cancelled() {
             // Claimed while shutting down: put them back unstarted.
             let mut settles = Vec::new();
             for claimed in &claims.won {
-                settles.push(match super::settle::release(&session.client, claimed).await {
+                let settle = match super::settle::release(&session.client, claimed).await {
                     Ok(Settled::Committed) => AttemptEnd::Released,
                     _ => AttemptEnd::Lost,
-                });
+                };
+                Meter::start(
+                    claimed.queue(),
+                    &self.kind_label(&claimed.job.kind),
+                    claimed.job.ready_at_ms,
+                )
+                .end(settle);
+                settles.push(settle);
             }
             return settles;
         }
@@ -125,17 +130,14 @@ impl Worker {
                         info!("attempt started");
                     }
                     let claim = claimed.claim_path.clone();
-                    let (queue, kind) = (claimed.queue().to_string(), claimed.job.kind.clone());
-                    metrics::counter!(telemetry::STARTED, "queue" => queue.clone(), "kind" => kind.clone()).increment(1);
-                    let running = metrics::gauge!(telemetry::RUNNING, "queue" => queue.clone());
-                    running.increment(1.0);
+                    let meter = Meter::start(
+                        claimed.queue(),
+                        &this.kind_label(&claimed.job.kind),
+                        claimed.job.ready_at_ms,
+                    );
                     let stoppable = session.running.add(&claim);
                     let settle = this.run_attempt(&session, claimed, abort, &stoppable).await;
-                    running.decrement(1.0);
-                    if let Some(outcome) = settle.outcome() {
-                        metrics::counter!(telemetry::FINISHED, "queue" => queue, "kind" => kind, "outcome" => outcome)
-                            .increment(1);
-                    }
+                    meter.end(settle);
                     // A cancel's notice is deleted once the attempt is over, whether it stopped
                     // the attempt or came as it ended: the canceller waits for that.
                     if let Some(notice) = session.running.remove(&claim) {

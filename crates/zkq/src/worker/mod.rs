@@ -40,6 +40,7 @@ mod config;
 mod configs;
 pub(crate) mod fetch;
 mod keys;
+mod meter;
 mod session;
 mod settle;
 
@@ -134,6 +135,16 @@ impl Worker {
             detached: false,
             health: Health::default(),
         })
+    }
+
+    /// The `kind` label of a job of `kind`'s metrics: its own, or `*` when the catch-all handler
+    /// runs it (producers choose kinds; a label per kind they invent would grow without bound).
+    pub(super) fn kind_label(&self, kind: &str) -> String {
+        if self.handlers.contains_key(kind) {
+            kind.to_string()
+        } else {
+            "*".to_string()
+        }
     }
 
     /// The health of this worker's ZooKeeper session, for a readiness probe: ready while the

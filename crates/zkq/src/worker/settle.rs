@@ -14,7 +14,6 @@ use crate::stops::CANCELLED;
 use crate::store::acl::AclPolicy;
 use crate::store::codec;
 use crate::store::txn::{self, Op};
-use crate::telemetry;
 
 use super::session::Session;
 use super::Worker;
@@ -44,8 +43,8 @@ impl AttemptEnd {
         }
     }
 
-    /// The `outcome` label of [`telemetry::FINISHED`]; none for a lost claim (counted apart,
-    /// as [`telemetry::CLAIMS_LOST`]: the attempt did not end, it will run again elsewhere).
+    /// The `outcome` label of [`crate::telemetry::FINISHED`]; none for a lost claim (counted
+    /// apart, as [`crate::telemetry::CLAIMS_LOST`]: the job will run again elsewhere).
     pub(super) fn outcome(self) -> Option<&'static str> {
         match self {
             AttemptEnd::Lost => None,
@@ -155,12 +154,10 @@ impl Worker {
             Settled::Committed => Ok(self.settled(claimed, intended)),
             Settled::ClaimLost => {
                 warn!("claim lost before the attempt settled (its session ended, or the job was claimed again): nothing written; the job runs again");
-                metrics::counter!(telemetry::CLAIMS_LOST, "queue" => queue).increment(1);
                 Ok(AttemptEnd::Lost)
             }
             Settled::JobGone => {
                 warn!("the job is gone (settled elsewhere after this claim was lost, or removed): nothing written");
-                metrics::counter!(telemetry::CLAIMS_LOST, "queue" => queue).increment(1);
                 Ok(AttemptEnd::Lost)
             }
         }
