@@ -77,7 +77,7 @@ impl Worker {
                     }
                     Ok(true) => {
                         info!("the attempt's outcome committed before the connection dropped");
-                        return self.settled(claimed, intended);
+                        return intended;
                     }
                     Ok(false) => {
                         warn!("connection lost while settling, nothing committed; sending again")
@@ -151,7 +151,10 @@ impl Worker {
             }
         };
         match result? {
-            Settled::Committed => Ok(self.settled(claimed, intended)),
+            Settled::Committed => {
+                debug!("attempt settled");
+                Ok(intended)
+            }
             Settled::ClaimLost => {
                 warn!("claim lost before the attempt settled (its session ended, or the job was claimed again): nothing written; the job runs again");
                 Ok(AttemptEnd::Lost)
@@ -161,12 +164,6 @@ impl Worker {
                 Ok(AttemptEnd::Lost)
             }
         }
-    }
-
-    /// An attempt whose outcome committed (counted by outcome where the attempt ends).
-    pub(super) fn settled(&self, _claimed: &Claimed, settle: AttemptEnd) -> AttemptEnd {
-        debug!("attempt settled");
-        settle
     }
 
     /// Whether the claim of `claimed` is gone because its job was cancelled: the dead letter
