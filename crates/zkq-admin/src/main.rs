@@ -1,5 +1,7 @@
-//! zkq-admin: see and steer a running zkq — queue depth, workers, jobs, dead letters.
+//! zkq-admin: see and steer a running zkq — queue depth, workers, jobs, dead letters — from
+//! the command line or a web dashboard (`serve`).
 
+mod serve;
 mod show;
 
 use std::process::ExitCode;
@@ -73,6 +75,11 @@ enum Command {
     /// ACLs of zkq's znodes against the configured ones (--auth, --acl-read)
     #[command(subcommand)]
     Acl(AclCommand),
+    /// A web dashboard: queues, throughput, workers, jobs, dead letters, cron, locks
+    ///
+    /// Read-only unless --allow-actions. Listens on 127.0.0.1:8080 by default; runs until
+    /// SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +220,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> zkq::Result<ExitCode> {
+    if let Command::Serve(args) = &cli.command {
+        let zk = cli.connect.zk_config()?;
+        serve::serve(zk, cli.connect.root.clone(), args.clone(), shutdown_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let admin = Admin::connect(&cli.connect.zk_config()?, &cli.connect.root).await?;
     let result = command(&admin, cli).await;
     admin.close().await;
@@ -232,6 +244,7 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<ExitCode> {
             });
         }
         Command::Acl(AclCommand::Apply) => print_acl(&admin.acl_apply().await?, true, json),
+        Command::Serve(_) => unreachable!("served by run"),
         Command::Stats { queue } => print_stats(&admin.stats(queue.as_deref()).await?, json),
         Command::Workers => print_workers(&admin.workers().await?, json),
         Command::Locks => print_locks(&admin.locks().await?, json),
@@ -308,6 +321,20 @@ async fn command(admin: &Admin, cli: &Cli) -> zkq::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Completes at SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// `queue set`'s flags applied to `config`.

@@ -69,8 +69,8 @@ pub mod telemetry;
 mod worker;
 
 pub use admin::{
-    AclDifference, AclEntry, AclReport, Admin, Cancelled, DeadLetter, FleetStats, JobState, JobView,
-    LockView, Purge, QueueStats, Stats, UnhandledKind, WorkerView,
+    AclDifference, AclEntry, AclReport, Admin, Cancelled, ClaimActivity, DeadLetter, FleetStats, JobState,
+    JobView, LockView, PartitionStats, Purge, QueueDetail, QueueStats, Stats, UnhandledKind, WorkerView,
 };
 pub use error::{Error, Permission, Result};
 pub use exec::CommandHandler;

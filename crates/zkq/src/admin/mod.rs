@@ -6,6 +6,7 @@
 //! stats per segment (its child count, and whether its `open` marker is among them).
 
 mod acl;
+mod activity;
 mod dead;
 mod fleet;
 mod jobs;
@@ -14,11 +15,12 @@ mod queues;
 mod stats;
 
 pub use acl::{AclDifference, AclEntry, AclReport};
+pub use activity::ClaimActivity;
 pub use dead::{DeadLetter, Purge};
 pub use fleet::WorkerView;
 pub use jobs::{Cancelled, JobState, JobView};
 pub use locks::LockView;
-pub use stats::{FleetStats, QueueStats, Stats, UnhandledKind};
+pub use stats::{FleetStats, PartitionStats, QueueDetail, QueueStats, Stats, UnhandledKind};
 
 use zookeeper_client as zk;
 

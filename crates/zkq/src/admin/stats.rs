@@ -6,6 +6,7 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use zookeeper_client as zk;
 
+use crate::assignment;
 use crate::claim;
 use crate::error::{Error, Result};
 use crate::job::Job;
@@ -37,6 +38,27 @@ pub struct QueueStats {
     /// Why the queue could not be counted (its config cannot be read), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+}
+
+/// One partition of a queue: ready jobs per lane (priority), claims held, and owners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionStats {
+    pub partition: u32,
+    /// Ready jobs (not running) per lane: index 0 is priority 0.
+    pub ready: Vec<u64>,
+    /// Claims held: jobs running.
+    pub running: u64,
+    /// The workers that own it, one per group of workers with the same kinds; none while no
+    /// worker can take it.
+    pub owners: Vec<String>,
+}
+
+/// What [`Admin::queue_detail`] shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueDetail {
+    pub config: QueueConfig,
+    pub stats: QueueStats,
+    pub partitions: Vec<PartitionStats>,
 }
 
 /// Ready jobs of one kind that no live worker runs.
@@ -118,19 +140,24 @@ impl Admin {
     }
 
     async fn queue_stats(&self, queue: &str, config: &QueueConfig) -> Result<QueueStats> {
+        let partitions = self.partition_counts(queue, config).await?;
+        self.queue_stats_of(queue, config, &partitions).await
+    }
+
+    /// A queue's depth, given its partitions' counts.
+    async fn queue_stats_of(
+        &self,
+        queue: &str,
+        config: &QueueConfig,
+        partitions: &[PartitionStats],
+    ) -> Result<QueueStats> {
         let mut ready = vec![0u64; config.priorities as usize];
-        let mut running = 0;
-        for partition in 0..config.partitions {
-            let claims = znode::children(&self.client, &self.layout.claims(queue, partition)).await?;
-            running += claims.len() as u64;
-            for (lane, count) in ready.iter_mut().enumerate() {
-                let lane_path = self.layout.lane(queue, partition, lane as u8);
-                let jobs = self.jobs_in_lane(&lane_path).await?;
-                let prefix = format!("l{lane}.");
-                let claimed = claims.iter().filter(|c| c.starts_with(&prefix)).count() as u64;
-                *count += jobs.saturating_sub(claimed);
+        for p in partitions {
+            for (sum, count) in ready.iter_mut().zip(&p.ready) {
+                *sum += count;
             }
         }
+        let running = partitions.iter().map(|p| p.running).sum();
         let buckets = znode::children(&self.client, &self.layout.delayed(queue)).await?;
         let delayed_dir = self.layout.delayed(queue);
         let delayed = self
@@ -147,6 +174,54 @@ impl Admin {
             dead,
             unhandled: Vec::new(),
             problem: None,
+        })
+    }
+
+    /// Ready jobs per lane and claims of every partition of `queue`, from child counts.
+    async fn partition_counts(&self, queue: &str, config: &QueueConfig) -> Result<Vec<PartitionStats>> {
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for partition in 0..config.partitions {
+            let claims = znode::children(&self.client, &self.layout.claims(queue, partition)).await?;
+            let mut ready = Vec::with_capacity(config.priorities as usize);
+            for lane in 0..config.priorities {
+                let lane_path = self.layout.lane(queue, partition, lane);
+                let jobs = self.jobs_in_lane(&lane_path).await?;
+                let prefix = format!("l{lane}.");
+                let claimed = claims.iter().filter(|c| c.starts_with(&prefix)).count() as u64;
+                ready.push(jobs.saturating_sub(claimed));
+            }
+            partitions.push(PartitionStats {
+                partition,
+                ready,
+                running: claims.len() as u64,
+                owners: Vec::new(),
+            });
+        }
+        Ok(partitions)
+    }
+
+    /// One queue in detail: its settings, its depth, and each partition's lanes, claims and
+    /// owners (per the scheduler's assignment).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::NotFound`] for a queue that does not exist; ZooKeeper
+    /// errors.
+    pub async fn queue_detail(&self, queue: &str) -> Result<QueueDetail> {
+        crate::store::layout::validate_queue_name(queue)?;
+        let Some(config) = queue::load(&self.client, &self.layout, queue).await? else {
+            return Err(Error::NotFound(format!("no queue named {queue:?}")));
+        };
+        let mut partitions = self.partition_counts(queue, &config).await?;
+        let stats = self.queue_stats_of(queue, &config, &partitions).await?;
+        if let Some(assignment) = assignment::read(&self.client, &self.layout, queue).await? {
+            for (p, owners) in partitions.iter_mut().zip(assignment.owners) {
+                p.owners = owners;
+            }
+        }
+        Ok(QueueDetail {
+            config,
+            stats,
+            partitions,
         })
     }
 

@@ -1,0 +1,123 @@
+//! How many claims have ended, per partition: the dashboard's throughput, without a counter
+//! anywhere in ZooKeeper and without a write.
+//!
+//! Every attempt is a claim znode created in `p/<n>/claims` and deleted when the attempt ends
+//! (done, retried, dead, released, or its worker's session gone). ZooKeeper bumps the folder's
+//! `cversion` on every child created and on every child deleted, so `(cversion - held) / 2`
+//! is the number of claims that ended since the folder was made. A claim batch that loses a
+//! race fails as a whole and changes nothing. One stat per partition reads it.
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::queue;
+
+use super::{Admin, STATS_IN_FLIGHT};
+
+/// The claims folder of one partition, as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClaimActivity {
+    /// The folder's creation zxid: a different one is a new folder (the queue made again).
+    pub czxid: i64,
+    /// Children created plus children deleted, as a wrapping 32-bit counter.
+    pub cversion: i32,
+    /// Claims held now.
+    pub held: u32,
+}
+
+impl ClaimActivity {
+    /// Claims ended between `earlier` and `self` (the same folder seen later), or `None` when
+    /// `earlier` was another folder.
+    pub fn ended_since(&self, earlier: &ClaimActivity) -> Option<u64> {
+        if self.czxid != earlier.czxid {
+            return None;
+        }
+        let changes = i64::from(self.cversion.wrapping_sub(earlier.cversion) as u32);
+        let held = i64::from(self.held) - i64::from(earlier.held);
+        Some(((changes - held) / 2).max(0) as u64)
+    }
+}
+
+impl Admin {
+    /// The claims folder of every partition of every queue: `(queue, partition, activity)`.
+    /// A queue whose config cannot be read is left out.
+    ///
+    /// # Errors
+    /// ZooKeeper errors.
+    pub async fn claim_activity(&self) -> Result<Vec<(String, u32, ClaimActivity)>> {
+        let mut folders = Vec::new();
+        for name in queue::list(&self.client, &self.layout).await? {
+            if let Ok(Some(config)) = queue::load(&self.client, &self.layout, &name).await {
+                for partition in 0..config.partitions {
+                    let path = self.layout.claims(&name, partition);
+                    folders.push((name.clone(), partition, path));
+                }
+            }
+        }
+        let stats: Vec<Result<Option<(String, u32, ClaimActivity)>>> = stream::iter(folders)
+            .map(|(queue, partition, path)| async move {
+                match self.client.check_stat(&path).await {
+                    Ok(stat) => Ok(stat.map(|s| {
+                        let activity = ClaimActivity {
+                            czxid: s.czxid,
+                            cversion: s.cversion,
+                            held: s.num_children.max(0) as u32,
+                        };
+                        (queue, partition, activity)
+                    })),
+                    Err(e) => Err(Error::zk("stat", path, e)),
+                }
+            })
+            .buffered(STATS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(stats.len());
+        for stat in stats {
+            out.extend(stat?);
+        }
+        Ok(out)
+    }
+
+    /// Every periodic job (cron schedule), by name.
+    ///
+    /// # Errors
+    /// ZooKeeper errors.
+    pub async fn schedules(&self) -> Result<Vec<(String, crate::PeriodicJob)>> {
+        self.producer.schedules().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(czxid: i64, cversion: i32, held: u32) -> ClaimActivity {
+        ClaimActivity {
+            czxid,
+            cversion,
+            held,
+        }
+    }
+
+    #[test]
+    fn ended_claims_are_the_deletes_among_the_changes() {
+        // 10 created, 7 deleted: 3 held.
+        let now = seen(5, 17, 3);
+        assert_eq!(now.ended_since(&seen(5, 0, 0)), Some(7));
+        // 4 more created and 6 deleted since.
+        assert_eq!(seen(5, 27, 1).ended_since(&now), Some(6));
+    }
+
+    #[test]
+    fn the_count_goes_on_across_the_wrap_of_cversion() {
+        let before = seen(5, i32::MAX - 1, 0);
+        // 4 created and 4 deleted: cversion wrapped.
+        assert_eq!(seen(5, i32::MIN + 6, 0).ended_since(&before), Some(4));
+    }
+
+    #[test]
+    fn another_folder_has_no_count_since() {
+        assert_eq!(seen(6, 40, 0).ended_since(&seen(5, 20, 0)), None);
+    }
+}
