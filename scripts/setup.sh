@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what zkq's tests, demo and benchmarks need and is missing: a Java runtime and
-# ZooKeeper 3.8 (Debian's `zookeeper` package). Idempotent: does nothing when all is present.
+# Installs what zkq's tests, demo and benchmarks need and is missing: a Java runtime,
+# ZooKeeper 3.8 (Debian's `zookeeper` package), and Chromium with its WebDriver (Debian's
+# `chromium` and `chromium-driver`) for the dashboard's browser tests. Idempotent: does nothing
+# when all is present.
 # Rust (cargo) is expected to be installed already.
 set -euo pipefail
 
@@ -11,6 +13,8 @@ have_zookeeper() {
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 have_zookeeper || missing+=(zookeeper)
+command -v "${CHROME:-chromium}" >/dev/null 2>&1 || missing+=(chromium)
+command -v "${CHROMEDRIVER:-chromedriver}" >/dev/null 2>&1 || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
@@ -54,4 +58,5 @@ command -v cargo >/dev/null 2>&1 || {
   echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
   exit 1
 }
-echo "setup: java $(java -version 2>&1 | head -1 | cut -d'"' -f2), ZooKeeper ${version:-(version unknown)}, $(cargo --version)" >&2
+chromium_version="$("${CHROME:-chromium}" --version 2>/dev/null | head -1 || true)"
+echo "setup: java $(java -version 2>&1 | head -1 | cut -d'"' -f2), ZooKeeper ${version:-(version unknown)}, ${chromium_version:-chromium (version unknown)}, $(cargo --version)" >&2

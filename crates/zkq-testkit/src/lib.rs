@@ -15,13 +15,16 @@
 //! - [`ensemble`]: a standalone server or a quorum of members, readiness checks.
 //! - [`proxy`]: a loopback TCP proxy that partitions one client from the server.
 //! - [`tls`]: certificates made in the test, for servers that serve TLS.
+//! - [`browser`]: chromedriver and headless Chromium, for tests of web pages.
 
+pub mod browser;
 pub mod ensemble;
 pub mod install;
 pub mod proxy;
 pub mod server;
 pub mod tls;
 
+pub use browser::Chromedriver;
 pub use ensemble::{shared, unique_root, Ensemble};
 pub use proxy::Proxy;
 pub use server::Member;
