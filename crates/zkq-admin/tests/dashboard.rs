@@ -1,6 +1,7 @@
 //! `zkq-admin serve` in a real headless Chromium (Debian's `chromium` and `chromium-driver`),
 //! against a real ZooKeeper and real workers. Screenshots go to `target/screenshots/`.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -111,8 +112,14 @@ impl Browser {
         }
     }
 
-    /// Clicks the button of the form posting to `action`, and waits for the page it leads to.
-    async fn click_action(&self, action: &str) {
+    /// Clicks the button of the form posting to `action`, waits for the page it leads to, and
+    /// checks that this page's message starts with `message`.
+    async fn click_action(&self, action: &str, message: &str) {
+        // A mark on this page's window: gone once the next page has loaded.
+        self.client
+            .execute("window.zkqBefore = true;", vec![])
+            .await
+            .unwrap();
         let css = format!("form[action='{action}'] button");
         let button = self
             .client
@@ -120,11 +127,14 @@ impl Browser {
             .await
             .expect("the action's button");
         button.click().await.expect("a click");
-        self.client
-            .wait()
-            .for_element(Locator::Css("#flash"))
-            .await
-            .expect("the action's message");
+        let started = Instant::now();
+        let before = "return window.zkqBefore === true;";
+        while self.client.execute(before, vec![]).await.ok() != Some(json!(false)) {
+            assert!(started.elapsed() < PATIENCE, "no page after clicking {action}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let flash = self.text("#flash").await.unwrap_or_default();
+        assert!(flash.starts_with(message), "after {action}: {flash:?}");
     }
 
     /// Saves the window as `target/screenshots/<name>.png`.
@@ -147,11 +157,12 @@ fn screenshots() -> PathBuf {
         .join("screenshots")
 }
 
-/// Runs a worker on `queues` until the returned sender is dropped or sent to; `handle` picks
-/// each job's outcome. Jobs of every kind are taken.
+/// Runs a worker on `queues` until the returned sender is dropped or sent to; each job takes
+/// `work`, then `handle` picks its outcome. Jobs of every kind are taken.
 fn start_worker(
     root: &str,
     queues: &[&str],
+    work: Duration,
     handle: impl Fn(JobContext) -> Outcome + Send + Sync + 'static,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let config = WorkerConfig {
@@ -165,7 +176,10 @@ fn start_worker(
         .unwrap()
         .handle_any(move |ctx: JobContext| {
             let handle = handle.clone();
-            async move { handle(ctx) }
+            async move {
+                tokio::time::sleep(work).await;
+                handle(ctx)
+            }
         });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -242,13 +256,12 @@ async fn the_overview_shows_each_queue_with_its_ready_count_and_refreshes_it_liv
         .map(|i| NewJob::new("send", format!("batch {i}")))
         .collect();
     producer.enqueue_batch("emails", batch).await.unwrap();
-    let (stop, worker) = start_worker(&root, &["emails", "reports"], |ctx| {
+    let (stop, worker) = start_worker(&root, &["emails", "reports"], Duration::from_millis(100), |ctx| {
         if ctx.job.payload == b"broken" {
             return Outcome::Dead {
                 error: "template not found: weekly.html".into(),
             };
         }
-        std::thread::sleep(Duration::from_millis(100));
         Outcome::Done
     });
     // Two throughput samples make a line.
@@ -279,7 +292,7 @@ async fn clicking_pause_pauses_the_queue_and_workers_stop_claiming() {
     let admin = Admin::connect(&zk(), &root).await.unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
-    let (stop, worker) = start_worker(&root, &["q"], move |_| {
+    let (stop, worker) = start_worker(&root, &["q"], Duration::ZERO, move |_| {
         counted.fetch_add(1, Ordering::SeqCst);
         Outcome::Done
     });
@@ -308,8 +321,7 @@ async fn clicking_pause_pauses_the_queue_and_workers_stop_claiming() {
     assert_eq!(status, json!(403));
     assert!(!admin.stats(Some("q")).await.unwrap().queues[0].paused);
 
-    browser.click_action("/queues/q/pause").await;
-    assert!(browser.text("#flash").await.unwrap().starts_with("Queue paused"));
+    browser.click_action("/queues/q/pause", "Queue paused").await;
     assert_eq!(browser.text("h1 .badge").await.as_deref(), Some("paused"));
     browser.screenshot("queue-paused").await;
     assert!(admin.stats(Some("q")).await.unwrap().queues[0].paused);
@@ -332,7 +344,7 @@ async fn clicking_pause_pauses_the_queue_and_workers_stop_claiming() {
         vec![2, 0, 0]
     );
 
-    browser.click_action("/queues/q/resume").await;
+    browser.click_action("/queues/q/resume", "Queue resumed").await;
     wait_for("the waiting jobs to run after resume", || {
         runs.load(Ordering::SeqCst) == 3
     })
@@ -352,18 +364,20 @@ async fn clicking_retry_on_a_dead_letter_runs_the_job_again() {
     let admin = Admin::connect(&zk(), &root).await.unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
-    // Fails its first run (one attempt allowed: it dies), succeeds the next.
-    let (stop, worker) = start_worker(&root, &["q"], move |_| {
+    // Fails its first run (one attempt allowed: it dies), succeeds the next. Its error and
+    // payload are markup, which the pages must show as text.
+    let (stop, worker) = start_worker(&root, &["q"], Duration::ZERO, move |_| {
         if counted.fetch_add(1, Ordering::SeqCst) == 0 {
             Outcome::Dead {
-                error: "upstream said 503".into(),
+                error: "upstream said 503 <img src=x onerror=\"window.pwned=1\">".into(),
             }
         } else {
             Outcome::Done
         }
     });
+    let payload = "<script>window.pwned=2</script>";
     let id = producer
-        .enqueue("q", NewJob::new("flaky", "x").max_attempts(1))
+        .enqueue("q", NewJob::new("flaky", payload).max_attempts(1))
         .await
         .unwrap()
         .to_string();
@@ -383,15 +397,31 @@ async fn clicking_retry_on_a_dead_letter_runs_the_job_again() {
     let row = format!("#dead-letters tr[data-job='{id}']");
     assert_eq!(
         browser.text(&format!("{row} td.error")).await.as_deref(),
-        Some("upstream said 503")
+        Some("upstream said 503 <img src=x onerror=\"window.pwned=1\">")
     );
     browser.screenshot("dead-letters").await;
+    browser
+        .client
+        .goto(&format!("{}/jobs/{id}", served.url))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("pre.payload").await.as_deref(), Some(payload));
+    let pwned = browser
+        .client
+        .execute("return window.pwned === undefined;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(pwned, json!(true), "markup from a job ran in the page");
 
-    browser.click_action(&format!("/jobs/{id}/retry")).await;
-    assert_eq!(
-        browser.text("#flash").await.as_deref(),
-        Some("1 dead letter(s) sent back to work.")
-    );
+    browser
+        .client
+        .goto(&format!("{}/queues/q", served.url))
+        .await
+        .unwrap();
+    let retry = format!("/jobs/{id}/retry");
+    browser
+        .click_action(&retry, "1 dead letter(s) sent back to work.")
+        .await;
     wait_for("the retried job to run again", || {
         runs.load(Ordering::SeqCst) == 2
     })
@@ -452,6 +482,17 @@ async fn with_actions_disabled_the_pages_say_so_and_a_post_is_refused() {
         "{reply}"
     );
     assert!(!admin.stats(Some("q")).await.unwrap().queues[0].paused);
+
+    // A request for another host name (a hostile page's name pointed at this machine) gets
+    // nothing.
+    let address = served.url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    let request = "GET / HTTP/1.1\r\nHost: rebound.example:80\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    assert!(!answer.contains("/queues/q"), "{answer}");
 
     browser.close().await;
     admin.close().await;

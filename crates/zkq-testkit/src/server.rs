@@ -348,7 +348,7 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns `cmd` from a thread that lives as long as the process, with `PR_SET_PDEATHSIG`, so the
 /// child dies with this process even if it is killed, and never earlier.
-pub(crate) fn spawn_tied_to_process(cmd: Command) -> std::io::Result<Child> {
+pub fn spawn_tied_to_process(cmd: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();

@@ -12,8 +12,9 @@ const LEFT: f64 = 48.0;
 const TOP: f64 = 8.0;
 const BOTTOM: f64 = 20.0;
 
-/// A line of jobs finished per second over the last [`WINDOW`], ending at `now_ms`.
-pub fn throughput(points: &[(u64, f64)], now_ms: u64) -> Markup {
+/// A line of jobs finished per second over the last [`WINDOW`], ending at `now_ms`;
+/// `uncountable` partitions are left out of it (and the caption says so).
+pub fn throughput(points: &[(u64, f64)], uncountable: usize, now_ms: u64) -> Markup {
     let window_ms = WINDOW.as_millis() as f64;
     let peak = points.iter().map(|(_, r)| *r).fold(0.0, f64::max);
     let top = nice_ceiling(peak);
@@ -68,6 +69,10 @@ pub fn throughput(points: &[(u64, f64)], now_ms: u64) -> Markup {
                     "Now " strong { (rate_text(latest)) } " jobs/s, peak " (rate_text(peak)) ". "
                 }
                 "Every attempt that ended counts: done, retried, dead, released."
+                @if uncountable > 0 {
+                    " " strong { (uncountable) " partition(s) are not counted" }
+                    ": their claims folder passed ZooKeeper's limit of 2³¹ changes."
+                }
             }
         }
     }
@@ -119,7 +124,7 @@ mod tests {
     #[test]
     fn the_line_runs_from_the_oldest_point_on_the_left_to_now_on_the_right() {
         let now = 1_000_000_000;
-        let svg = throughput(&[(now - WINDOW.as_millis() as u64, 0.0), (now, 10.0)], now).into_string();
+        let svg = throughput(&[(now - WINDOW.as_millis() as u64, 0.0), (now, 10.0)], 0, now).into_string();
         let line = format!("points=\"{LEFT:.1},{:.1} {WIDTH:.1},{TOP:.1}\"", HEIGHT - BOTTOM);
         assert!(svg.contains(&line), "{svg}");
         assert!(svg.contains("now 10, peak 10"), "{svg}");

@@ -58,7 +58,10 @@ impl Guard {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
-            if origin == "null" || !origin_host.eq_ignore_ascii_case(host) {
+            // A proxy may send its own Host (nginx's default): the --host names are ours too.
+            let ours = origin_host.eq_ignore_ascii_case(host)
+                || self.hosts.contains(&host_name(origin_host).to_ascii_lowercase());
+            if origin == "null" || !ours {
                 return Some("a request from another origin is refused");
             }
         }
@@ -148,6 +151,15 @@ mod tests {
         headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
         assert!(guard.refuse_post(&headers, guard.token()).is_none());
         headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        assert!(guard.refuse_post(&headers, guard.token()).is_some());
+
+        // Behind a proxy that sends its own Host, the origin is one of the --host names.
+        let proxied = Guard::new(vec!["queue.example.com".into()]);
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://queue.example.com"),
+        );
+        assert!(proxied.refuse_post(&headers, proxied.token()).is_none());
         assert!(guard.refuse_post(&headers, guard.token()).is_some());
 
         headers.remove(header::ORIGIN);

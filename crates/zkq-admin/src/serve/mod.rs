@@ -106,6 +106,7 @@ pub async fn serve(
         .with_graceful_shutdown(stop)
         .await;
     sampler.abort();
+    let _ = sampler.await;
     if let Ok(dashboard) = Arc::try_unwrap(dashboard) {
         dashboard.connection.close().await;
     }

@@ -36,12 +36,13 @@ enum Section {
 #[derive(Debug, Deserialize, Default)]
 pub struct Flash {
     done: Option<String>,
-    n: Option<u64>,
+    /// Text, so that a link with a bad count still shows the page.
+    n: Option<String>,
 }
 
 impl Flash {
     fn message(&self) -> Option<String> {
-        let n = self.n.unwrap_or(0);
+        let n: u64 = self.n.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0);
         Some(match self.done.as_deref()? {
             "paused" => "Queue paused: workers stop claiming its jobs within a second.".to_string(),
             "resumed" => "Queue resumed.".to_string(),
@@ -75,7 +76,7 @@ pub async fn overview(State(d): State<Shared>, Query(flash): Query<Flash>) -> Re
         h1 { "Queues" }
         (queues_table(&d, &stats))
         h2 { "Throughput" }
-        (chart::throughput(&d.throughput.series(None), now_ms()))
+        (chart::throughput(&d.throughput.series(None), d.throughput.uncountable(None), now_ms()))
         h2 { "Fleet" }
         (fleet(&stats, &workers))
     };
@@ -176,7 +177,7 @@ pub async fn queue(
             } }
         }
         h2 { "Throughput" }
-        (chart::throughput(&d.throughput.series(Some(&name)), now_ms()))
+        (chart::throughput(&d.throughput.series(Some(&name)), d.throughput.uncountable(Some(&name)), now_ms()))
         h2 { "Partitions and lanes" }
         (partitions(&detail))
         h2 { "Dead letters" }
@@ -608,7 +609,7 @@ mod tests {
     fn a_flash_says_only_what_the_dashboard_wrote() {
         let flash = |done: &str| Flash {
             done: Some(done.into()),
-            n: Some(3),
+            n: Some("3".into()),
         };
         assert_eq!(
             flash("retried").message().as_deref(),

@@ -3,7 +3,9 @@
 //! Every few seconds one stat per partition reads how many claims ended
 //! ([`zkq::Admin::claim_activity`]): each ended claim is an attempt that finished (done,
 //! retried, dead, released, or lost with its worker). The rates are kept in memory, so the
-//! chart covers the time since the dashboard started, up to 15 minutes.
+//! chart covers the time since the dashboard started, up to 15 minutes. A partition past a
+//! billion claims can no longer be counted ([`ClaimActivity::countable`]); the chart says how
+//! many.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -32,6 +34,8 @@ struct History {
     last: HashMap<(String, u32), ClaimActivity>,
     last_at_ms: Option<u64>,
     points: VecDeque<Point>,
+    /// Folders whose count reached ZooKeeper's limit, by queue, at the last sample.
+    uncountable: BTreeMap<String, usize>,
 }
 
 #[derive(Debug)]
@@ -77,8 +81,26 @@ impl Throughput {
         while history.points.front().is_some_and(|p| p.at_ms < oldest) {
             history.points.pop_front();
         }
-        history.last = seen.into_iter().map(|(q, p, a)| ((q, p), a)).collect();
+        history.uncountable.clear();
+        // Folders not seen this time (a queue whose config could not be read) keep their last
+        // count, so that their claims are counted when they are seen again.
+        for (queue, partition, activity) in seen {
+            if !activity.countable() {
+                *history.uncountable.entry(queue.clone()).or_default() += 1;
+            }
+            history.last.insert((queue, partition), activity);
+        }
         history.last_at_ms = Some(at_ms);
+    }
+
+    /// Partitions of `queue` (or of all queues) that can no longer be counted: their claims
+    /// folder's `cversion` reached the limit where ZooKeeper stops it.
+    pub fn uncountable(&self, queue: Option<&str>) -> usize {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        match queue {
+            Some(q) => history.uncountable.get(q).copied().unwrap_or(0),
+            None => history.uncountable.values().sum(),
+        }
     }
 
     /// `(ms since the Unix epoch, jobs finished per second)` of `queue`, or of all queues.

@@ -3,9 +3,13 @@
 //!
 //! Every attempt is a claim znode created in `p/<n>/claims` and deleted when the attempt ends
 //! (done, retried, dead, released, or its worker's session gone). ZooKeeper bumps the folder's
-//! `cversion` on every child created and on every child deleted, so `(cversion - held) / 2`
-//! is the number of claims that ended since the folder was made. A claim batch that loses a
-//! race fails as a whole and changes nothing. One stat per partition reads it.
+//! `cversion` on every child created and on every child deleted (seen on 3.8: two creates and a
+//! delete leave it at 3), so `(cversion - held) / 2` is the number of claims that ended since
+//! the folder was made. A claim batch that loses a race fails as a whole and changes nothing.
+//! One stat per partition reads it.
+//!
+//! The server never lets `cversion` wrap: past `i32::MAX` changes (a billion claims in one
+//! partition) it stays there, and the folder can no longer be counted.
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
@@ -20,20 +24,26 @@ use super::{Admin, STATS_IN_FLIGHT};
 pub struct ClaimActivity {
     /// The folder's creation zxid: a different one is a new folder (the queue made again).
     pub czxid: i64,
-    /// Children created plus children deleted, as a wrapping 32-bit counter.
+    /// Children created plus children deleted; it stops at `i32::MAX`.
     pub cversion: i32,
     /// Claims held now.
     pub held: u32,
 }
 
 impl ClaimActivity {
+    /// Whether the folder's changes can still be counted: its `cversion` is below the limit
+    /// where the server stops it.
+    pub fn countable(&self) -> bool {
+        self.cversion < i32::MAX
+    }
+
     /// Claims ended between `earlier` and `self` (the same folder seen later), or `None` when
-    /// `earlier` was another folder.
+    /// `earlier` was another folder or the count reached its limit.
     pub fn ended_since(&self, earlier: &ClaimActivity) -> Option<u64> {
-        if self.czxid != earlier.czxid {
+        if self.czxid != earlier.czxid || !self.countable() || self.cversion < earlier.cversion {
             return None;
         }
-        let changes = i64::from(self.cversion.wrapping_sub(earlier.cversion) as u32);
+        let changes = i64::from(self.cversion) - i64::from(earlier.cversion);
         let held = i64::from(self.held) - i64::from(earlier.held);
         Some(((changes - held) / 2).max(0) as u64)
     }
@@ -110,10 +120,11 @@ mod tests {
     }
 
     #[test]
-    fn the_count_goes_on_across_the_wrap_of_cversion() {
-        let before = seen(5, i32::MAX - 1, 0);
-        // 4 created and 4 deleted: cversion wrapped.
-        assert_eq!(seen(5, i32::MIN + 6, 0).ended_since(&before), Some(4));
+    fn a_folder_at_the_limit_of_its_counter_has_no_count() {
+        let before = seen(5, i32::MAX - 8, 0);
+        assert_eq!(seen(5, i32::MAX - 2, 0).ended_since(&before), Some(3));
+        assert_eq!(seen(5, i32::MAX, 0).ended_since(&before), None);
+        assert!(!seen(5, i32::MAX, 0).countable());
     }
 
     #[test]

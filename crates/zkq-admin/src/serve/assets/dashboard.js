@@ -14,6 +14,11 @@
     window.history.replaceState(null, "", url.toString());
   }
 
+  function selecting(element) {
+    var selection = window.getSelection();
+    return selection !== null && !selection.isCollapsed && element.contains(selection.anchorNode);
+  }
+
   var busy = false;
   function refresh() {
     if (busy || document.hidden) {
@@ -25,7 +30,8 @@
         return response.text().then(function (text) {
           var fresh = new DOMParser().parseFromString(text, "text/html").querySelector("main");
           var current = document.querySelector("main");
-          if (fresh && current) {
+          // Left alone when nothing changed, or while text in it is selected (to be copied).
+          if (fresh && current && fresh.innerHTML !== current.innerHTML && !selecting(current)) {
             current.replaceWith(fresh);
           }
           live.textContent = (response.ok ? "live · " : "error · ") + new Date().toLocaleTimeString();
