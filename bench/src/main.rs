@@ -11,7 +11,9 @@
 //!    a claim `multi`), the floor of enqueue-to-start latency on this machine; then jobs offered
 //!    at `--rate` per second while the same fleet runs; enqueue-to-start latency percentiles;
 //! 5. delayed jobs due over a few seconds: how late each started after its due time;
-//! 6. backlog: `--backlog` jobs enqueued, the largest child count of any znode, then a fresh
+//! 6. the cost of metrics: drains with workers recording metrics and without, alternated
+//!    (`--metrics-rounds`), after one uncounted warm-up drain;
+//! 7. backlog: `--backlog` jobs enqueued, the largest child count of any znode, then a fresh
 //!    fleet drains them; the workers' peak RSS.
 //!
 //! Prints a progress line every 2 s, a table, and last one JSON line with every figure.
@@ -85,6 +87,10 @@ pub struct Args {
     /// znode it creates is creator-all, to compare with a run without
     #[arg(long)]
     auth: bool,
+
+    /// Rounds of the metrics cost workload, each four drains: metrics on, off, off, on
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    metrics_rounds: usize,
 
     /// The credentials of an --auth run, given to every session and worker process.
     #[arg(skip)]
@@ -249,20 +255,31 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("delayed_start_late_max_ms", late.max);
     let mut peak_rss_mb = fleet.stop().await?;
 
-    // The cost of metrics: four more drains, each on a queue of its own filled the same way,
-    // by workers that record every metric into a Prometheus recorder rendered every 5 s (on) or
-    // not (off), in the order on, off, off, on. Drains get faster through a run (a warmer
-    // server); with that order a steady trend weighs on both means alike.
+    // The cost of metrics: drains, each on a queue of its own filled the same way, by workers
+    // that record every metric into a Prometheus recorder rendered every 5 s (on) or not (off).
+    // The first drain after the workloads above is slow whatever it does (16.7k/s against
+    // 20-21k/s for the next ones, metrics on in both), so one drain warms up, uncounted. Then
+    // rounds of on, off, off, on: drains also get faster through a run (a warmer server), and
+    // with that order a steady trend weighs on both means alike.
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    for (i, metrics) in [true, false, false, true].into_iter().enumerate() {
+    let order = [true, false, false, true].repeat(args.metrics_rounds.max(1));
+    let drains = std::iter::once(None).chain(order.into_iter().map(Some));
+    for (i, metrics) in drains.enumerate() {
         let queue = format!("bench-metrics-{i}");
-        let phase = format!("drain, metrics {}", if metrics { "on" } else { "off" });
+        let phase = match metrics {
+            None => "drain, warm-up".to_string(),
+            Some(on) => format!("drain, metrics {}", if on { "on" } else { "off" }),
+        };
         w.create_queue(&queue).await?;
         w.enqueue_batch(&format!("enqueue ({queue})"), &queue, args.jobs)
             .await?;
-        let fleet = w.fleet_with(&queue, metrics)?;
+        let fleet = w.fleet_with(&queue, metrics.unwrap_or(false))?;
         let drain = w.drain(&phase, &fleet, args.jobs).await?;
-        if metrics { &mut on } else { &mut off }.push(drain.per_s);
+        match metrics {
+            Some(true) => on.push(drain.per_s),
+            Some(false) => off.push(drain.per_s),
+            None => {}
+        }
         *figures.entry("drain_metrics_duplicates").or_default() += drain.duplicates as f64;
         peak_rss_mb = peak_rss_mb.max(fleet.stop().await?);
     }
