@@ -30,8 +30,13 @@ struct Served {
 
 impl Served {
     fn start(root: &str, args: &[&str]) -> Served {
+        Served::start_with_env(root, args, &[])
+    }
+
+    fn start_with_env(root: &str, args: &[&str], env: &[(&str, &str)]) -> Served {
         let port = zkq_testkit::server::free_port().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_zkq-admin"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zkq-admin"));
+        command
             .args([
                 "--zk",
                 &zkq_testkit::shared().connect_string(),
@@ -41,9 +46,10 @@ impl Served {
             ])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("zkq-admin serve starts");
+            .envs(env.iter().copied())
+            .stdout(Stdio::null());
+        // Tied to the test process: a test killed midway leaves no server behind.
+        let child = zkq_testkit::server::spawn_tied_to_process(command).expect("zkq-admin serve starts");
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let started = Instant::now();
         while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
@@ -55,6 +61,27 @@ impl Served {
             url: format!("http://127.0.0.1:{port}"),
         }
     }
+}
+
+/// `GET path` with the header `Host: host`, without a browser: the status and the body.
+fn get(served: &Served, host: &str, path: &str) -> (u16, String) {
+    let address = served.url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 impl Drop for Served {
@@ -215,10 +242,9 @@ async fn the_overview_shows_each_queue_with_its_ready_count_and_refreshes_it_liv
     let browser = Browser::open().await;
     browser.client.goto(&served.url).await.unwrap();
     browser.wait_text("tr[data-queue='emails'] td.ready", "5").await;
-    assert_eq!(
-        browser.text("tr[data-queue='emails'] td.state").await.as_deref(),
-        Some("active")
-    );
+    browser
+        .wait_text("tr[data-queue='emails'] td.state", "active")
+        .await;
 
     // More jobs show up without a reload: a mark left on the window survives.
     browser
@@ -485,16 +511,35 @@ async fn with_actions_disabled_the_pages_say_so_and_a_post_is_refused() {
 
     // A request for another host name (a hostile page's name pointed at this machine) gets
     // nothing.
-    let address = served.url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).unwrap();
-    let request = "GET / HTTP/1.1\r\nHost: rebound.example:80\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
-    assert!(!answer.contains("/queues/q"), "{answer}");
+    let (status, body) = get(&served, "rebound.example:80", "/");
+    assert_eq!(status, 421, "{body}");
+    assert!(!body.contains("/queues/q"), "{body}");
 
     browser.close().await;
     admin.close().await;
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reads_with_the_fleets_credentials_and_says_when_it_may_not() {
+    let root = zkq_testkit::unique_root("dashboard-auth");
+    let zk = ZkConfig {
+        auth: vec![zkq::Credentials::parse("digest:zkq:pw-dashboard").unwrap()],
+        ..zk()
+    };
+    let producer = Producer::connect(&zk, &root).await.unwrap();
+    producer.enqueue("secret", NewJob::new("k", "x")).await.unwrap();
+
+    let with = Served::start_with_env(&root, &[], &[("ZKQ_AUTH", "digest:zkq:pw-dashboard")]);
+    let (status, body) = get(&with, "localhost", "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("data-queue=\"secret\""), "{body}");
+
+    // Without the credentials: the page says what was refused, with 403.
+    let without = Served::start(&root, &[]);
+    let (status, body) = get(&without, "localhost", "/");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not authorized"), "{body}");
+    assert!(!body.contains("data-queue"), "{body}");
     producer.close().await;
 }
