@@ -47,6 +47,64 @@ async fn a_delayed_job_does_not_run_before_its_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_and_retries_are_promoted_at_their_due_time_not_at_the_next_look() {
+    // The leader looks at every queue only every 10 minutes here: after its first look, jobs can
+    // be promoted on time only from what its watches tell it.
+    let env = Env::new("due");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let (handler, mut runs) = recording(|run| {
+        if run.text() == "flaky" && run.attempt == 1 {
+            Outcome::retry("once")
+        } else {
+            Outcome::Done
+        }
+    });
+    let mut config = env.worker_config("q", 2);
+    config.queues.push("q2".into());
+    config.scheduling.promote_interval = Duration::from_secs(600);
+    let (stop, _h) = spawn_worker(env.worker(config).handle("k", handler).unwrap());
+    producer.enqueue("q", NewJob::new("k", "started")).await.unwrap();
+    assert_eq!(take(&mut runs, 1).await[0].text(), "started");
+    // The leader's first look is over once the fleet runs jobs: wait a little more for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let delay = Duration::from_millis(1500);
+    let before = zkq_tests::now_ms();
+    producer
+        .enqueue("q", NewJob::new("k", "delayed").delay(delay))
+        .await
+        .unwrap();
+    // A retry: the worker writes the delayed entry (20 ms of backoff).
+    producer.enqueue("q", NewJob::new("k", "flaky")).await.unwrap();
+    // A queue made after the first look (the queues folder is watched too).
+    producer
+        .enqueue("q2", NewJob::new("k", "new queue").delay(delay))
+        .await
+        .unwrap();
+    let mut seen = take(&mut runs, 4).await;
+    seen.sort_by_key(|r| (r.text(), r.attempt));
+    let described: Vec<(String, u32)> = seen.iter().map(|r| (r.text(), r.attempt)).collect();
+    assert_eq!(
+        described,
+        vec![
+            ("delayed".to_string(), 1),
+            ("flaky".to_string(), 1),
+            ("flaky".to_string(), 2),
+            ("new queue".to_string(), 1)
+        ]
+    );
+    for run in seen.iter().filter(|r| r.text() != "flaky") {
+        let waited = run.started_ms - before;
+        assert!(
+            waited >= delay.as_millis() as u64,
+            "{} ran {waited} ms after enqueue",
+            run.text()
+        );
+    }
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_job_is_retried_and_succeeds_with_its_attempts_counted() {
     let env = Env::new("retry");
     let producer = env.producer_for("flaky", &small_queue()).await;

@@ -83,8 +83,9 @@ struct SchedulerArgs {
     #[arg(long, value_name = "ID")]
     id: Option<String>,
 
-    /// How often due delayed jobs are promoted
-    #[arg(long, default_value = "250ms", value_parser = parse_duration, value_name = "DURATION")]
+    /// Longest time between looks at every queue's delayed jobs (they are promoted at their due
+    /// time, known from watches; the look finds those whose event was lost with a connection)
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     promote_interval: Duration,
 
     /// Quiet time after workers join or leave before partitions are reassigned

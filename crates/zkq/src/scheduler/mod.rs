@@ -15,6 +15,7 @@
 
 mod cron;
 mod depth;
+mod due;
 mod promote;
 pub(crate) mod service;
 mod trim;
@@ -32,14 +33,14 @@ use crate::producer::Producer;
 use crate::recipes::election::{Election, Leadership};
 use crate::store::layout::Layout;
 use crate::store::session::{self, ZkConfig};
-use crate::{assignment, queue, telemetry};
-
-use self::service::{Next, Passes};
+use crate::{assignment, telemetry};
 
 /// How the scheduler's services pace themselves. Every field has a default.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    /// How often due delayed jobs are looked for. Defaults to 250 ms.
+    /// Longest time between looks at every queue's delayed jobs. Delayed jobs are promoted at
+    /// their due time, known from watches; this look finds the ones whose watch event was lost
+    /// with a connection. Defaults to 2 s.
     pub promote_interval: Duration,
     /// Quiet time after a worker joins or leaves before partitions are reassigned, so that a
     /// burst of changes costs one rebalance. Defaults to 1 s.
@@ -52,7 +53,7 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
-            promote_interval: Duration::from_millis(250),
+            promote_interval: Duration::from_secs(2),
             rebalance_delay: Duration::from_secs(1),
             trim_interval: Duration::from_secs(60),
         }
@@ -209,7 +210,7 @@ async fn serve(
     let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
     let interval = config.promote_interval;
     spawn_service(&mut services, &serving, "promote", async move {
-        promote_loop(&p, &l, interval, &s).await
+        promote::serve(&p, &l, interval, &s).await
     });
     let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
     let delay = config.rebalance_delay;
@@ -267,33 +268,4 @@ fn spawn_service(
         serving.cancel();
         result
     });
-}
-
-/// Promotes due delayed jobs of every queue every `interval`.
-async fn promote_loop(
-    producer: &Producer,
-    leadership: &Leadership,
-    interval: Duration,
-    stop: &CancellationToken,
-) -> Result<()> {
-    let mut unreadable = queue::Unreadable::default();
-    let mut passes = Passes::new(stop, "cannot list queues", interval);
-    while passes.ready().await {
-        let pass = async {
-            for q in queue::list(producer.client(), producer.layout()).await? {
-                if stop.is_cancelled() {
-                    break;
-                }
-                match promote::promote_due(producer, &q, Some(leadership)).await {
-                    Ok(_) => unreadable.served(&q),
-                    Err(e) if queue::is_unreadable(&e) => unreadable.skip(&q, &e),
-                    Err(e) if service::ends_service(&e) => return Err(e),
-                    Err(e) => warn!(queue = %q, error = %e, "promoting delayed jobs failed; will retry"),
-                }
-            }
-            Ok(Next::After(interval))
-        };
-        passes.ended(pass.await)?;
-    }
-    Ok(())
 }

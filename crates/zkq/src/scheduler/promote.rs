@@ -1,4 +1,5 @@
-//! Promotion of due delayed jobs (delayed enqueues and retries waiting for their backoff).
+//! Promotion of due delayed jobs (delayed enqueues and retries waiting for their backoff), at
+//! their due time ([`super::due`]).
 //!
 //! Due entries move in `multi`s of up to 100 entries and [`MAX_REQUEST_BYTES`]:
 //! `check(epoch)` + `delete(delayed entry, version)` + `create(job)` into a segment of its lane,
@@ -6,6 +7,9 @@
 //! ([`crate::scheduler`]), fenced by its epoch; even without the fence, concurrent promoters
 //! would be safe: the versioned delete lets exactly one of them move an entry.
 
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use zookeeper_client as zk;
 
@@ -13,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::job::{now_ms, Job};
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::producer::{Placement, Producer};
-use crate::queue::QueueConfig;
+use crate::queue::{self, QueueConfig};
 use crate::recipes::election::Leadership;
 use crate::store::codec;
 use crate::store::layout::{self, DELAYED_BUCKET_MS};
@@ -21,26 +25,96 @@ use crate::store::txn::Op;
 use crate::store::znode;
 use crate::telemetry;
 
+use super::due::DueTimes;
+use super::service::{self, Next, Passes};
+
 /// Most entries moved in one `multi`.
 const PROMOTE_BATCH: usize = 100;
 
 /// Bytes a move adds to its `multi` besides the job record and paths (ops, names, framing).
 const MOVE_OVERHEAD_BYTES: usize = 512;
 
-/// Moves every delayed job of `queue` that is due now to its lane. Returns how many moved.
+/// What one look at a queue's delayed jobs did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// Entries moved to their lanes.
+    pub moved: usize,
+    /// When the next entry is due, at the latest (the start of its bucket when that bucket
+    /// was not listed); `None` when no entry waits.
+    pub next_due_ms: Option<u64>,
+}
+
+/// The leader's promotion service: promotes each queue's delayed jobs when they are due (see
+/// [`super::due`]), until `stop` is cancelled.
+///
+/// # Errors
+/// [`Error::Fenced`] when a newer leader holds the epoch; a lost session.
+pub(crate) async fn serve(
+    producer: &Producer,
+    leadership: &Leadership,
+    look_again: Duration,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let mut due = DueTimes::new(producer.client().clone(), producer.layout().clone(), look_again);
+    let mut unreadable = queue::Unreadable::default();
+    let mut passes = Passes::new(stop, "cannot list queues", look_again);
+    while passes.ready().await {
+        let pass = async {
+            let queues = match due.take_due() {
+                Some(queues) => queues,
+                None => {
+                    let all = queue::list(producer.client(), producer.layout()).await?;
+                    due.watch(&all).await?;
+                    all
+                }
+            };
+            for q in queues {
+                if stop.is_cancelled() {
+                    break;
+                }
+                match promote_due(producer, &q, Some(leadership)).await {
+                    Ok(promoted) => {
+                        unreadable.served(&q);
+                        due.next(&q, promoted.next_due_ms);
+                    }
+                    Err(e) if queue::is_unreadable(&e) => unreadable.skip(&q, &e),
+                    Err(e) if service::ends_service(&e) => return Err(e),
+                    Err(e) => {
+                        warn!(queue = %q, error = %e, "promoting delayed jobs failed; will retry");
+                        due.next(&q, Some(now_ms() + look_again.as_millis() as u64));
+                    }
+                }
+            }
+            Ok(Next::When(Box::pin(due.wait())))
+        };
+        passes.ended(pass.await)?;
+    }
+    Ok(())
+}
+
+/// Moves every delayed job of `queue` that is due now to its lane, and tells when the next is
+/// due.
 ///
 /// With a `leadership`, every move is fenced by its epoch.
 ///
 /// # Errors
 /// [`Error::Fenced`] when a newer leader holds the epoch.
-pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&Leadership>) -> Result<usize> {
+pub async fn promote_due(
+    producer: &Producer,
+    queue: &str,
+    leadership: Option<&Leadership>,
+) -> Result<Promoted> {
     let client = producer.client();
     let layout = producer.layout();
     let config = producer.config(queue).await?;
     let delayed = layout.delayed(queue);
+    let nothing = Promoted {
+        moved: 0,
+        next_due_ms: None,
+    };
     let names = match client.list_children(&delayed).await {
         Ok(b) => b,
-        Err(zk::Error::NoNode) => return Ok(0),
+        Err(zk::Error::NoNode) => return Ok(nothing),
         Err(e) => return Err(Error::zk("list delayed", delayed, e)),
     };
     // In time order, not name order: a due time past the year 2286 has more digits than the
@@ -52,8 +126,11 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
     buckets.sort();
     let now = now_ms();
     let mut moved = 0;
+    let mut next_due_ms: Option<u64> = None;
     for (start, bucket) in buckets {
         if start > now {
+            // Its entries are due from its start on; when that comes, it is listed.
+            next_due_ms = Some(next_due_ms.map_or(start, |n| n.min(start)));
             break;
         }
         let bucket_path = layout.delayed_bucket(queue, &bucket);
@@ -69,11 +146,15 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
             }
             continue;
         }
-        let mut due: Vec<(String, u64)> = entries
+        // (entry, due ms): those due now, and the others.
+        type Entries = Vec<(String, u64)>;
+        let (mut due, later): (Entries, Entries) = entries
             .into_iter()
             .filter_map(|e| layout::parse_delayed_entry(&e).map(|at| (e, at)))
-            .filter(|(_, at)| *at <= now)
-            .collect();
+            .partition(|(_, at)| *at <= now);
+        if let Some(first) = later.iter().map(|(_, at)| *at).min() {
+            next_due_ms = Some(next_due_ms.map_or(first, |n| n.min(first)));
+        }
         due.sort_by_key(|(_, at)| *at);
         for chunk in due.chunks(PROMOTE_BATCH) {
             let paths: Vec<String> = chunk
@@ -122,7 +203,7 @@ pub async fn promote_due(producer: &Producer, queue: &str, leadership: Option<&L
         metrics::counter!(telemetry::PROMOTED, "queue" => queue.to_string()).increment(moved as u64);
         debug!(queue, moved, "promoted delayed jobs");
     }
-    Ok(moved)
+    Ok(Promoted { moved, next_due_ms })
 }
 
 /// Commits the moves as one `multi`; if another promoter got some of them first, moves the
