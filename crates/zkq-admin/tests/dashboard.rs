@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use zkq::{Admin, JobContext, NewJob, Outcome, Producer, Worker, WorkerConfig, ZkConfig};
-use zkq_testkit::browser::{chrome_args, chromium};
+use zkq_testkit::browser::chromium;
 use zkq_testkit::Chromedriver;
 
 /// How long a test waits for something that should happen in well under a second.
@@ -100,7 +100,7 @@ struct Browser {
 impl Browser {
     async fn open() -> Browser {
         let driver = Chromedriver::start().unwrap_or_else(|e| panic!("{e}"));
-        let mut options = json!({ "args": chrome_args() });
+        let mut options = json!({ "args": driver.chrome_args() });
         if let Some(binary) = chromium() {
             options["binary"] = json!(binary);
         }

@@ -264,7 +264,8 @@ async fn cancelling_ready_and_delayed_jobs_makes_dead_letters_that_retry_runs_ag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_command_job_stops_its_process_and_it_is_not_retried() {
     let root = zkq_testkit::unique_root("admin-job-cancel-running");
-    let dir = tempdir();
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
     let producer = Producer::connect(&zk(), &root).await.unwrap();
     producer.create_queue("q", &QueueConfig::default()).await.unwrap();
     let id = producer
@@ -428,13 +429,6 @@ async fn jobs_of_a_kind_a_worker_does_not_run_are_left_to_workers_that_do_and_st
         handle.await.unwrap();
     }
     producer.close().await;
-}
-
-/// A fresh directory under the temp dir.
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("zkq-admin-test-{}", zkq::JobId::new()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //!
 //! [`Chromedriver`] starts Debian's `chromedriver` (package `chromium-driver`, installed by
 //! `scripts/setup.sh`) on a free loopback port; a WebDriver client (the tests use fantoccini)
-//! opens sessions on it with [`chrome_args`], which run Chromium headless.
+//! opens sessions on it with [`Chromedriver::chrome_args`], which run Chromium headless.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -14,11 +14,13 @@ use crate::server::{free_port, spawn_tied_to_process};
 /// How long chromedriver may take to listen.
 const START_WITHIN: Duration = Duration::from_secs(30);
 
-/// A running chromedriver, stopped when dropped.
+/// A running chromedriver, stopped when dropped, with a directory for Chromium's profile that
+/// goes with it (Chromium's own temporary profiles stay behind when chromedriver is killed).
 #[derive(Debug)]
 pub struct Chromedriver {
     child: Child,
     port: u16,
+    profile: tempfile::TempDir,
 }
 
 impl Chromedriver {
@@ -35,6 +37,10 @@ impl Chromedriver {
         chromium()
             .ok_or("chromium not found: install Debian's chromium (scripts/setup.sh), or set CHROME")?;
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let profile = tempfile::Builder::new()
+            .prefix("zkq-chromium-")
+            .tempdir()
+            .map_err(|e| format!("no directory for Chromium's profile: {e}"))?;
         let mut command = Command::new(&driver);
         command
             .arg(format!("--port={port}"))
@@ -58,12 +64,32 @@ impl Chromedriver {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Chromedriver { child, port })
+        Ok(Chromedriver { child, port, profile })
     }
 
     /// The WebDriver URL to open sessions on.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Chromium's arguments for a session on this driver: headless, no sandbox (CI runs as
+    /// root), a fixed window so that screenshots are alike from run to run, and the profile in
+    /// this driver's directory.
+    pub fn chrome_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+            "--no-first-run",
+            "--disable-extensions",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.push(format!("--user-data-dir={}", self.profile.path().display()));
+        args
     }
 }
 
@@ -77,23 +103,6 @@ impl Drop for Chromedriver {
 /// The Chromium binary: `$CHROME`, or `chromium` (Debian) or `chromium-browser` on the `PATH`.
 pub fn chromium() -> Option<PathBuf> {
     find("CHROME", &["chromium", "chromium-browser"])
-}
-
-/// Chromium's arguments for a test: headless, no sandbox (CI runs as root), a fixed window so
-/// that screenshots are alike from run to run.
-pub fn chrome_args() -> Vec<String> {
-    [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        "--no-first-run",
-        "--disable-extensions",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect()
 }
 
 /// `$var` if set, else the first of `names` on the `PATH`.
