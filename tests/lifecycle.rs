@@ -105,6 +105,47 @@ async fn delayed_jobs_and_retries_are_promoted_at_their_due_time_not_at_the_next
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_are_promoted_on_time_after_the_leader_reconnects() {
+    // The client does not set persistent watches again after a reconnect (zookeeper-client
+    // 0.11.2). A lost connection ends the leader's term, and the next term watches afresh;
+    // without that, new delayed jobs would wait for the next look (10 minutes here).
+    let env = Env::new("due-reconnect");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let proxy = zkq_testkit::Proxy::start(&env.zk.address).unwrap();
+    let mut through_proxy = env.zk.clone();
+    through_proxy.address = proxy.address();
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let mut config = env.worker_config("q", 2);
+    config.scheduling.promote_interval = Duration::from_secs(600);
+    let worker = zkq::Worker::new(through_proxy, &env.root, config)
+        .unwrap()
+        .handle("k", handler)
+        .unwrap();
+    let (stop, _h) = spawn_worker(worker);
+    producer.enqueue("q", NewJob::new("k", "started")).await.unwrap();
+    assert_eq!(take(&mut runs, 1).await[0].text(), "started");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The connection drops; the session lives on. A job run after it shows the worker is back.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producer.enqueue("q", NewJob::new("k", "back")).await.unwrap();
+    assert_eq!(take(&mut runs, 1).await[0].text(), "back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let delay = Duration::from_millis(1000);
+    let before = zkq_tests::now_ms();
+    producer
+        .enqueue("q", NewJob::new("k", "delayed").delay(delay))
+        .await
+        .unwrap();
+    let run = take(&mut runs, 1).await.remove(0);
+    assert_eq!(run.text(), "delayed");
+    assert!(run.started_ms - before >= delay.as_millis() as u64);
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_job_is_retried_and_succeeds_with_its_attempts_counted() {
     let env = Env::new("retry");
     let producer = env.producer_for("flaky", &small_queue()).await;

@@ -115,6 +115,12 @@ impl Fleet {
         }
     }
 
+    /// Whether job `id` has started since the last [`Fleet::take`].
+    pub fn has_run(&self, id: zkq::JobId) -> bool {
+        let tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        tally.runs.contains_key(&id.0.as_u128())
+    }
+
     /// Takes what was reported so far, leaving an empty tally.
     pub fn take(&self) -> Tally {
         std::mem::take(&mut *self.tally.lock().unwrap_or_else(|p| p.into_inner()))

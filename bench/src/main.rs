@@ -1,7 +1,7 @@
 //! zkq-bench: ZooKeeper's raw ceiling and zkq's throughput and latency, measured in one run.
 //!
-//! Starts its own standalone ZooKeeper (fsync on, a 4 GiB heap) unless `--zk` is given, warms it
-//! up, then
+//! Starts its own standalone ZooKeeper (fsync on, a 4 GiB heap), or an ensemble with
+//! `--ensemble N`, unless `--zk` is given, warms it up, then
 //! runs in order:
 //! 1. raw ZooKeeper: pipelined single creates; creates, then deletes, inside `multi`s of 100;
 //! 2. enqueue through the single-job API (pipelined) and through the batch API;
@@ -39,8 +39,14 @@ pub struct Args {
     role: Option<Role>,
 
     /// Use this ZooKeeper instead of starting a fresh standalone one
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "ensemble")]
     zk: Option<String>,
+
+    /// Start an ensemble of this many members (3 or 5) instead of a standalone server; the raw
+    /// ceilings and the floor are measured on it, and every session is given every member, as a
+    /// fleet's would be
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    ensemble: u32,
 
     /// Jobs per enqueue and drain workload (and znodes per raw workload)
     #[arg(long, default_value_t = 100_000)]
@@ -156,14 +162,22 @@ async fn run(args: Args) -> Result<(), String> {
     let (_server, address) = match &args.zk {
         Some(a) => (None, a.clone()),
         None => {
-            let server = zkq_testkit::Ensemble::standalone_for_benchmark()?;
+            let server = match args.ensemble {
+                0 | 1 => zkq_testkit::Ensemble::standalone_for_benchmark()?,
+                n => zkq_testkit::Ensemble::quorum_for_benchmark(n)?,
+            };
             let address = server.connect_string();
             (Some(server), address)
         }
     };
+    let shape = match (&args.zk, args.ensemble) {
+        (Some(_), _) => "given".to_string(),
+        (None, 0 | 1) => "standalone".to_string(),
+        (None, n) => format!("{n}-member ensemble"),
+    };
     println!(
         "zkq-bench: {} jobs, {}-job backlog, {} B payloads, {} worker processes x {}, {} partitions, \
-         {}/s offered for {:?}, ZooKeeper at {address}{}",
+         {}/s offered for {:?}, ZooKeeper ({shape}) at {address}{}",
         args.jobs,
         args.backlog,
         args.payload,
@@ -186,6 +200,9 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let progress = Progress::start();
     let mut figures: BTreeMap<&'static str, f64> = BTreeMap::new();
+    if args.zk.is_none() {
+        figures.insert("zk_members", f64::from(args.ensemble.max(1)));
+    }
 
     let client = connect(&zk).await?;
     let raw = raw::Raw {

@@ -122,7 +122,8 @@ impl Raw<'_> {
     /// queue logic around them. Nodes stamped with their send time are created at `rate` per
     /// second for `duration` on this session; `reader` learns of each from a persistent recursive
     /// watch and reads it; `claimer` commits a `multi` of `set_data` at version 0 and an
-    /// ephemeral create. Returns each node's send-to-committed latency in µs.
+    /// ephemeral create (deleted once measured, as a job's end deletes its claim). Returns each
+    /// node's send-to-committed latency in µs.
     pub async fn start_chain(
         &self,
         reader: &zk::Client,
@@ -199,7 +200,10 @@ impl Raw<'_> {
     }
 }
 
-/// One start of the raw chain: read the node, claim it. Returns its latency in µs.
+/// One start of the raw chain: read the node, claim it. Returns its latency in µs. The claim is
+/// deleted afterwards, as a job's end deletes its claim: a session that ends holding tens of
+/// thousands of ephemerals makes a `closeSession` transaction that lists them all, over
+/// `jute.maxbuffer`, which an ensemble's followers refuse (they drop out and resync forever).
 async fn start(reader: &zk::Client, claimer: &zk::Client, claims: &str, path: String) -> Result<u64, String> {
     let (data, _) = reader
         .get_data(&path)
@@ -215,5 +219,10 @@ async fn start(reader: &zk::Client, claimer: &zk::Client, claims: &str, path: St
         .add_create(&claim, &[], &EPHEMERAL)
         .map_err(|e| format!("claim {path}: {e}"))?;
     multi.commit().await.map_err(|e| format!("claim {path}: {e}"))?;
-    Ok(stamp::now_us().saturating_sub(sent))
+    let latency = stamp::now_us().saturating_sub(sent);
+    claimer
+        .delete(&claim, None)
+        .await
+        .map_err(|e| format!("delete claim {claim}: {e}"))?;
+    Ok(latency)
 }

@@ -1,11 +1,12 @@
 //! zkq's own workloads: enqueue through both APIs, drain with a fleet of worker processes, a
 //! steady offered rate, a large backlog, and delayed jobs.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use zkq::{NewJob, Producer, QueueConfig, ZkConfig};
+use zkq::{Admin, JobId, NewJob, Producer, QueueConfig, ZkConfig};
 
 use crate::fleet::{Fleet, FleetConfig, Tally};
 use crate::progress::{rate, Progress};
@@ -24,6 +25,11 @@ pub struct Workloads<'a> {
     args: &'a Args,
     progress: &'a Progress,
     producer: Arc<Producer>,
+    /// Looks up jobs whose enqueue had an unknown outcome.
+    admin: Admin,
+    /// Jobs whose enqueue had an unknown outcome (the connection dropped with it in flight),
+    /// found not to have committed, since the last drain.
+    lost: AtomicU64,
 }
 
 /// What a drain measured.
@@ -56,12 +62,68 @@ pub struct Backlog {
 impl<'a> Workloads<'a> {
     pub async fn new(zk: &ZkConfig, args: &'a Args, progress: &'a Progress) -> Result<Workloads<'a>, String> {
         let producer = Producer::connect(zk, ROOT).await.map_err(|e| e.to_string())?;
+        let admin = Admin::with_client(producer.client().clone(), producer.layout().clone());
         Ok(Workloads {
             zk: zk.clone(),
             args,
             progress,
             producer: Arc::new(producer),
+            admin,
+            lost: AtomicU64::new(0),
         })
+    }
+
+    /// Takes the outcome of an enqueue of `ids`: committed, failed (an error for the bench), or
+    /// unknown (the connection dropped with it in flight: an ensemble member that falls
+    /// behind drops its clients). Unknown ones are noted in `unknown`, to be resolved later.
+    fn outcome<T>(
+        &self,
+        result: zkq::Result<T>,
+        ids: &[JobId],
+        unknown: &Mutex<Vec<JobId>>,
+    ) -> Result<bool, String> {
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_outcome_unknown() => {
+                unknown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(ids);
+                Ok(false)
+            }
+            Err(e) => Err(format!("enqueue: {e}")),
+        }
+    }
+
+    /// Finds out which of the jobs whose enqueue had an unknown outcome committed: a job found
+    /// where it is waiting, or one that `ran`, did. Counts the others as lost for the next
+    /// drain, and prints the tally.
+    async fn resolve(&self, unknown: Mutex<Vec<JobId>>, ran: impl Fn(JobId) -> bool) -> Result<(), String> {
+        let unknown = unknown.into_inner().unwrap_or_else(|p| p.into_inner());
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let mut lost = 0;
+        for id in &unknown {
+            let found = loop {
+                match self.admin.job(&id.to_string()).await {
+                    Ok(_) => break true,
+                    Err(zkq::Error::NotFound(_)) => break ran(*id),
+                    // Not connected yet: ask again.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            if !found {
+                lost += 1;
+            }
+        }
+        println!(
+            "{} enqueues had an unknown outcome (a connection dropped): {} committed, {lost} not",
+            unknown.len(),
+            unknown.len() as u64 - lost
+        );
+        self.lost.fetch_add(lost, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Creates `queue` with the bench's partitions.
@@ -105,31 +167,43 @@ impl<'a> Workloads<'a> {
     /// `n` jobs through the single-job API, `--window` calls in flight on one producer.
     pub async fn enqueue_single(&self, queue: &str, n: usize) -> Result<f64, String> {
         let started = self.progress.phase("enqueue single");
+        let unknown = Mutex::new(Vec::new());
         let mut results = futures::stream::iter(0..n)
-            .map(|_| self.producer.enqueue(queue, self.job()))
+            .map(|_| {
+                let job = self.job();
+                let id = job.id();
+                async move { (id, self.producer.enqueue(queue, job).await) }
+            })
             .buffer_unordered(self.args.window);
-        while let Some(r) = results.next().await {
-            r.map_err(|e| format!("enqueue: {e}"))?;
+        while let Some((id, r)) = results.next().await {
+            self.outcome(r, &[id], &unknown)?;
             self.progress.add(1);
         }
-        Ok(rate("enqueue single", n, started))
+        let per_s = rate("enqueue single", n, started);
+        self.resolve(unknown, |_| false).await?;
+        Ok(per_s)
     }
 
     /// `n` jobs through the batch API, [`BATCH`] per call, a few calls in flight.
     pub async fn enqueue_batch(&self, phase: &str, queue: &str, n: usize) -> Result<f64, String> {
         let started = self.progress.phase(phase);
         let sizes: Vec<usize> = (0..n).step_by(BATCH).map(|i| (n - i).min(BATCH)).collect();
+        let unknown = Mutex::new(Vec::new());
         let mut results = futures::stream::iter(sizes)
             .map(|size| {
-                self.producer
-                    .enqueue_batch(queue, (0..size).map(|_| self.job()).collect())
+                let jobs: Vec<NewJob> = (0..size).map(|_| self.job()).collect();
+                let ids: Vec<JobId> = jobs.iter().map(NewJob::id).collect();
+                async move { (ids, self.producer.enqueue_batch(queue, jobs).await) }
             })
             .buffer_unordered(BATCHES_IN_FLIGHT);
-        while let Some(r) = results.next().await {
-            self.progress
-                .add(r.map_err(|e| format!("enqueue batch: {e}"))?.len() as u64);
+        while let Some((ids, r)) = results.next().await {
+            self.outcome(r, &ids, &unknown)?;
+            self.progress.add(ids.len() as u64);
         }
-        Ok(rate(phase, n, started))
+        let per_s = rate(phase, n, started);
+        // A batch is one transaction: its jobs all committed or none did.
+        self.resolve(unknown, |_| false).await?;
+        Ok(per_s)
     }
 
     /// Starts `fleet` on `n` ready jobs and waits until each has started: the rate from the
@@ -137,6 +211,7 @@ impl<'a> Workloads<'a> {
     /// counted) and the runs per job.
     pub async fn drain(&self, phase: &str, fleet: &Fleet, n: usize) -> Result<Drain, String> {
         let started = self.progress.phase(phase);
+        let n = n - self.lost.swap(0, Ordering::Relaxed) as usize;
         fleet.wait_for(n as u64).await;
         // Let a duplicate, if any, show before counting.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -171,6 +246,7 @@ impl<'a> Workloads<'a> {
         let started = self.progress.phase("continuous");
         let total = (rate * duration.as_secs_f64()).round() as usize;
         let mut sent = 0;
+        let unknown = Mutex::new(Vec::new());
         let mut in_flight = tokio::task::JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         while sent < total {
@@ -178,19 +254,22 @@ impl<'a> Workloads<'a> {
             let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
             while sent < due {
                 let (producer, queue, job) = (self.producer.clone(), queue.to_string(), self.job());
-                in_flight.spawn(async move { producer.enqueue(&queue, job).await });
+                let id = job.id();
+                in_flight.spawn(async move { (id, producer.enqueue(&queue, job).await) });
                 sent += 1;
             }
             while let Some(done) = in_flight.try_join_next() {
-                done.map_err(|e| e.to_string())?
-                    .map_err(|e| format!("enqueue: {e}"))?;
+                let (id, result) = done.map_err(|e| e.to_string())?;
+                self.outcome(result, &[id], &unknown)?;
             }
         }
         while let Some(done) = in_flight.join_next().await {
-            done.map_err(|e| e.to_string())?
-                .map_err(|e| format!("enqueue: {e}"))?;
+            let (id, result) = done.map_err(|e| e.to_string())?;
+            self.outcome(result, &[id], &unknown)?;
         }
-        fleet.wait_for(before + total as u64).await;
+        self.resolve(unknown, |id| fleet.has_run(id)).await?;
+        let lost = self.lost.swap(0, Ordering::Relaxed);
+        fleet.wait_for(before + total as u64 - lost).await;
         let offered = total as f64 / started.elapsed().as_secs_f64();
         let mut tally = fleet.take();
         let latency = percentiles(&mut tally.latency_us, 1000.0);
@@ -238,13 +317,15 @@ impl<'a> Workloads<'a> {
         let jobs: Vec<NewJob> = (0..n)
             .map(|i| self.job().delay(lead + spread.mul_f64(i as f64 / n as f64)))
             .collect();
+        let unknown = Mutex::new(Vec::new());
         for chunk in jobs.chunks(BATCH) {
-            self.producer
-                .enqueue_batch(queue, chunk.to_vec())
-                .await
-                .map_err(|e| format!("enqueue delayed: {e}"))?;
+            let ids: Vec<JobId> = chunk.iter().map(NewJob::id).collect();
+            let result = self.producer.enqueue_batch(queue, chunk.to_vec()).await;
+            self.outcome(result, &ids, &unknown)?;
         }
-        fleet.wait_for(before + n as u64).await;
+        self.resolve(unknown, |id| fleet.has_run(id)).await?;
+        let lost = self.lost.swap(0, Ordering::Relaxed);
+        fleet.wait_for(before + n as u64 - lost).await;
         rate("delayed", n, started);
         let mut tally = fleet.take();
         Ok(percentiles(&mut tally.late_ms, 1.0))

@@ -50,6 +50,12 @@ impl Ensemble {
         Self::start(1, BENCHMARK_JVM)
     }
 
+    /// Starts `size` members tuned as [`Ensemble::standalone_for_benchmark`] (3 or 5, as in
+    /// production), each with its own data directory, and waits until every one serves.
+    pub fn quorum_for_benchmark(size: u32) -> Result<Ensemble, String> {
+        Self::start(size, BENCHMARK_JVM)
+    }
+
     /// Starts `size` members (3 for a quorum that survives one failure) and waits until every
     /// one of them serves as leader or follower.
     pub fn quorum(size: u32) -> Result<Ensemble, String> {

@@ -6,9 +6,10 @@
 //! promotes that queue only. The watch costs nothing while idle; events come only for entries
 //! made (and promoted).
 //!
-//! A pass over every queue still runs at least every `look_again`, and at once after a
-//! reconnect or when a queue is added: events lost with a connection, and queues created since,
-//! are found that way.
+//! A pass over every queue runs first, at least every `look_again`, and at once when a queue is
+//! added. A lost connection ends the leader's term (see [`crate::scheduler`]): the next term
+//! starts with a pass over every queue and fresh watches, which matters because the client does
+//! not set persistent watches again after a reconnect.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use crate::store::layout::{parse_delayed_entry, Layout};
 enum Wake {
     /// An entry of `queue` due at `at_ms` was made.
     Due { queue: String, at_ms: u64 },
-    /// Something a queue-by-queue view may have missed: a reconnect, a queue added.
+    /// A queue was added (or removed).
     LookAtAll,
 }
 
@@ -200,7 +201,7 @@ impl Drop for Forwarder {
 }
 
 /// Forwards the due times of entries made under a queue's `delayed` folder (or, for the queues
-/// folder, any change), and reconnects, until the session ends.
+/// folder, any change), until the session ends.
 async fn forward(
     mut watcher: zk::PersistentWatcher,
     queue: Option<String>,
@@ -210,9 +211,6 @@ async fn forward(
         let event = watcher.changed().await;
         let wake = match (event.event_type, &queue) {
             (zk::EventType::Session, _) if event.session_state.is_terminated() => return,
-            (zk::EventType::Session, _) if event.session_state == zk::SessionState::SyncConnected => {
-                Some(Wake::LookAtAll)
-            }
             (zk::EventType::NodeCreated, Some(queue)) => event
                 .path
                 .rsplit('/')
