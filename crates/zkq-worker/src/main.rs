@@ -133,7 +133,8 @@ struct JobArgs {
     #[arg(long, short, required = true, value_name = "QUEUE")]
     queue: Vec<String>,
 
-    /// Jobs run at once
+    /// Jobs run at once (at most about 8,000 with short names: a session's claims must fit the
+    /// transaction that ends it, within ZooKeeper's 1 MiB)
     #[arg(long, short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,
 

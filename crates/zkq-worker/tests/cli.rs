@@ -187,6 +187,18 @@ fn bad_flags_and_an_unreachable_zookeeper_give_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid queue name \"bad name\""));
 
+    // A session holding more claims than ZooKeeper can list in the transaction that ends it.
+    let out = Command::new(env!("CARGO_BIN_EXE_zkq-worker"))
+        .args(["-q", "q", "-e", "k=true", "-c", "9000", "--zk", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("concurrency 9000 is too high") && err.contains("jute.maxbuffer"),
+        "{err}"
+    );
+
     let port = zkq_testkit::server::free_port().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_zkq-worker"))
         .args([

@@ -107,6 +107,23 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// Bytes of claim paths one worker's session may hold: half of `jute.maxbuffer`, leaving the
+/// other half to its other ephemerals (registration, election, lock nodes of locked jobs).
+const CLAIM_PATHS_BUDGET: usize = 512 * 1024;
+
+/// The most jobs one worker on `queues` may run at once, so that its claims' paths stay within
+/// [`CLAIM_PATHS_BUDGET`] in the transaction that ends its session.
+fn max_concurrency(layout: &Layout, queues: &[String]) -> usize {
+    // A claim is `<claims folder of the partition>/l<lane>.s-<10 digits>.<10 digits>`; the
+    // transaction stores each path with a 4-byte length.
+    let longest = queues
+        .iter()
+        .map(|q| layout.claims(q, u32::MAX).len() + "/l255.s-0000000000.0000000000".len() + 4)
+        .max()
+        .unwrap_or(1);
+    CLAIM_PATHS_BUDGET / longest
+}
+
 impl Worker {
     /// A worker on `zk` under `root` with `config`. Add handlers, then [`Worker::run`].
     pub fn new(zk: ZkConfig, root: &str, config: WorkerConfig) -> Result<Worker> {
@@ -119,6 +136,16 @@ impl Worker {
         }
         if config.concurrency == 0 {
             return Err(Error::InvalidConfig("concurrency must be at least 1".into()));
+        }
+        let most = max_concurrency(&layout, &config.queues);
+        if config.concurrency > most {
+            return Err(Error::InvalidConfig(format!(
+                "concurrency {} is too high for one session: when a session ends, ZooKeeper lists \
+                 all its ephemeral znodes (a claim per running job) in one transaction, and one \
+                 over jute.maxbuffer (1 MiB) stops every follower of an ensemble. With these \
+                 names, at most {most}: run more worker processes instead",
+                config.concurrency
+            )));
         }
         if !(0.1..=0.75).contains(&config.fence_share) {
             return Err(Error::InvalidConfig(format!(
