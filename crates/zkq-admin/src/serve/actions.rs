@@ -1,9 +1,6 @@
 //! The dashboard's actions: POST forms, refused unless `--allow-actions`, checked by
 //! [`super::guard`], each answered with a redirect to the page that shows the result.
 
-use std::future::Future;
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -23,132 +20,82 @@ pub struct ActionForm {
     csrf: String,
 }
 
-pub async fn pause(
+/// What a form asks for, and of which queue or job.
+#[derive(Debug)]
+enum Action {
+    Pause(String),
+    Resume(String),
+    RetryAllDead(String),
+    PurgeAllDead(String),
+    RetryDead(String),
+    PurgeDead(String),
+    Cancel(String),
+}
+
+impl Action {
+    /// What it does, for the log and errors: `pause queue emails`.
+    fn describe(&self) -> String {
+        match self {
+            Action::Pause(q) => format!("pause queue {q}"),
+            Action::Resume(q) => format!("resume queue {q}"),
+            Action::RetryAllDead(q) => format!("retry the dead letters of {q}"),
+            Action::PurgeAllDead(q) => format!("purge the dead letters of {q}"),
+            Action::RetryDead(id) => format!("retry dead letter {id}"),
+            Action::PurgeDead(id) => format!("purge dead letter {id}"),
+            Action::Cancel(id) => format!("cancel job {id}"),
+        }
+    }
+}
+
+/// `POST /queues/{queue}/pause|resume`.
+pub async fn queue(
     State(d): State<Shared>,
-    Path(queue): Path<String>,
+    Path((queue, verb)): Path<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    act(&d, &headers, &form, "pause", |admin| async move {
-        admin.pause(&queue).await?;
-        Ok(format!("/queues/{}?done=paused", segment(&queue)))
-    })
-    .await
+    let action = match verb.as_str() {
+        "pause" => Action::Pause(queue),
+        "resume" => Action::Resume(queue),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    act(&d, &headers, &form, action).await
 }
 
-pub async fn resume(
+/// `POST /queues/{queue}/dead/retry|purge`: every dead letter of the queue.
+pub async fn queue_dead(
     State(d): State<Shared>,
-    Path(queue): Path<String>,
+    Path((queue, verb)): Path<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    act(&d, &headers, &form, "resume", |admin| async move {
-        admin.resume(&queue).await?;
-        Ok(format!("/queues/{}?done=resumed", segment(&queue)))
-    })
-    .await
+    let action = match verb.as_str() {
+        "retry" => Action::RetryAllDead(queue),
+        "purge" => Action::PurgeAllDead(queue),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    act(&d, &headers, &form, action).await
 }
 
-pub async fn retry_all_dead(
+/// `POST /jobs/{id}/retry|purge|cancel`.
+pub async fn job(
     State(d): State<Shared>,
-    Path(queue): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    act(
-        &d,
-        &headers,
-        &form,
-        "retry all dead letters",
-        |admin| async move {
-            let retried = admin.retry_all_dead(Some(&queue), None).await?;
-            Ok(format!(
-                "/queues/{}?done=retried&n={}",
-                segment(&queue),
-                retried.len()
-            ))
-        },
-    )
-    .await
+    let action = match verb.as_str() {
+        "retry" => Action::RetryDead(id),
+        "purge" => Action::PurgeDead(id),
+        "cancel" => Action::Cancel(id),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    act(&d, &headers, &form, action).await
 }
 
-pub async fn purge_all_dead(
-    State(d): State<Shared>,
-    Path(queue): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    act(
-        &d,
-        &headers,
-        &form,
-        "purge all dead letters",
-        |admin| async move {
-            let purged = admin.purge_dead(Some(&queue), Purge::All).await?;
-            Ok(format!("/queues/{}?done=purged&n={purged}", segment(&queue)))
-        },
-    )
-    .await
-}
-
-pub async fn retry_dead(
-    State(d): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    act(&d, &headers, &form, "retry a dead letter", |admin| async move {
-        let letter = admin.dead_letter(&id).await?;
-        let retried = admin.retry_dead(std::slice::from_ref(&id)).await?;
-        Ok(format!(
-            "/queues/{}?done=retried&n={}",
-            segment(&letter.queue),
-            retried.len()
-        ))
-    })
-    .await
-}
-
-pub async fn purge_dead(
-    State(d): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    act(&d, &headers, &form, "purge a dead letter", |admin| async move {
-        let letter = admin.dead_letter(&id).await?;
-        let purged = admin.purge_dead(None, Purge::Ids(vec![id])).await?;
-        Ok(format!(
-            "/queues/{}?done=purged&n={purged}",
-            segment(&letter.queue)
-        ))
-    })
-    .await
-}
-
-pub async fn cancel(
-    State(d): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    act(&d, &headers, &form, "cancel a job", |admin| async move {
-        let done = match admin.cancel_job(&id).await? {
-            Cancelled::Running { stopped: false, .. } => "cancel-unconfirmed",
-            _ => "cancelled",
-        };
-        Ok(format!("/jobs/{}?done={done}", segment(&id)))
-    })
-    .await
-}
-
-/// Runs an action if actions are allowed and the request passes the guard; answers with a
-/// redirect to the path it returns, or the error as plain text with its status.
-async fn act<F, Fut>(d: &Shared, headers: &HeaderMap, form: &ActionForm, what: &str, run: F) -> Response
-where
-    F: FnOnce(Arc<Admin>) -> Fut,
-    Fut: Future<Output = zkq::Result<String>>,
-{
+/// Runs `action` if actions are allowed and the request passes the guard; answers with a
+/// redirect to the page that shows its result, or the error as plain text with its status.
+async fn act(d: &Shared, headers: &HeaderMap, form: &ActionForm, action: Action) -> Response {
     if !d.allow_actions {
         return refused(
             StatusCode::FORBIDDEN,
@@ -158,13 +105,58 @@ where
     if let Some(why) = d.guard.refuse_post(headers, &form.csrf) {
         return refused(StatusCode::FORBIDDEN, why.into());
     }
-    match d.connection.run(run).await {
+    let what = action.describe();
+    match d
+        .connection
+        .run(|admin| async move { perform(&admin, action).await })
+        .await
+    {
         Ok(to) => {
-            info!(action = what, "dashboard action done");
+            info!(action = %what, "dashboard action done");
             Redirect::to(&to).into_response()
         }
-        Err(e) => refused(status_of(&e), format!("cannot {what}: {e}")),
+        Err(e) => refused(status_of(&e), format!("cannot do {what}: {e}")),
     }
+}
+
+/// Does `action`; returns the page to show next, with its message (`?done=`).
+async fn perform(admin: &Admin, action: Action) -> zkq::Result<String> {
+    let queue_page = |queue: &str, done: &str| format!("/queues/{}?done={done}", segment(queue));
+    Ok(match action {
+        Action::Pause(queue) => {
+            admin.pause(&queue).await?;
+            queue_page(&queue, "paused")
+        }
+        Action::Resume(queue) => {
+            admin.resume(&queue).await?;
+            queue_page(&queue, "resumed")
+        }
+        Action::RetryAllDead(queue) => {
+            let retried = admin.retry_all_dead(Some(&queue), None).await?;
+            queue_page(&queue, &format!("retried&n={}", retried.len()))
+        }
+        Action::PurgeAllDead(queue) => {
+            let purged = admin.purge_dead(Some(&queue), Purge::All).await?;
+            queue_page(&queue, &format!("purged&n={purged}"))
+        }
+        Action::RetryDead(id) => {
+            let letter = admin.dead_letter(&id).await?;
+            let retried = admin.retry_dead(std::slice::from_ref(&id)).await?;
+            queue_page(&letter.queue, &format!("retried&n={}", retried.len()))
+        }
+        Action::PurgeDead(id) => {
+            let letter = admin.dead_letter(&id).await?;
+            let purged = admin.purge_dead(None, Purge::Ids(vec![id])).await?;
+            queue_page(&letter.queue, &format!("purged&n={purged}"))
+        }
+        Action::Cancel(id) => {
+            let done = match admin.cancel_job(&id).await? {
+                Cancelled::Running { stopped: false, .. } => "cancel-unconfirmed",
+                _ => "cancelled",
+            };
+            format!("/jobs/{}?done={done}", segment(&id))
+        }
+    })
 }
 
 fn refused(status: StatusCode, why: String) -> Response {

@@ -131,13 +131,9 @@ fn router(dashboard: Shared) -> Router {
         .route("/locks", get(pages::locks))
         .route("/assets/dashboard.css", get(stylesheet))
         .route("/assets/dashboard.js", get(script))
-        .route("/queues/{queue}/pause", post(actions::pause))
-        .route("/queues/{queue}/resume", post(actions::resume))
-        .route("/queues/{queue}/dead/retry", post(actions::retry_all_dead))
-        .route("/queues/{queue}/dead/purge", post(actions::purge_all_dead))
-        .route("/jobs/{id}/retry", post(actions::retry_dead))
-        .route("/jobs/{id}/purge", post(actions::purge_dead))
-        .route("/jobs/{id}/cancel", post(actions::cancel))
+        .route("/queues/{queue}/{action}", post(actions::queue))
+        .route("/queues/{queue}/dead/{action}", post(actions::queue_dead))
+        .route("/jobs/{id}/{action}", post(actions::job))
         .layer(axum::middleware::from_fn_with_state(
             dashboard.clone(),
             guard::check_host,

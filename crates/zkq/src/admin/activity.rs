@@ -11,13 +11,13 @@
 //! The server never lets `cversion` wrap: past `i32::MAX` changes (a billion claims in one
 //! partition) it stays there, and the folder can no longer be counted.
 
-use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::queue;
+use crate::store::znode;
 
-use super::{Admin, STATS_IN_FLIGHT};
+use super::Admin;
 
 /// The claims folder of one partition, as last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,35 +56,25 @@ impl Admin {
     /// # Errors
     /// ZooKeeper errors.
     pub async fn claim_activity(&self) -> Result<Vec<(String, u32, ClaimActivity)>> {
-        let mut folders = Vec::new();
+        let mut out = Vec::new();
         for name in queue::list(&self.client, &self.layout).await? {
-            if let Ok(Some(config)) = queue::load(&self.client, &self.layout, &name).await {
-                for partition in 0..config.partitions {
-                    let path = self.layout.claims(&name, partition);
-                    folders.push((name.clone(), partition, path));
-                }
+            let Ok(Some(config)) = queue::load(&self.client, &self.layout, &name).await else {
+                continue;
+            };
+            let folders = (0..config.partitions).map(|p| format!("{p}/claims")).collect();
+            for (folder, stat) in
+                znode::stat_children(&self.client, &self.layout.partitions(&name), folders).await?
+            {
+                let Some(partition) = folder.split('/').next().and_then(|p| p.parse().ok()) else {
+                    continue;
+                };
+                let activity = ClaimActivity {
+                    czxid: stat.czxid,
+                    cversion: stat.cversion,
+                    held: stat.num_children.max(0) as u32,
+                };
+                out.push((name.clone(), partition, activity));
             }
-        }
-        let stats: Vec<Result<Option<(String, u32, ClaimActivity)>>> = stream::iter(folders)
-            .map(|(queue, partition, path)| async move {
-                match self.client.check_stat(&path).await {
-                    Ok(stat) => Ok(stat.map(|s| {
-                        let activity = ClaimActivity {
-                            czxid: s.czxid,
-                            cversion: s.cversion,
-                            held: s.num_children.max(0) as u32,
-                        };
-                        (queue, partition, activity)
-                    })),
-                    Err(e) => Err(Error::zk("stat", path, e)),
-                }
-            })
-            .buffered(STATS_IN_FLIGHT)
-            .collect()
-            .await;
-        let mut out = Vec::with_capacity(stats.len());
-        for stat in stats {
-            out.extend(stat?);
         }
         Ok(out)
     }
