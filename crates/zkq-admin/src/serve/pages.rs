@@ -59,19 +59,13 @@ impl Flash {
 }
 
 /// The overview: every queue's depth, the throughput chart, the fleet.
-pub async fn overview(State(d): State<Shared>, Query(flash): Query<Flash>) -> Response {
-    let loaded = d
-        .connection
-        .run(|admin| async move {
-            let stats = admin.stats(None).await?;
-            let workers = admin.workers().await?;
-            Ok((stats, workers))
-        })
-        .await;
-    let (stats, workers) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => return failure(&d, "Overview", Section::Overview, &e),
-    };
+pub async fn overview(State(d): State<Shared>, Query(flash): Query<Flash>) -> Result<Response, Response> {
+    let (stats, workers) = load(&d, "Overview", Section::Overview, |admin| async move {
+        let stats = admin.stats(None).await?;
+        let workers = admin.workers().await?;
+        Ok((stats, workers))
+    })
+    .await?;
     let body = html! {
         h1 { "Queues" }
         (queues_table(&d, &stats))
@@ -80,7 +74,7 @@ pub async fn overview(State(d): State<Shared>, Query(flash): Query<Flash>) -> Re
         h2 { "Fleet" }
         (fleet(&stats, &workers))
     };
-    page(&d, "Overview", Section::Overview, &flash, body)
+    Ok(page(&d, "Overview", Section::Overview, &flash, body))
 }
 
 fn queues_table(d: &Dashboard, stats: &Stats) -> Markup {
@@ -148,23 +142,17 @@ pub async fn queue(
     State(d): State<Shared>,
     Path(name): Path<String>,
     Query(flash): Query<Flash>,
-) -> Response {
+) -> Result<Response, Response> {
     let title = format!("Queue {name}");
     let wanted = name.clone();
-    let loaded = d
-        .connection
-        .run(|admin| async move {
-            let detail = admin.queue_detail(&wanted).await?;
-            let dead = admin
-                .dead_letters(Some(&wanted), None, DEAD_LETTERS_SHOWN)
-                .await?;
-            Ok((detail, dead))
-        })
-        .await;
-    let (detail, dead) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => return failure(&d, &title, Section::Overview, &e),
-    };
+    let (detail, dead) = load(&d, &title, Section::Overview, |admin| async move {
+        let detail = admin.queue_detail(&wanted).await?;
+        let dead = admin
+            .dead_letters(Some(&wanted), None, DEAD_LETTERS_SHOWN)
+            .await?;
+        Ok((detail, dead))
+    })
+    .await?;
     let s = &detail.stats;
     let body = html! {
         h1 { "Queue " span #queue-name { (name) } " " (state_badge(s.paused)) }
@@ -185,7 +173,7 @@ pub async fn queue(
         h2 { "Settings" }
         (settings(&detail))
     };
-    page(&d, &title, Section::Overview, &flash, body)
+    Ok(page(&d, &title, Section::Overview, &flash, body))
 }
 
 fn partitions(detail: &QueueDetail) -> Markup {
@@ -285,17 +273,17 @@ pub async fn search(State(d): State<Shared>, Query(search): Query<Search>) -> Re
 }
 
 /// One job: where it is and its record.
-pub async fn job(State(d): State<Shared>, Path(id): Path<String>, Query(flash): Query<Flash>) -> Response {
+pub async fn job(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Result<Response, Response> {
     let wanted = id.clone();
     let title = format!("Job {id}");
-    let view = match d
-        .connection
-        .run(|admin| async move { admin.job(&wanted).await })
-        .await
-    {
-        Ok(view) => view,
-        Err(e) => return failure(&d, &title, Section::Jobs, &e),
-    };
+    let view = load(&d, &title, Section::Jobs, |admin| async move {
+        admin.job(&wanted).await
+    })
+    .await?;
     let body = html! {
         h1 { "Job " code #job-id { (id) } }
         (job_state(&view))
@@ -310,7 +298,7 @@ pub async fn job(State(d): State<Shared>, Path(id): Path<String>, Query(flash): 
         }
         (job_record(&view.job))
     };
-    page(&d, &title, Section::Jobs, &flash, body)
+    Ok(page(&d, &title, Section::Jobs, &flash, body))
 }
 
 fn job_state(view: &JobView) -> Markup {
@@ -369,15 +357,11 @@ fn payload_preview(payload: &[u8]) -> String {
 }
 
 /// Every live worker.
-pub async fn workers(State(d): State<Shared>) -> Response {
-    let workers = match d
-        .connection
-        .run(|admin| async move { admin.workers().await })
-        .await
-    {
-        Ok(workers) => workers,
-        Err(e) => return failure(&d, "Workers", Section::Workers, &e),
-    };
+pub async fn workers(State(d): State<Shared>) -> Result<Response, Response> {
+    let workers = load(&d, "Workers", Section::Workers, |admin| async move {
+        admin.workers().await
+    })
+    .await?;
     let body = html! {
         h1 { "Workers " span.muted { "(" (workers.len()) ")" } }
         @if workers.is_empty() { p.empty { "No live worker." } } @else {
@@ -396,7 +380,7 @@ pub async fn workers(State(d): State<Shared>) -> Response {
             }
         }
     };
-    page(&d, "Workers", Section::Workers, &Flash::default(), body)
+    Ok(page(&d, "Workers", Section::Workers, &Flash::default(), body))
 }
 
 fn owned(partitions: &BTreeMap<String, Vec<u32>>) -> String {
@@ -412,15 +396,11 @@ fn owned(partitions: &BTreeMap<String, Vec<u32>>) -> String {
 }
 
 /// Every cron schedule, with its next tick.
-pub async fn cron(State(d): State<Shared>) -> Response {
-    let schedules = match d
-        .connection
-        .run(|admin| async move { admin.schedules().await })
-        .await
-    {
-        Ok(schedules) => schedules,
-        Err(e) => return failure(&d, "Cron", Section::Cron, &e),
-    };
+pub async fn cron(State(d): State<Shared>) -> Result<Response, Response> {
+    let schedules = load(&d, "Cron", Section::Cron, |admin| async move {
+        admin.schedules().await
+    })
+    .await?;
     let now = now_ms();
     let body = html! {
         h1 { "Cron schedules " span.muted { "(" (schedules.len()) ")" } }
@@ -438,15 +418,18 @@ pub async fn cron(State(d): State<Shared>) -> Response {
             }
         }
     };
-    page(&d, "Cron", Section::Cron, &Flash::default(), body)
+    Ok(page(&d, "Cron", Section::Cron, &Flash::default(), body))
 }
 
 /// Every lock key with a holder.
-pub async fn locks(State(d): State<Shared>) -> Response {
-    let locks = match d.connection.run(|admin| async move { admin.locks().await }).await {
-        Ok(locks) => locks,
-        Err(e) => return failure(&d, "Locks", Section::Locks, &e),
-    };
+pub async fn locks(State(d): State<Shared>) -> Result<Response, Response> {
+    let locks = load(
+        &d,
+        "Locks",
+        Section::Locks,
+        |admin| async move { admin.locks().await },
+    )
+    .await?;
     let body = html! {
         h1 { "Locks " span.muted { "(" (locks.len()) " held)" } }
         @if locks.is_empty() { p.empty { "No lock is held." } } @else {
@@ -459,7 +442,20 @@ pub async fn locks(State(d): State<Shared>) -> Response {
             }
         }
     };
-    page(&d, "Locks", Section::Locks, &Flash::default(), body)
+    Ok(page(&d, "Locks", Section::Locks, &Flash::default(), body))
+}
+
+/// What `f` reads through the dashboard's session; an error becomes the page `title` saying
+/// so, with the status it deserves.
+async fn load<T, F, Fut>(d: &Dashboard, title: &str, section: Section, f: F) -> Result<T, Response>
+where
+    F: FnOnce(std::sync::Arc<zkq::Admin>) -> Fut,
+    Fut: std::future::Future<Output = zkq::Result<T>>,
+{
+    d.connection
+        .run(f)
+        .await
+        .map_err(|e| failure(d, title, section, &e))
 }
 
 /// An error in place of a page's content, with the status it deserves.
