@@ -3,7 +3,8 @@
 //! The bench runs itself again as `zkq-bench worker ...`: a process that runs a zkq worker with
 //! a no-op handler and reports each attempt it starts on stdout, one line per attempt:
 //! `<job id as 32 hex digits> <µs since the job's enqueue stamp> <ms since the job was due>`.
-//! Closing its stdin stops it; its last line is `rss <peak resident KiB>`. The parent counts the
+//! Its first line is `id <worker id>`. Closing its stdin stops it; its last line is
+//! `rss <peak resident KiB>`. The parent counts the
 //! runs of each job (duplicates), keeps the latencies, and takes the largest peak RSS.
 
 use std::collections::HashMap;
@@ -40,6 +41,10 @@ pub struct Fleet {
     readers: Vec<tokio::task::JoinHandle<Option<u64>>>,
     tally: Arc<Mutex<Tally>>,
     started: Arc<AtomicU64>,
+    /// Each worker's id, once it said it.
+    ids: Arc<Mutex<Vec<Option<String>>>>,
+    /// Workers killed on purpose (by index), whose exit is not a failure.
+    killed: Vec<usize>,
 }
 
 /// How to start a fleet.
@@ -54,6 +59,8 @@ pub struct FleetConfig {
     pub auth: Option<String>,
     /// Whether the workers record metrics (a Prometheus recorder, rendered every 5 s).
     pub metrics: bool,
+    /// The workers' session timeout.
+    pub session_timeout: Duration,
 }
 
 impl Fleet {
@@ -62,9 +69,10 @@ impl Fleet {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench executable: {e}"))?;
         let tally = Arc::new(Mutex::new(Tally::default()));
         let started = Arc::new(AtomicU64::new(0));
+        let ids = Arc::new(Mutex::new(vec![None; config.workers]));
         let mut children = Vec::new();
         let mut readers = Vec::new();
-        for _ in 0..config.workers {
+        for index in 0..config.workers {
             let mut command = Command::new(&exe);
             if let Some(auth) = &config.auth {
                 command.env("ZKQ_AUTH", auth);
@@ -80,6 +88,10 @@ impl Fleet {
                     &config.queue,
                 ])
                 .args(["--concurrency", &config.concurrency.to_string()])
+                .args([
+                    "--session-timeout",
+                    &format!("{}ms", config.session_timeout.as_millis()),
+                ])
                 .args(config.metrics.then_some("--metrics"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -87,8 +99,13 @@ impl Fleet {
                 .spawn()
                 .map_err(|e| format!("cannot start a worker process: {e}"))?;
             let stdout = child.stdout.take().ok_or("worker without stdout")?;
+            let id = Reporter {
+                index,
+                ids: ids.clone(),
+            };
             readers.push(tokio::spawn(read_reports(
                 stdout,
+                id,
                 tally.clone(),
                 started.clone(),
                 progress.clone(),
@@ -100,7 +117,27 @@ impl Fleet {
             readers,
             tally,
             started,
+            ids,
+            killed: Vec::new(),
         })
+    }
+
+    /// Each worker's id, by index, once it said it.
+    pub fn ids(&self) -> Vec<Option<String>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Kills the workers at `indexes` with SIGKILL, as a crash would: their sessions stay until
+    /// they expire.
+    pub fn kill(&mut self, indexes: &[usize]) -> Result<(), String> {
+        for &i in indexes {
+            let child = self.children.get_mut(i).ok_or("no such worker")?;
+            child
+                .start_kill()
+                .map_err(|e| format!("cannot kill a worker: {e}"))?;
+            self.killed.push(i);
+        }
+        Ok(())
     }
 
     /// Runs started so far.
@@ -132,9 +169,9 @@ impl Fleet {
             drop(child.stdin.take());
         }
         let mut peak_kib = 0;
-        for (child, reader) in self.children.iter_mut().zip(self.readers.drain(..)) {
+        for (i, (child, reader)) in self.children.iter_mut().zip(self.readers.drain(..)).enumerate() {
             let status = child.wait().await.map_err(|e| e.to_string())?;
-            if !status.success() {
+            if !status.success() && !self.killed.contains(&i) {
                 return Err(format!("a worker process failed: {status}"));
             }
             peak_kib = peak_kib.max(reader.await.map_err(|e| e.to_string())?.unwrap_or(0));
@@ -143,9 +180,16 @@ impl Fleet {
     }
 }
 
+/// Where one worker's id goes.
+struct Reporter {
+    index: usize,
+    ids: Arc<Mutex<Vec<Option<String>>>>,
+}
+
 /// Reads one worker's reports until it exits; returns its peak RSS in KiB.
 async fn read_reports(
     stdout: tokio::process::ChildStdout,
+    reporter: Reporter,
     tally: Arc<Mutex<Tally>>,
     started: Arc<AtomicU64>,
     progress: Progress,
@@ -156,6 +200,9 @@ async fn read_reports(
         let mut fields = line.split(' ');
         match (fields.next(), fields.next(), fields.next()) {
             (Some("rss"), Some(kib), None) => rss = kib.parse().ok(),
+            (Some("id"), Some(id), None) => {
+                reporter.ids.lock().unwrap_or_else(|p| p.into_inner())[reporter.index] = Some(id.to_string());
+            }
             (Some(id), Some(latency), Some(late)) => {
                 let Ok(id) = u128::from_str_radix(id, 16) else {
                     continue;
@@ -188,6 +235,7 @@ pub async fn serve(
     queue: String,
     concurrency: usize,
     metrics: bool,
+    session_timeout: Duration,
 ) -> Result<(), String> {
     // Warnings (a failing scan or claim) reach the bench's stderr; RUST_LOG shows more.
     zkq::cli::init_logging(true);
@@ -208,8 +256,7 @@ pub async fn serve(
         });
     }
     let zk = ZkConfig {
-        // Long enough to ride out a slow fsync of a large transaction log.
-        session_timeout: Duration::from_secs(30),
+        session_timeout,
         auth: crate::credentials(std::env::var("ZKQ_AUTH").ok().as_deref())?,
         ..ZkConfig::new(zk)
     };
@@ -234,6 +281,11 @@ pub async fn serve(
             let _ = writeln!(out, "{:032x} {latency} {late}", ctx.job.id.0.as_u128());
             async { Outcome::Done }
         });
+    {
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "id {}", worker.id());
+        let _ = out.flush();
+    }
     let flusher = {
         let out = out.clone();
         tokio::spawn(async move {

@@ -13,12 +13,19 @@
 //! 5. delayed jobs due over a few seconds: how late each started after its due time;
 //! 6. the cost of metrics: drains with workers recording metrics and without, alternated
 //!    (`--metrics-rounds`), after one uncounted warm-up drain;
-//! 7. backlog: `--backlog` jobs enqueued, the largest child count of any znode, then a fresh
+//! 7. a large fleet (`--fleet` worker processes, default session timeout) on a queue of
+//!    `--fleet-partitions`: the time from the last join to balanced ownership, the idle cost
+//!    (requests per second per worker, from `mntr`; watches, from `wchs`), and the time until
+//!    the partitions of a killed tenth of the fleet have new owners;
+//! 8. backlog: `--backlog` jobs enqueued, the largest child count of any znode, then a fresh
 //!    fleet drains them; the workers' peak RSS.
+//!
+//! `--only fleet` runs the large fleet alone.
 //!
 //! Prints a progress line every 2 s, a table, and last one JSON line with every figure.
 
 mod fleet;
+mod membership;
 mod progress;
 mod raw;
 mod stamp;
@@ -27,7 +34,7 @@ mod workloads;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::progress::Progress;
 
@@ -98,9 +105,32 @@ pub struct Args {
     #[arg(long, default_value_t = 2, value_name = "N")]
     metrics_rounds: usize,
 
+    /// Worker processes of the large-fleet workload (0 skips it)
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    fleet: usize,
+
+    /// Partitions of the large fleet's queue
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    fleet_partitions: u32,
+
+    /// How long the idle large fleet's requests are counted
+    #[arg(long, value_parser = zkq::cli::parse_duration, default_value = "30s")]
+    fleet_idle: Duration,
+
+    /// Run one workload alone
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+
     /// The credentials of an --auth run, given to every session and worker process.
     #[arg(skip)]
     credentials: Option<String>,
+}
+
+/// A workload that runs alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// The large fleet: balance, idle cost, loss
+    Fleet,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -119,6 +149,8 @@ enum Role {
         /// Record metrics into a Prometheus recorder, rendered every 5 s as a scraper would
         #[arg(long)]
         metrics: bool,
+        #[arg(long, value_parser = zkq::cli::parse_duration)]
+        session_timeout: Duration,
     },
 }
 
@@ -131,9 +163,10 @@ async fn main() -> std::process::ExitCode {
         queue,
         concurrency,
         metrics,
+        session_timeout,
     }) = args.role.take()
     {
-        return match fleet::serve(zk, root, queue, concurrency, metrics).await {
+        return match fleet::serve(zk, root, queue, concurrency, metrics, session_timeout).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("worker: {e}");
@@ -148,6 +181,8 @@ async fn main() -> std::process::ExitCode {
         args.jobs = args.jobs.min(10_000);
         args.backlog = args.backlog.min(20_000);
         args.duration = args.duration.min(Duration::from_secs(5));
+        args.fleet = args.fleet.min(20);
+        args.fleet_idle = args.fleet_idle.min(Duration::from_secs(10));
     }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -202,6 +237,14 @@ async fn run(args: Args) -> Result<(), String> {
     let mut figures: BTreeMap<&'static str, f64> = BTreeMap::new();
     if args.zk.is_none() {
         figures.insert("zk_members", f64::from(args.ensemble.max(1)));
+    }
+
+    if args.only == Some(Only::Fleet) {
+        let w = workloads::Workloads::new(&zk, &args, &progress).await?;
+        membership(&w, &mut figures).await?;
+        progress.stop();
+        report(&figures);
+        return Ok(());
     }
 
     let client = connect(&zk).await?;
@@ -304,6 +347,8 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("drain_metrics_on_per_s", mean(&on));
     figures.insert("drain_metrics_off_per_s", mean(&off));
 
+    membership(&w, &mut figures).await?;
+
     if args.backlog > 0 {
         let backlog = w.backlog("backlog", args.backlog).await?;
         figures.insert("backlog_jobs", backlog.jobs as f64);
@@ -315,17 +360,51 @@ async fn run(args: Args) -> Result<(), String> {
     }
     figures.insert("worker_peak_rss_mb", peak_rss_mb);
     progress.stop();
+    report(&figures);
+    Ok(())
+}
 
-    println!("\n{:<28} {:>14}", "figure", "value");
-    for (name, value) in &figures {
-        println!("{name:<28} {value:>14.1}");
+/// The large-fleet workload, unless `--fleet 0`, into `figures`.
+async fn membership(
+    w: &workloads::Workloads<'_>,
+    figures: &mut BTreeMap<&'static str, f64>,
+) -> Result<(), String> {
+    if w.args.fleet == 0 {
+        return Ok(());
+    }
+    let m = w
+        .membership(w.args.fleet, w.args.fleet_partitions, w.args.fleet_idle)
+        .await?;
+    figures.insert("fleet_workers", m.workers as f64);
+    figures.insert("fleet_partitions", f64::from(m.partitions));
+    figures.insert("fleet_session_timeout_s", m.session_timeout.as_secs_f64());
+    figures.insert("fleet_join_s", m.join.as_secs_f64());
+    figures.insert("fleet_balance_s", m.balance.as_secs_f64());
+    if let Some(r) = m.idle_requests_per_worker_s {
+        figures.insert("fleet_idle_requests_per_worker_s", r);
+    }
+    figures.insert("fleet_idle_window_s", m.idle_window.as_secs_f64());
+    if let (Some(w), Some(p)) = (m.watches, m.watched_paths) {
+        figures.insert("fleet_watches", w as f64);
+        figures.insert("fleet_watched_paths", p as f64);
+    }
+    figures.insert("fleet_killed", m.killed as f64);
+    figures.insert("fleet_leader_killed", f64::from(u8::from(m.leader_killed)));
+    figures.insert("fleet_reown_s", m.reown.as_secs_f64());
+    Ok(())
+}
+
+/// Prints `figures` as a table, then as one JSON line.
+fn report(figures: &BTreeMap<&'static str, f64>) {
+    println!("\n{:<32} {:>14}", "figure", "value");
+    for (name, value) in figures {
+        println!("{name:<32} {value:>14.2}");
     }
     let json: serde_json::Map<String, serde_json::Value> = figures
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::json!((v * 10.0).round() / 10.0)))
+        .map(|(k, v)| (k.to_string(), serde_json::json!((v * 100.0).round() / 100.0)))
         .collect();
     println!("{}", serde_json::Value::Object(json));
-    Ok(())
 }
 
 /// The parsed `credentials`, if any.

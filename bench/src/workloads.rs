@@ -12,7 +12,7 @@ use crate::fleet::{Fleet, FleetConfig, Tally};
 use crate::progress::{rate, Progress};
 use crate::{stamp, Args};
 
-const ROOT: &str = "/zkq-bench";
+pub const ROOT: &str = "/zkq-bench";
 /// Jobs per `enqueue_batch` call.
 const BATCH: usize = 100;
 /// Batches in flight when enqueueing through the batch API.
@@ -21,12 +21,12 @@ const BATCHES_IN_FLIGHT: usize = 8;
 /// The producer and settings shared by the workloads.
 #[derive(Debug)]
 pub struct Workloads<'a> {
-    zk: ZkConfig,
-    args: &'a Args,
-    progress: &'a Progress,
-    producer: Arc<Producer>,
-    /// Looks up jobs whose enqueue had an unknown outcome.
-    admin: Admin,
+    pub zk: ZkConfig,
+    pub args: &'a Args,
+    pub progress: &'a Progress,
+    pub producer: Arc<Producer>,
+    /// Looks up jobs whose enqueue had an unknown outcome, and reads ownership.
+    pub admin: Admin,
     /// Jobs whose enqueue had an unknown outcome (the connection dropped with it in flight),
     /// found not to have committed, since the last drain.
     lost: AtomicU64,
@@ -128,8 +128,13 @@ impl<'a> Workloads<'a> {
 
     /// Creates `queue` with the bench's partitions.
     pub async fn create_queue(&self, queue: &str) -> Result<(), String> {
+        self.create_queue_with(queue, self.args.partitions).await
+    }
+
+    /// Creates `queue` with `partitions`.
+    pub async fn create_queue_with(&self, queue: &str, partitions: u32) -> Result<(), String> {
         let config = QueueConfig {
-            partitions: self.args.partitions,
+            partitions,
             ..QueueConfig::default()
         };
         self.producer
@@ -159,6 +164,8 @@ impl<'a> Workloads<'a> {
                 concurrency: self.args.concurrency,
                 auth: self.args.credentials.clone(),
                 metrics,
+                // Long enough to ride out a slow fsync of a large transaction log.
+                session_timeout: Duration::from_secs(30),
             },
             self.progress,
         )

@@ -333,9 +333,22 @@ pub fn free_port() -> std::io::Result<u16> {
     ))
 }
 
-/// Sends a four-letter command and returns the reply.
+/// Sends a four-letter command to the server on `port` of 127.0.0.1 and returns the reply.
 pub fn four_letter(port: u16, cmd: &str) -> std::io::Result<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    four_letter_to(SocketAddr::from(([127, 0, 0, 1], port)), cmd)
+}
+
+/// Sends a four-letter command to the server at `address` (`host:port`) and returns the reply.
+pub fn four_letter_at(address: &str, cmd: &str) -> std::io::Result<String> {
+    use std::net::ToSocketAddrs;
+    let addr = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{address} resolves to no address")))?;
+    four_letter_to(addr, cmd)
+}
+
+fn four_letter_to(addr: SocketAddr, cmd: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.write_all(cmd.as_bytes())?;

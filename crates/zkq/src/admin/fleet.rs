@@ -46,12 +46,7 @@ impl Admin {
                 continue;
             };
             let running = self.claims_by_worker(&queue, &config).await?;
-            let owners = assignment::read(&self.client, &self.layout, &queue)
-                .await
-                .ok()
-                .flatten()
-                .map(|a| a.owners)
-                .unwrap_or_default();
+            let owners = self.owners(&queue).await.unwrap_or_default();
             for view in &mut views {
                 view.running += running.get(&view.id).copied().unwrap_or(0);
                 let owned: Vec<u32> = owners
@@ -66,6 +61,18 @@ impl Admin {
             }
         }
         Ok(views)
+    }
+
+    /// The owners of each of `queue`'s partitions (index = partition), one per group of workers
+    /// that run the same kinds, as the scheduler last assigned them; empty before its first
+    /// assignment. One read.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidName`]; ZooKeeper errors; an unreadable record.
+    pub async fn owners(&self, queue: &str) -> Result<Vec<Vec<String>>> {
+        crate::store::layout::validate_queue_name(queue)?;
+        let assignment = assignment::read(&self.client, &self.layout, queue).await?;
+        Ok(assignment.map(|a| a.owners).unwrap_or_default())
     }
 
     /// How many claims of `queue` each worker holds, from the claim records.

@@ -6,7 +6,6 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use zookeeper_client as zk;
 
-use crate::assignment;
 use crate::claim;
 use crate::error::{Error, Result};
 use crate::job::Job;
@@ -213,10 +212,8 @@ impl Admin {
         };
         let mut partitions = self.partition_counts(queue, &config).await?;
         let stats = self.queue_stats_of(queue, &config, &partitions).await?;
-        if let Some(assignment) = assignment::read(&self.client, &self.layout, queue).await? {
-            for (p, owners) in partitions.iter_mut().zip(assignment.owners) {
-                p.owners = owners;
-            }
+        for (p, owners) in partitions.iter_mut().zip(self.owners(queue).await?) {
+            p.owners = owners;
         }
         Ok(QueueDetail {
             config,

@@ -2,8 +2,12 @@
 //!
 //! The server expires a session once it has heard nothing from it for the session timeout. A
 //! reply to a request sent at time `T` proves the server heard from the session after `T`, so
-//! the session cannot expire before `T + timeout`. The heartbeat sends a small read every tenth
-//! of the timeout and keeps `T` of the latest one answered.
+//! the session cannot expire before `T + timeout`. The heartbeat sends a small read and keeps
+//! `T` of the latest one answered: every tenth of the timeout while the worker runs attempts
+//! ([`Liveness::busy`]), every fifth while it is idle. The idle pace is just under the client's
+//! own ping pace (3/8 of a connection timeout of 3/5 of the session timeout, see
+//! [`crate::ZkConfig`]), so an idle worker's probes take the place of its pings instead of
+//! adding to them: an idle fleet costs ZooKeeper little.
 //!
 //! From `T` two deadlines follow:
 //! - **fenced** at `T + fence_share x timeout`: the worker stops claiming and stops its running
@@ -15,6 +19,8 @@
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds, the clock the watchdog shares.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -41,6 +47,18 @@ pub struct Liveness {
     beats: watch::Receiver<Beat>,
     timeout: Duration,
     fence_after_ns: u64,
+    /// Holders of a [`Busy`]: while there are any, the heartbeat beats at its busy pace.
+    busy: Arc<AtomicUsize>,
+}
+
+/// While held, the heartbeat beats at its busy pace. See [`Liveness::busy`].
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Liveness {
@@ -63,6 +81,13 @@ impl Liveness {
     /// The session timeout the server granted.
     pub fn session_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Keeps the heartbeat at its busy pace until dropped: held by each running attempt, whose
+    /// fence and watchdog deadline follow the latest answered probe.
+    pub(crate) fn busy(&self) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.busy.clone())
     }
 
     /// Waits for the next answered probe or fence change. Returns false once the heartbeat
@@ -115,67 +140,117 @@ pub(crate) fn start(
         fenced: false,
     });
     let fence_after_ns = timeout.mul_f64(fence_share).as_nanos() as u64;
+    let busy = Arc::new(AtomicUsize::new(0));
     let liveness = Liveness {
         beats: rx,
         timeout,
         fence_after_ns,
+        busy: busy.clone(),
     };
-    (liveness, beat(client, probe, timeout, fence_after_ns, tx, health))
+    let beating = Beating {
+        client,
+        probe,
+        busy,
+        fence_after: fence_after_ns,
+        tx,
+        health,
+    };
+    (liveness, beating.beat(timeout))
 }
 
-async fn beat(
+/// The heartbeat task's state.
+struct Beating {
     client: zk::Client,
     probe: String,
-    timeout: Duration,
+    busy: Arc<AtomicUsize>,
     fence_after: u64,
     tx: watch::Sender<Beat>,
     health: Health,
-) {
-    let interval = (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // One probe in flight at a time: a reply that comes late still proves its send time.
-    let mut inflight: Option<(u64, futures::future::BoxFuture<'static, bool>)> = None;
-    loop {
-        if client.state().is_terminated() {
-            return;
-        }
-        let (sent, pending) = inflight.get_or_insert_with(|| {
-            let (c, path) = (client.clone(), probe.clone());
-            let probe: futures::future::BoxFuture<'static, bool> =
-                Box::pin(async move { c.check_stat(&path).await.is_ok() });
-            (monotonic_ns(), probe)
-        });
-        let sent = *sent;
-        tokio::select! {
-            answered = pending => {
-                inflight = None;
-                if answered {
-                    tx.send_if_modified(|b| {
-                        let fresh = sent > b.sent_ns;
-                        if fresh {
-                            b.sent_ns = sent;
-                        }
-                        let was = b.fenced;
-                        b.fenced = false;
-                        fresh || was
-                    });
-                    health.set_fenced(false);
-                }
-                tick.tick().await;
+}
+
+impl Beating {
+    async fn beat(self, timeout: Duration) {
+        let busy_pace = (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        // Half the fence at most, so that an idle worker is not fenced between two probes.
+        let idle_pace = (timeout / 5)
+            .min(Duration::from_nanos(self.fence_after / 2))
+            .max(busy_pace);
+        // Fine enough that each pace is kept to within a quarter of the idle one.
+        let tick_every = busy_pace.min(idle_pace / 4);
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One probe in flight at a time: a reply that comes late still proves its send time.
+        let mut inflight: Option<(u64, futures::future::BoxFuture<'static, bool>)> = None;
+        let mut last_sent = 0;
+        loop {
+            if self.client.state().is_terminated() {
+                return;
             }
-            _ = tick.tick() => {}
+            let pace = if self.busy.load(Ordering::Relaxed) > 0 {
+                busy_pace
+            } else {
+                idle_pace
+            };
+            let now = monotonic_ns();
+            // Half a tick early rather than a whole tick late: the ticks that follow a send
+            // come a hair less than a whole number of ticks after it.
+            let due = last_sent + pace.as_nanos() as u64;
+            if inflight.is_none() && now + (tick_every / 2).as_nanos() as u64 >= due {
+                let (c, path) = (self.client.clone(), self.probe.clone());
+                let probe: futures::future::BoxFuture<'static, bool> =
+                    Box::pin(async move { c.check_stat(&path).await.is_ok() });
+                last_sent = now;
+                inflight = Some((now, probe));
+            }
+            let answered = match inflight.as_mut() {
+                Some((sent, pending)) => {
+                    let sent = *sent;
+                    tokio::select! {
+                        answered = pending => {
+                            inflight = None;
+                            answered.then_some(sent)
+                        }
+                        _ = tick.tick() => None,
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                    None
+                }
+            };
+            if let Some(sent) = answered {
+                self.answered(sent);
+            }
+            self.check_fence();
         }
+    }
+
+    /// A probe sent at `sent` was answered: the session lived then.
+    fn answered(&self, sent: u64) {
+        self.tx.send_if_modified(|b| {
+            let fresh = sent > b.sent_ns;
+            if fresh {
+                b.sent_ns = sent;
+            }
+            let was = b.fenced;
+            b.fenced = false;
+            fresh || was
+        });
+        self.health.set_fenced(false);
+    }
+
+    /// Fences the worker once the latest answered probe is too old.
+    fn check_fence(&self) {
         let now = monotonic_ns();
-        let fenced_now = tx.send_if_modified(|b| {
-            let fence = now > b.sent_ns + fence_after;
+        let fenced_now = self.tx.send_if_modified(|b| {
+            let fence = now > b.sent_ns + self.fence_after;
             let changed = fence && !b.fenced;
             b.fenced |= fence;
             changed
         });
         if fenced_now {
             metrics::counter!(telemetry::FENCED).increment(1);
-            health.set_fenced(true);
+            self.health.set_fenced(true);
         }
     }
 }

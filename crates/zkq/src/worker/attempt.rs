@@ -33,6 +33,8 @@ impl Worker {
             lost: session_lost,
             ..
         } = session;
+        // The fence and the watchdog follow the heartbeat: at its busy pace while this runs.
+        let _busy = session.liveness.busy();
         let kind = claimed.job.kind.clone();
         let handler = self
             .handlers

@@ -22,7 +22,8 @@ pub struct WorkerConfig {
     pub stop_grace: Duration,
     /// On shutdown, how long running attempts may take to finish. Defaults to 30 s.
     pub shutdown_grace: Duration,
-    /// Longest sleep between scans when no watch fires (a safety net). Defaults to 5 s.
+    /// Longest sleep between scans when no watch fires; the lanes whose watches reported a
+    /// change since their last listing are then listed again (a safety net). Defaults to 5 s.
     pub poll_interval: Duration,
     /// Whether this worker stands for election as the scheduler (which promotes due delayed
     /// jobs, assigns partitions, fires periodic jobs and trims dead letters). Defaults to true.

@@ -1,7 +1,9 @@
 //! Queue settings followed live, ZooKeeper's configuration publish/subscribe recipe: each queue
 //! znode (its [`QueueConfig`]) is read with a data watch, and every change (a pause, new limits)
-//! is published to the worker as soon as the watch fires. A watch can be lost with a
-//! connection, so each queue is also read again every few seconds.
+//! is published to the worker as soon as the watch fires. The client sets one-shot watches
+//! again on a new connection, and the server fires one at once for a change made meanwhile, so
+//! the watch survives a reconnect; each queue is still read again every minute, as a safety net
+//! that costs an idle worker next to nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use crate::store::session;
 pub(crate) type Configs = watch::Receiver<HashMap<String, QueueConfig>>;
 
 /// Longest wait between two reads of a queue's settings, in case a watch was lost.
-const READ_AGAIN: Duration = Duration::from_secs(5);
+const READ_AGAIN: Duration = Duration::from_secs(60);
 
 /// Keeps `configs` current for `queue` until the session ends.
 pub(crate) async fn follow(

@@ -133,6 +133,7 @@ impl Fetcher {
                 let cache = self.lanes.entry(id(*p, lane)).or_default();
                 cache.complete = complete;
                 cache.stale = !(complete && claims_armed);
+                cache.touched = false;
                 cache.ready.extend(jobs);
             }
         }

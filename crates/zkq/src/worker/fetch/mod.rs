@@ -21,8 +21,14 @@
 //! worker's own claims end through its own hands and need none); when it fires, the lane is
 //! listed again. So is every lane after a reconnect (a persistent watch may miss events while
 //! disconnected, and the client does not set persistent watches again on the new connection: the
-//! fetcher drops them and sets new ones before those listings), after the worker slept a whole poll interval (a safety net), and every
-//! [`TIDY_INTERVAL`], which also deletes drained segments.
+//! fetcher drops them and sets new ones before those listings).
+//!
+//! Two safety nets list lanes again without being asked: after the worker slept a whole poll
+//! interval, and every [`TIDY_INTERVAL`] (which also deletes drained segments), each lane that
+//! changed since its last listing (its watch reported any event in it, a deletion included) is
+//! listed again; every [`RESYNC_INTERVAL`], every lane is. A lane whose watch stayed quiet
+//! cannot have changed, so an idle worker lists nothing, and an idle fleet costs ZooKeeper
+//! only its heartbeats.
 //!
 //! A cached job may have been taken meanwhile by another worker: reading it (gone) or claiming
 //! it (the version moved, or the claim exists) tells, and it is skipped. Partition ownership
@@ -92,6 +98,8 @@ struct LaneCache {
     complete: bool,
     /// To be listed again once `ready` runs dry.
     stale: bool,
+    /// Its watch reported an event since its last listing.
+    touched: bool,
 }
 
 impl Default for LaneCache {
@@ -100,6 +108,7 @@ impl Default for LaneCache {
             ready: VecDeque::new(),
             complete: false,
             stale: true,
+            touched: false,
         }
     }
 }
@@ -111,6 +120,9 @@ const MAX_CACHED: usize = 4096;
 /// How often every lane is listed again even though its watch is live: drained segments are
 /// deleted by listings.
 const TIDY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often every lane is listed again, changed or not: a safety net under the watches.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What a lane watch reports.
 #[derive(Debug)]
@@ -125,6 +137,8 @@ enum LaneEvent {
     /// the server (zookeeper-client 0.11 sets only one-shot watches again on a new connection).
     /// Every lane is watched anew and listed again.
     Reconnected,
+    /// Something else changed in the lane: a job or segment deleted, a segment created.
+    Touched(LaneId),
     /// A job whose lock key is held elsewhere, kept until the key is free ([`Parking`]).
     Park { key: String, candidate: Candidate },
     /// The holder of a lock key that parked jobs wait for has let go.
@@ -167,6 +181,7 @@ pub(crate) struct Fetcher {
     /// tell), by path, so that listings pass over them; forgotten at each tidy.
     skipped: HashSet<String>,
     last_tidy: Instant,
+    last_resync: Instant,
 }
 
 /// A task aborted when this is dropped.
@@ -218,6 +233,7 @@ impl Fetcher {
             kinds,
             skipped: HashSet::new(),
             last_tidy: Instant::now(),
+            last_resync: Instant::now(),
         }
     }
 
@@ -233,10 +249,15 @@ impl Fetcher {
         self.configs.borrow_and_update();
         self.owned.borrow_and_update();
         self.take_events();
-        if self.last_tidy.elapsed() >= TIDY_INTERVAL {
+        if self.last_resync.elapsed() >= RESYNC_INTERVAL {
+            self.last_resync = Instant::now();
             self.last_tidy = Instant::now();
             self.skipped.clear();
             self.all_stale();
+        } else if self.last_tidy.elapsed() >= TIDY_INTERVAL {
+            self.last_tidy = Instant::now();
+            self.skipped.clear();
+            self.changed_stale();
         }
         self.cursor = self.cursor.wrapping_add(1);
         let mut to_arm = Vec::new();
@@ -287,7 +308,8 @@ impl Fetcher {
     }
 
     /// Sleeps until a lane event or claims watch brings something to do, the owned partitions
-    /// change, or `fallback` passes (after which every lane is listed again).
+    /// change, or `fallback` passes (after which every lane that changed since its last listing
+    /// is listed again).
     pub(crate) async fn wait(&mut self, fallback: Duration) {
         let deadline = tokio::time::Instant::now() + fallback;
         let mut owned = self.owned.clone();
@@ -308,7 +330,7 @@ impl Fetcher {
                 // A queue resumed (or its settings changed).
                 Ok(()) = configs.changed() => return,
                 _ = tokio::time::sleep_until(deadline) => {
-                    self.all_stale();
+                    self.changed_stale();
                     return;
                 }
             }
@@ -362,6 +384,11 @@ impl Fetcher {
                     held: None,
                 });
             }
+            LaneEvent::Touched(lane) => {
+                if let Some(cache) = self.lanes.get_mut(&lane) {
+                    cache.touched = true;
+                }
+            }
             LaneEvent::Park { key, candidate } => self.park(key, candidate),
             LaneEvent::KeyFree(key) => self.unpark(&key),
             LaneEvent::Reconnected => {
@@ -376,6 +403,14 @@ impl Fetcher {
     fn all_stale(&mut self) {
         for cache in self.lanes.values_mut() {
             cache.stale = true;
+        }
+    }
+
+    /// Marks stale each lane that changed since its last listing, or that one listing did not
+    /// take in whole.
+    fn changed_stale(&mut self) {
+        for cache in self.lanes.values_mut() {
+            cache.stale |= cache.touched || !cache.complete;
         }
     }
 }

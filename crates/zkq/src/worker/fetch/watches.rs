@@ -25,7 +25,8 @@ pub(super) struct ClaimsWatch {
 
 pub(super) type WatchFuture = futures::future::BoxFuture<'static, String>;
 
-/// Forwards the job creations a lane watch reports, and reconnects, until the session ends.
+/// Forwards what a lane watch reports (job creations, other changes, reconnects) until the
+/// session ends.
 pub(super) async fn forward(
     mut watcher: zk::PersistentWatcher,
     lane: LaneId,
@@ -41,8 +42,11 @@ pub(super) async fn forward(
                     segment: segment.to_string(),
                     node: node.to_string(),
                 }),
-                None => Ok(()),
+                None => events.send(LaneEvent::Touched(lane.clone())),
             },
+            zk::EventType::NodeDeleted
+            | zk::EventType::NodeDataChanged
+            | zk::EventType::NodeChildrenChanged => events.send(LaneEvent::Touched(lane.clone())),
             zk::EventType::Session if event.session_state.is_terminated() => return,
             zk::EventType::Session if event.session_state == zk::SessionState::SyncConnected => {
                 events.send(LaneEvent::Reconnected)

@@ -1,0 +1,61 @@
+//! What an idle worker costs its ZooKeeper server: a fleet of hundreds waits most of the time,
+//! and each of its requests is one the server answers for nothing.
+
+use std::time::Duration;
+
+use zkq::{NewJob, Outcome, QueueConfig};
+use zkq_tests::{recording, spawn_worker, take, Env};
+
+/// Requests the server has received since it started, pings included (`mntr`).
+fn packets_received(server: &zkq_testkit::Ensemble) -> u64 {
+    let reply = zkq_testkit::server::four_letter_at(&server.connect_string(), "mntr").expect("mntr answers");
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("zk_packets_received")?.trim().parse().ok())
+        .expect("mntr reports zk_packets_received")
+}
+
+/// With its watches set, an idle worker lists nothing again at its poll interval (its lanes'
+/// watches saw no change), and its heartbeat takes the place of its session's pings. Listing
+/// its 8 partitions' claims and lanes at each 1 s poll, as it once did, cost over 30 requests
+/// a second, and a heartbeat at its busy pace beside the pings about 1.5; now its two sessions
+/// cost about one (a probe every 2 s on one, a ping every 2.25 s on the other). A job enqueued
+/// after the quiet spell still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_lists_nothing_again_and_costs_its_server_about_one_request_per_second() {
+    let server = zkq_testkit::Ensemble::standalone().expect("zookeeper starts");
+    let mut env = Env::on(&server, "idle");
+    // The production default, which sets the heartbeat's and the pings' paces.
+    env.zk.session_timeout = Duration::from_secs(10);
+    let queue = QueueConfig {
+        partitions: 8,
+        ..QueueConfig::default()
+    };
+    env.producer_for("q", &queue).await.close().await;
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let config = zkq::WorkerConfig {
+        poll_interval: Duration::from_secs(1),
+        // The elected scheduler's own work is the leader's, not every worker's.
+        scheduler: false,
+        ..env.worker_config("q", 4)
+    };
+    let (stop, handle) = spawn_worker(env.worker(config).handle("k", handler).unwrap());
+    // The first scans list every lane and set the watches.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let window = Duration::from_secs(12);
+    let before = packets_received(&server);
+    tokio::time::sleep(window).await;
+    let per_s = (packets_received(&server) - before) as f64 / window.as_secs_f64();
+    eprintln!("the idle worker cost its server {per_s:.2} requests/s");
+    assert!(
+        per_s < 1.2,
+        "the idle worker cost its server {per_s:.2} requests/s; under 1.2 expected"
+    );
+
+    let producer = env.producer().await;
+    producer.enqueue("q", NewJob::new("k", "after")).await.unwrap();
+    assert_eq!(take(&mut runs, 1).await[0].text(), "after");
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}
