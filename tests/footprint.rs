@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use zkq::{NewJob, Outcome, QueueConfig};
-use zkq_tests::{recording, spawn_worker, take, Env};
+use zkq_tests::{count_ready, recording, spawn_worker, take, within, Env};
 
 /// Requests the server has received since it started, pings included (`mntr`).
 fn packets_received(server: &zkq_testkit::Ensemble) -> u64 {
@@ -58,4 +58,57 @@ async fn an_idle_worker_lists_nothing_again_and_costs_its_server_about_one_reque
     assert_eq!(take(&mut runs, 1).await[0].text(), "after");
     drop(stop);
     handle.await.unwrap().unwrap();
+}
+
+/// The scheduler leader sleeps until the next tick of any schedule, and learns of a new or
+/// edited schedule from a watch: between ticks it reads no schedule. Rereading the schedules
+/// every second, as it once did, cost about 3 requests a second (a listing and a read of each
+/// schedule); a schedule made while it sleeps still fires its first tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_scheduler_reads_no_schedule_between_ticks_and_sees_a_new_one_at_once() {
+    let server = zkq_testkit::Ensemble::standalone().expect("zookeeper starts");
+    let mut env = Env::on(&server, "idle-cron");
+    env.zk.session_timeout = Duration::from_secs(10);
+    let producer = env.producer_for("q", &QueueConfig::default()).await;
+    // Two schedules whose next ticks are hours away (03:00 and 04:00 UTC, or tomorrow's).
+    for (name, hour) in [("nightly", 3), ("early", 4)] {
+        let job = zkq::PeriodicJob::new("q", format!("0 0 {hour} * * *"), NewJob::new("k", "x")).unwrap();
+        producer.schedule(name, job).await.unwrap();
+    }
+    producer.close().await;
+    let config = zkq::SchedulerConfig {
+        // Promotion's own look, a safety net of its own, out of the window.
+        promote_interval: Duration::from_secs(600),
+        ..zkq::SchedulerConfig::default()
+    };
+    let scheduler = zkq::Scheduler::new(env.zk.clone(), &env.root, "s", config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(scheduler.run(async move {
+        let _ = stopped.await;
+    }));
+    // Elected, and its first passes done.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let window = Duration::from_secs(12);
+    let before = packets_received(&server);
+    tokio::time::sleep(window).await;
+    let per_s = (packets_received(&server) - before) as f64 / window.as_secs_f64();
+    eprintln!("the idle scheduler cost its server {per_s:.2} requests/s");
+    assert!(
+        per_s < 1.0,
+        "the idle scheduler cost its server {per_s:.2} requests/s; under 1 expected (its pings)"
+    );
+
+    let producer = env.producer().await;
+    let every_second = zkq::PeriodicJob::new("q", "* * * * * *", NewJob::new("k", "tick")).unwrap();
+    producer.schedule("every-second", every_second).await.unwrap();
+    let client = env.client().await;
+    within(async {
+        while count_ready(&client, &env.root, "q").await == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    drop(stop);
+    running.await.unwrap().unwrap();
 }

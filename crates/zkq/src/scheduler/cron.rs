@@ -1,12 +1,23 @@
 //! The leader's cron service: fires the due ticks of every periodic job ([`crate::periodic`])
 //! in fenced `multi`s, as many ticks per `multi` as one request holds.
+//!
+//! Between passes it sleeps until the next tick of any schedule, or until the schedules
+//! change: a persistent recursive watch on the schedules folder reports every schedule
+//! created, edited or removed (the service's own fires too, which costs one more read per
+//! tick). So a new schedule is seen at once, and an idle leader reads nothing between ticks.
+//! A lost connection ends the leader's term (see [`crate::scheduler`]), and the next term sets
+//! the watch afresh, which matters because the client does not set persistent watches again
+//! after a reconnect.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use zookeeper_client as zk;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{now_ms, Job};
 use crate::periodic::{read_all, tick_batches, PeriodicJob};
 use crate::producer::{Placement, Producer};
@@ -16,8 +27,11 @@ use crate::store::txn::Op;
 
 use super::service::{self, Next, Passes};
 
-/// Longest sleep between passes: how soon a new or edited schedule is noticed.
-const LOOK_AGAIN: Duration = Duration::from_secs(1);
+/// Longest sleep between passes, a safety net under the watch.
+const LOOK_AGAIN: Duration = Duration::from_secs(60);
+
+/// After a pass that failed, how long until the next.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// The leader's cron service: fires due ticks of every schedule until `stop` is cancelled.
 ///
@@ -29,8 +43,11 @@ pub(crate) async fn serve(
     stop: &CancellationToken,
 ) -> Result<()> {
     let dir = producer.layout().schedules();
+    let changed = Arc::new(Notify::new());
+    // Set before the first read, so that it reports every change the read misses.
+    let _watch = watch_schedules(producer.client(), &dir, changed.clone()).await?;
     let mut unreadable: Vec<String> = Vec::new();
-    let mut passes = Passes::new(stop, "cannot read schedules", LOOK_AGAIN);
+    let mut passes = Passes::new(stop, "cannot read schedules", RETRY);
     while passes.ready().await {
         let pass = async {
             let mut next = now_ms() + LOOK_AGAIN.as_millis() as u64;
@@ -57,13 +74,48 @@ pub(crate) async fn serve(
                     next = next.min(at);
                 }
             }
-            Ok(Next::After(Duration::from_millis(
-                next.saturating_sub(now_ms()).max(5),
-            )))
+            let pause = Duration::from_millis(next.saturating_sub(now_ms()).max(5));
+            let changed = changed.clone();
+            // A change during this pass left a permit: the next pass comes at once.
+            Ok(Next::When(Box::pin(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = changed.notified() => {}
+                }
+            })))
         };
         passes.ended(pass.await)?;
     }
     Ok(())
+}
+
+/// Stops forwarding a watch (and drops it) when dropped.
+struct Watching(tokio::task::JoinHandle<()>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches `dir` and its schedules (persistent, recursive; the folder need not exist yet) and
+/// notifies `changed` of every change, until the session ends.
+async fn watch_schedules(client: &zk::Client, dir: &str, changed: Arc<Notify>) -> Result<Watching> {
+    let mut watcher = client
+        .watch(dir, zk::AddWatchMode::PersistentRecursive)
+        .await
+        .map_err(|e| Error::zk("watch schedules", dir, e))?;
+    Ok(Watching(tokio::spawn(async move {
+        loop {
+            let event = watcher.changed().await;
+            if event.session_state.is_terminated() {
+                return;
+            }
+            if event.event_type != zk::EventType::Session {
+                changed.notify_one();
+            }
+        }
+    })))
 }
 
 /// Fires the due ticks of one schedule: the jobs and the schedule's new last tick in fenced
