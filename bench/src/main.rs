@@ -20,7 +20,10 @@
 //! 8. backlog: `--backlog` jobs enqueued, the largest child count of any znode, then a fresh
 //!    fleet drains them; the workers' peak RSS.
 //!
-//! `--only fleet` runs the large fleet alone.
+//! `--sweep` adds drains over partitions 1, 4, 16, 64 and worker processes 1, 2, 4, 8
+//! (`--sweep-jobs` each); `--only sweep` runs the raw single creates and the sweep alone, and
+//! `--only fleet` the large fleet. `--report DIR` writes the figures as JSON and the sweep and
+//! the latency distributions as PNG charts.
 //!
 //! Prints a progress line every 2 s, a table, and last one JSON line with every figure.
 
@@ -28,7 +31,9 @@ mod fleet;
 mod membership;
 mod progress;
 mod raw;
+mod report;
 mod stamp;
+mod sweep;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -54,6 +59,17 @@ pub struct Args {
     /// fleet's would be
     #[arg(long, default_value_t = 1, value_name = "N")]
     ensemble: u32,
+
+    /// A JVM flag for the ZooKeeper the bench starts, after its defaults (-Xms1g -Xmx4g), so
+    /// that a later -Xmx wins; repeat for more (e.g. --zk-jvm-opt=-XX:+UseParallelGC)
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    zk_jvm_opt: Vec<String>,
+
+    /// A zoo.cfg line for the ZooKeeper the bench starts, overriding its defaults; `{member}`
+    /// in it is replaced by the member's id (e.g. --zk-config 'dataLogDir=/fast/zk-{member}');
+    /// repeat for more
+    #[arg(long, value_name = "KEY=VALUE")]
+    zk_config: Vec<String>,
 
     /// Jobs per enqueue and drain workload (and znodes per raw workload)
     #[arg(long, default_value_t = 100_000)]
@@ -101,7 +117,8 @@ pub struct Args {
     #[arg(long)]
     auth: bool,
 
-    /// Rounds of the metrics cost workload, each four drains: metrics on, off, off, on
+    /// Rounds of the metrics cost workload, each four drains: metrics on, off, off, on (0 skips
+    /// it)
     #[arg(long, default_value_t = 2, value_name = "N")]
     metrics_rounds: usize,
 
@@ -113,6 +130,10 @@ pub struct Args {
     #[arg(long, default_value_t = 128, value_name = "N")]
     fleet_partitions: u32,
 
+    /// Session timeout of the large fleet's workers
+    #[arg(long, value_parser = zkq::cli::parse_duration, default_value = "10s")]
+    fleet_session_timeout: Duration,
+
     /// How long the idle large fleet's requests are counted
     #[arg(long, value_parser = zkq::cli::parse_duration, default_value = "30s")]
     fleet_idle: Duration,
@@ -120,6 +141,18 @@ pub struct Args {
     /// Run one workload alone
     #[arg(long, value_enum)]
     only: Option<Only>,
+
+    /// Also drain over partitions 1, 4, 16, 64 and worker processes 1, 2, 4, 8
+    #[arg(long)]
+    sweep: bool,
+
+    /// Jobs per drain of the sweep
+    #[arg(long, default_value_t = 50_000, value_name = "N")]
+    sweep_jobs: usize,
+
+    /// Write the figures (figures.json) and charts (sweep.png, latency.png) into this directory
+    #[arg(long, value_name = "DIR")]
+    report: Option<std::path::PathBuf>,
 
     /// The credentials of an --auth run, given to every session and worker process.
     #[arg(skip)]
@@ -131,6 +164,8 @@ pub struct Args {
 enum Only {
     /// The large fleet: balance, idle cost, loss
     Fleet,
+    /// The raw single creates, then the drain sweep
+    Sweep,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -182,6 +217,7 @@ async fn main() -> std::process::ExitCode {
         args.backlog = args.backlog.min(20_000);
         args.duration = args.duration.min(Duration::from_secs(5));
         args.fleet = args.fleet.min(20);
+        args.sweep_jobs = args.sweep_jobs.min(10_000);
         args.fleet_idle = args.fleet_idle.min(Duration::from_secs(10));
     }
     match run(args).await {
@@ -197,10 +233,11 @@ async fn run(args: Args) -> Result<(), String> {
     let (_server, address) = match &args.zk {
         Some(a) => (None, a.clone()),
         None => {
-            let server = match args.ensemble {
-                0 | 1 => zkq_testkit::Ensemble::standalone_for_benchmark()?,
-                n => zkq_testkit::Ensemble::quorum_for_benchmark(n)?,
+            let tuning = zkq_testkit::Tuning {
+                jvm: args.zk_jvm_opt.clone(),
+                config: args.zk_config.clone(),
             };
+            let server = zkq_testkit::Ensemble::for_benchmark(args.ensemble.max(1), &tuning)?;
             let address = server.connect_string();
             (Some(server), address)
         }
@@ -234,23 +271,58 @@ async fn run(args: Args) -> Result<(), String> {
         ..zkq::ZkConfig::new(address)
     };
     let progress = Progress::start();
-    let mut figures: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let mut measured = report::Measured::default();
     if args.zk.is_none() {
-        figures.insert("zk_members", f64::from(args.ensemble.max(1)));
+        measured
+            .figures
+            .insert("zk_members", f64::from(args.ensemble.max(1)));
     }
-
-    if args.only == Some(Only::Fleet) {
-        let w = workloads::Workloads::new(&zk, &args, &progress).await?;
-        membership(&w, &mut figures).await?;
-        progress.stop();
-        report(&figures);
-        return Ok(());
+    let ran = match args.only {
+        Some(Only::Fleet) => {
+            let w = workloads::Workloads::new(&zk, &args, &progress).await?;
+            membership(&w, &mut measured.figures).await
+        }
+        Some(Only::Sweep) => {
+            let client = connect(&zk).await?;
+            let raw = raw::Raw {
+                client: &client,
+                progress: &progress,
+                payload: vec![b'x'; args.payload],
+                window: args.window,
+            };
+            raw.warm_up(args.jobs.min(20_000)).await?;
+            let per_s = raw.single_creates(args.jobs.min(50_000)).await?;
+            measured.figures.insert("raw_single_create_per_s", per_s);
+            let w = workloads::Workloads::new(&zk, &args, &progress).await?;
+            measured.sweep = w.sweep(args.sweep_jobs).await?;
+            Ok(())
+        }
+        None => everything(&args, &zk, &progress, &mut measured).await,
+    };
+    progress.stop();
+    ran?;
+    print_figures(&measured.figures);
+    if let Some(dir) = &args.report {
+        for path in measured.write(dir)? {
+            println!("report: wrote {path}");
+        }
     }
+    Ok(())
+}
 
-    let client = connect(&zk).await?;
+/// Every workload in turn (see the module's documentation).
+async fn everything(
+    args: &Args,
+    zk: &zkq::ZkConfig,
+    progress: &Progress,
+    measured: &mut report::Measured,
+) -> Result<(), String> {
+    let figures = &mut measured.figures;
+
+    let client = connect(zk).await?;
     let raw = raw::Raw {
         client: &client,
-        progress: &progress,
+        progress,
         payload: vec![b'x'; args.payload],
         window: args.window,
     };
@@ -263,7 +335,7 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("raw_multi_create_per_s", create);
     figures.insert("raw_multi_delete_per_s", delete);
 
-    let w = workloads::Workloads::new(&zk, &args, &progress).await?;
+    let w = workloads::Workloads::new(zk, args, progress).await?;
     let queue = "bench";
     w.create_queue(queue).await?;
     figures.insert(
@@ -283,7 +355,7 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("drain_jobs", drain.completed as f64);
     // The floor of the continuous workload's latency, measured right before it, with the fleet
     // idle: the same server state and the same processes on the machine.
-    let (reader, claimer) = (connect(&zk).await?, connect(&zk).await?);
+    let (reader, claimer) = (connect(zk).await?, connect(zk).await?);
     let mut chain = raw
         .start_chain(&reader, &claimer, args.rate, args.duration)
         .await?;
@@ -303,7 +375,7 @@ async fn run(args: Args) -> Result<(), String> {
     figures.insert("raw_start_p99_ms", floor.p99);
     figures.insert("raw_start_max_ms", floor.max);
     drop((reader, claimer));
-    let latency = w.continuous(queue, &fleet, args.rate, args.duration).await?;
+    let (latency, latency_us) = w.continuous(queue, &fleet, args.rate, args.duration).await?;
     figures.insert("latency_p50_ms", latency.p50);
     figures.insert("latency_p95_ms", latency.p95);
     figures.insert("latency_p99_ms", latency.p99);
@@ -322,8 +394,9 @@ async fn run(args: Args) -> Result<(), String> {
     // rounds of on, off, off, on: drains also get faster through a run (a warmer server), and
     // with that order a steady trend weighs on both means alike.
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    let order = [true, false, false, true].repeat(args.metrics_rounds.max(1));
-    let drains = std::iter::once(None).chain(order.into_iter().map(Some));
+    let order = [true, false, false, true].repeat(args.metrics_rounds);
+    let warm_up = (args.metrics_rounds > 0).then_some(None);
+    let drains = warm_up.into_iter().chain(order.into_iter().map(Some));
     for (i, metrics) in drains.enumerate() {
         let queue = format!("bench-metrics-{i}");
         let phase = match metrics {
@@ -344,10 +417,16 @@ async fn run(args: Args) -> Result<(), String> {
         peak_rss_mb = peak_rss_mb.max(fleet.stop().await?);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    figures.insert("drain_metrics_on_per_s", mean(&on));
-    figures.insert("drain_metrics_off_per_s", mean(&off));
+    if args.metrics_rounds > 0 {
+        figures.insert("drain_metrics_on_per_s", mean(&on));
+        figures.insert("drain_metrics_off_per_s", mean(&off));
+    }
 
-    membership(&w, &mut figures).await?;
+    membership(&w, figures).await?;
+    if args.sweep {
+        measured.sweep = w.sweep(args.sweep_jobs).await?;
+    }
+    let figures = &mut measured.figures;
 
     if args.backlog > 0 {
         let backlog = w.backlog("backlog", args.backlog).await?;
@@ -359,8 +438,7 @@ async fn run(args: Args) -> Result<(), String> {
         peak_rss_mb = peak_rss_mb.max(backlog.peak_rss_mb);
     }
     figures.insert("worker_peak_rss_mb", peak_rss_mb);
-    progress.stop();
-    report(&figures);
+    measured.latency_us = Some((latency_us, chain));
     Ok(())
 }
 
@@ -373,7 +451,12 @@ async fn membership(
         return Ok(());
     }
     let m = w
-        .membership(w.args.fleet, w.args.fleet_partitions, w.args.fleet_idle)
+        .membership(
+            w.args.fleet,
+            w.args.fleet_partitions,
+            w.args.fleet_session_timeout,
+            w.args.fleet_idle,
+        )
         .await?;
     figures.insert("fleet_workers", m.workers as f64);
     figures.insert("fleet_partitions", f64::from(m.partitions));
@@ -395,7 +478,7 @@ async fn membership(
 }
 
 /// Prints `figures` as a table, then as one JSON line.
-fn report(figures: &BTreeMap<&'static str, f64>) {
+fn print_figures(figures: &BTreeMap<&'static str, f64>) {
     println!("\n{:<32} {:>14}", "figure", "value");
     for (name, value) in figures {
         println!("{name:<32} {value:>14.2}");

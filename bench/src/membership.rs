@@ -41,16 +41,16 @@ pub struct Membership {
 }
 
 impl Workloads<'_> {
-    /// Starts `workers` worker processes with the default session timeout on a queue of
+    /// Starts `workers` worker processes with `session_timeout` on a queue of
     /// `partitions`, and measures joins, balance, the idle cost, and the loss of a tenth of the
     /// fleet, the scheduler leader included (killed with SIGKILL, so their sessions expire).
     pub async fn membership(
         &self,
         workers: usize,
         partitions: u32,
+        session_timeout: Duration,
         idle_window: Duration,
     ) -> Result<Membership, String> {
-        let session_timeout = zkq::ZkConfig::new("").session_timeout;
         self.create_queue_with(QUEUE, partitions).await?;
         let started = Instant::now();
         self.progress.phase("fleet joins");

@@ -155,12 +155,17 @@ impl<'a> Workloads<'a> {
 
     /// Like [`Workloads::fleet`], its workers recording metrics when `metrics`.
     pub fn fleet_with(&self, queue: &str, metrics: bool) -> Result<Fleet, String> {
+        self.fleet_of(queue, self.args.workers, metrics)
+    }
+
+    /// A fleet of `workers` worker processes on `queue`, recording metrics when `metrics`.
+    pub fn fleet_of(&self, queue: &str, workers: usize, metrics: bool) -> Result<Fleet, String> {
         Fleet::start(
             &FleetConfig {
                 zk: self.zk.address.clone(),
                 root: ROOT.to_string(),
                 queue: queue.to_string(),
-                workers: self.args.workers,
+                workers,
                 concurrency: self.args.concurrency,
                 auth: self.args.credentials.clone(),
                 metrics,
@@ -240,14 +245,14 @@ impl<'a> Workloads<'a> {
     }
 
     /// Jobs offered at `rate` per second for `duration` through the single-job API while
-    /// `fleet` runs: enqueue-to-start latency of each.
+    /// `fleet` runs: enqueue-to-start latency of each (µs), and its percentiles.
     pub async fn continuous(
         &self,
         queue: &str,
         fleet: &Fleet,
         rate: f64,
         duration: Duration,
-    ) -> Result<Percentiles, String> {
+    ) -> Result<(Percentiles, Vec<u64>), String> {
         fleet.take();
         let before = fleet.started();
         let started = self.progress.phase("continuous");
@@ -285,7 +290,7 @@ impl<'a> Workloads<'a> {
              p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             latency.p50, latency.p95, latency.p99, latency.max
         );
-        Ok(latency)
+        Ok((latency, tally.latency_us))
     }
 
     /// `n` jobs enqueued through the batch API, the largest child count of any znode at that

@@ -14,6 +14,16 @@ enum Security<'a> {
     Sasl(&'a [(&'a str, &'a str)]),
 }
 
+/// Settings a benchmark server adds to the production-like defaults, to measure their effect.
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// JVM flags after the defaults' (`-Xms1g -Xmx4g`), so a later `-Xmx` wins.
+    pub jvm: Vec<String>,
+    /// `key=value` lines appended to each member's `zoo.cfg`, overriding the defaults;
+    /// `{member}` in a value is replaced by the member's id (for directories of its own).
+    pub config: Vec<String>,
+}
+
 /// A running ZooKeeper service: one standalone server, or a quorum of members.
 ///
 /// Dropping it kills every member and removes the data directory.
@@ -47,13 +57,23 @@ impl Ensemble {
     /// Starts one standalone server sized and tuned as in production (a 4 GiB heap, the default
     /// collector and compiler), for benchmarks with millions of znodes.
     pub fn standalone_for_benchmark() -> Result<Ensemble, String> {
-        Self::start(1, BENCHMARK_JVM)
+        Self::for_benchmark(1, &Tuning::default())
     }
 
     /// Starts `size` members tuned as [`Ensemble::standalone_for_benchmark`] (3 or 5, as in
     /// production), each with its own data directory, and waits until every one serves.
     pub fn quorum_for_benchmark(size: u32) -> Result<Ensemble, String> {
-        Self::start(size, BENCHMARK_JVM)
+        Self::for_benchmark(size, &Tuning::default())
+    }
+
+    /// Starts `size` members (1 for a standalone server) tuned as
+    /// [`Ensemble::standalone_for_benchmark`], plus `tuning`.
+    pub fn for_benchmark(size: u32, tuning: &Tuning) -> Result<Ensemble, String> {
+        let jvm = BENCHMARK_JVM
+            .iter()
+            .map(|f| f.to_string())
+            .chain(tuning.jvm.iter().cloned());
+        Self::start_tuned(size, jvm.collect(), tuning.config.clone(), Security::None)
     }
 
     /// Starts `size` members (3 for a quorum that survives one failure) and waits until every
@@ -71,6 +91,16 @@ impl Ensemble {
         jvm: &'static [&'static str],
         security: Security<'_>,
     ) -> Result<Ensemble, String> {
+        let jvm = jvm.iter().map(|f| f.to_string()).collect();
+        Self::start_tuned(size, jvm, Vec::new(), security)
+    }
+
+    fn start_tuned(
+        size: u32,
+        jvm: Vec<String>,
+        config: Vec<String>,
+        security: Security<'_>,
+    ) -> Result<Ensemble, String> {
         let install = install::find()?;
         let dir = tempfile::Builder::new()
             .prefix("zkq-zookeeper-")
@@ -80,7 +110,8 @@ impl Ensemble {
         for id in 1..=size {
             let member_dir = dir.path().join(format!("member-{id}"));
             std::fs::create_dir_all(&member_dir).map_err(|e| e.to_string())?;
-            let mut member = Member::new(id, member_dir, install.clone(), jvm).map_err(|e| e.to_string())?;
+            let mut member = Member::new(id, member_dir, install.clone(), jvm.clone(), config.clone())
+                .map_err(|e| e.to_string())?;
             match security {
                 Security::None => {}
                 Security::Tls(certs) => member = member.with_tls(certs.clone()).map_err(|e| e.to_string())?,

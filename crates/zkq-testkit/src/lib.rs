@@ -25,7 +25,7 @@ pub mod server;
 pub mod tls;
 
 pub use browser::Chromedriver;
-pub use ensemble::{shared, unique_root, Ensemble};
+pub use ensemble::{shared, unique_root, Ensemble, Tuning};
 pub use proxy::Proxy;
 pub use server::Member;
 pub use tls::TestCerts;

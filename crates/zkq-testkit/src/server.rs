@@ -38,7 +38,10 @@ pub struct Member {
     sasl_users: Vec<(String, String)>,
     dir: PathBuf,
     install: Install,
-    jvm: &'static [&'static str],
+    jvm: Vec<String>,
+    /// Lines appended to `zoo.cfg` (a later line overrides an earlier one); `{member}` in them
+    /// is replaced by the member's id.
+    config: Vec<String>,
     child: Mutex<Option<Child>>,
 }
 
@@ -54,10 +57,12 @@ impl Member {
         id: u32,
         dir: PathBuf,
         install: Install,
-        jvm: &'static [&'static str],
+        jvm: Vec<String>,
+        config: Vec<String>,
     ) -> std::io::Result<Member> {
         Ok(Member {
             jvm,
+            config,
             id,
             client_port: free_port()?,
             quorum_port: free_port()?,
@@ -155,6 +160,10 @@ impl Member {
                 ),
             )?;
         }
+        for line in &self.config {
+            cfg.push_str(&line.replace("{member}", &self.id.to_string()));
+            cfg.push('\n');
+        }
         if peers.len() > 1 {
             for peer in peers {
                 cfg.push_str(&format!(
@@ -186,7 +195,7 @@ impl Member {
                 self.jaas_file().display()
             ));
         }
-        cmd.args(self.jvm)
+        cmd.args(&self.jvm)
             .args([
                 "-Dzookeeper.admin.enableServer=false",
                 "-cp",
