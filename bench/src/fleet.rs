@@ -2,7 +2,8 @@
 //!
 //! The bench runs itself again as `zkq-bench worker ...`: a process that runs a zkq worker with
 //! a no-op handler and reports each attempt it starts on stdout, one line per attempt:
-//! `<job id as 32 hex digits> <µs since the job's enqueue stamp> <ms since the job was due>`.
+//! `<job id as 32 hex digits> <µs since the job's enqueue stamp> <ms since the job was due>
+//! <the enqueue stamp, µs since the Unix epoch>`.
 //! Its first line is `id <worker id>`. Closing its stdin stops it; its last line is
 //! `rss <peak resident KiB>`. The parent counts the
 //! runs of each job (duplicates), keeps the latencies, and takes the largest peak RSS.
@@ -27,6 +28,10 @@ pub struct Tally {
     pub runs: HashMap<u128, u32>,
     /// Enqueue-to-start latency per run, µs, for jobs stamped with their enqueue time.
     pub latency_us: Vec<u64>,
+    /// The enqueue stamp of each of `latency_us`, µs since the Unix epoch.
+    pub enqueued_us: Vec<u64>,
+    /// The worker (index) that ran each of `latency_us`.
+    pub ran_by: Vec<usize>,
     /// How long after its due time each run started, ms.
     pub late_ms: Vec<u64>,
     /// When the first and the last run started.
@@ -210,8 +215,11 @@ async fn read_reports(
                 let now = Instant::now();
                 let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                 *t.runs.entry(id).or_default() += 1;
-                if let Ok(us) = latency.parse() {
+                let stamp = fields.next().and_then(|s| s.parse().ok());
+                if let (Ok(us), Some(stamp)) = (latency.parse(), stamp) {
                     t.latency_us.push(us);
+                    t.enqueued_us.push(stamp);
+                    t.ran_by.push(reporter.index);
                 }
                 if let Ok(ms) = late.parse() {
                     t.late_ms.push(ms);
@@ -273,12 +281,17 @@ pub async fn serve(
     let worker = Worker::new(zk, &root, config)
         .map_err(|e| e.to_string())?
         .handle_any(move |ctx: JobContext| {
-            let latency = crate::stamp::read(&ctx.job.payload)
-                .map(|t| crate::stamp::now_us().saturating_sub(t).to_string())
-                .unwrap_or_else(|| "-".into());
+            let stamp = crate::stamp::read(&ctx.job.payload);
+            let (latency, stamp) = match stamp {
+                Some(t) => (
+                    crate::stamp::now_us().saturating_sub(t).to_string(),
+                    t.to_string(),
+                ),
+                None => ("-".into(), "-".into()),
+            };
             let late = (crate::stamp::now_us() / 1000).saturating_sub(ctx.job.ready_at_ms);
             let mut out = reports.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = writeln!(out, "{:032x} {latency} {late}", ctx.job.id.0.as_u128());
+            let _ = writeln!(out, "{:032x} {latency} {late} {stamp}", ctx.job.id.0.as_u128());
             async { Outcome::Done }
         });
     {

@@ -203,6 +203,7 @@ fn latency_chart(path: &Path, zkq: &[u64], floor: &[u64]) -> Drawn {
     root.fill(&WHITE)?;
     let ms = |us: u64| (us as f64 / 1000.0).max(0.1);
     let longest = zkq.iter().chain(floor).copied().max().map_or(1.0, ms) * 1.2;
+    let shortest = zkq.iter().chain(floor).copied().min().map_or(0.1, ms) / 1.5;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "Enqueue-to-start latency: zkq against ZooKeeper's floor",
@@ -211,12 +212,13 @@ fn latency_chart(path: &Path, zkq: &[u64], floor: &[u64]) -> Drawn {
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d((0.1..longest.max(1.0)).log_scale(), 0.0..100.0)?;
+        .build_cartesian_2d((shortest.max(0.1)..longest.max(1.0)).log_scale(), 0.0..100.0)?;
     chart
         .configure_mesh()
         .x_desc("milliseconds after the enqueue (log scale)")
         .y_desc("% of jobs started")
         .x_label_formatter(&|x| format!("{x}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 16))
         .draw()?;
     let curves = [

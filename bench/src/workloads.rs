@@ -283,14 +283,16 @@ impl<'a> Workloads<'a> {
         let lost = self.lost.swap(0, Ordering::Relaxed);
         fleet.wait_for(before + total as u64 - lost).await;
         let offered = total as f64 / started.elapsed().as_secs_f64();
-        let mut tally = fleet.take();
-        let latency = percentiles(&mut tally.latency_us, 1000.0);
+        let tally = fleet.take();
+        print_slowest(&tally);
+        let mut latency_us = tally.latency_us;
+        let latency = percentiles(&mut latency_us, 1000.0);
         println!(
             "continuous: {total} jobs offered at {rate:.0}/s (achieved {offered:.0}/s); enqueue-to-start \
              p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             latency.p50, latency.p95, latency.p99, latency.max
         );
-        Ok((latency, tally.latency_us))
+        Ok((latency, latency_us))
     }
 
     /// `n` jobs enqueued through the batch API, the largest child count of any znode at that
@@ -342,6 +344,69 @@ impl<'a> Workloads<'a> {
         let mut tally = fleet.take();
         Ok(percentiles(&mut tally.late_ms, 1.0))
     }
+}
+
+/// When the slowest 1% of the jobs were enqueued (UTC, to set against server logs), grouped
+/// into bursts of enqueues less than 100 ms apart: a few bursts point at stalls, a spread at a
+/// steady cost.
+fn print_slowest(tally: &Tally) {
+    let mut runs: Vec<(u64, u64, usize)> = tally
+        .enqueued_us
+        .iter()
+        .zip(&tally.latency_us)
+        .zip(&tally.ran_by)
+        .map(|((at, latency), by)| (*at, *latency, *by))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    runs.sort_unstable_by_key(|(_, latency, _)| std::cmp::Reverse(*latency));
+    runs.truncate(runs.len().div_ceil(100));
+    runs.sort_unstable();
+    // (first, last, count, worst, runs per worker)
+    let mut bursts: Vec<(u64, u64, usize, u64, std::collections::BTreeMap<usize, usize>)> = Vec::new();
+    for (at, latency, by) in runs {
+        match bursts.last_mut() {
+            Some((_, end, n, worst, per)) if at - *end < 100_000 => {
+                *end = at;
+                *n += 1;
+                *worst = (*worst).max(latency);
+                *per.entry(by).or_default() += 1;
+            }
+            _ => bursts.push((at, at, 1, latency, [(by, 1)].into())),
+        }
+    }
+    let utc = |us: u64| {
+        let ms = us / 1000;
+        let s = ms / 1000;
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            s / 3600 % 24,
+            s / 60 % 60,
+            s % 60,
+            ms % 1000
+        )
+    };
+    let shown: Vec<String> = bursts
+        .iter()
+        .take(8)
+        .map(|(from, to, n, worst, per)| {
+            let per: Vec<String> = per.iter().map(|(w, n)| format!("w{w}:{n}")).collect();
+            format!(
+                "{n} from {} to {} (worst {} ms; {})",
+                utc(*from),
+                utc(*to),
+                worst / 1000,
+                per.join(" ")
+            )
+        })
+        .collect();
+    println!(
+        "continuous: the slowest 1% were enqueued in {} bursts: {}{}",
+        bursts.len(),
+        shown.join("; "),
+        if bursts.len() > 8 { "; ..." } else { "" }
+    );
 }
 
 /// Runs beyond the first, over all jobs.

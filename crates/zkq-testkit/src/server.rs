@@ -197,6 +197,9 @@ impl Member {
         }
         cmd.args(&self.jvm)
             .args([
+                // Times in the log (slf4j-simple), to set it against a client's own.
+                "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
                 "-Dzookeeper.admin.enableServer=false",
                 "-cp",
                 &self.install.classpath,
