@@ -346,6 +346,18 @@ impl<'a> Workloads<'a> {
     }
 }
 
+/// Slow runs whose enqueues came less than 100 ms apart.
+struct Burst {
+    /// The first and last enqueue, µs since the Unix epoch.
+    first: u64,
+    last: u64,
+    runs: usize,
+    /// The worst latency, µs.
+    worst: u64,
+    /// Runs per worker (index).
+    per_worker: std::collections::BTreeMap<usize, usize>,
+}
+
 /// When the slowest 1% of the jobs were enqueued (UTC, to set against server logs), grouped
 /// into bursts of enqueues less than 100 ms apart: a few bursts point at stalls, a spread at a
 /// steady cost.
@@ -363,17 +375,22 @@ fn print_slowest(tally: &Tally) {
     runs.sort_unstable_by_key(|(_, latency, _)| std::cmp::Reverse(*latency));
     runs.truncate(runs.len().div_ceil(100));
     runs.sort_unstable();
-    // (first, last, count, worst, runs per worker)
-    let mut bursts: Vec<(u64, u64, usize, u64, std::collections::BTreeMap<usize, usize>)> = Vec::new();
+    let mut bursts: Vec<Burst> = Vec::new();
     for (at, latency, by) in runs {
         match bursts.last_mut() {
-            Some((_, end, n, worst, per)) if at - *end < 100_000 => {
-                *end = at;
-                *n += 1;
-                *worst = (*worst).max(latency);
-                *per.entry(by).or_default() += 1;
+            Some(b) if at - b.last < 100_000 => {
+                b.last = at;
+                b.runs += 1;
+                b.worst = b.worst.max(latency);
+                *b.per_worker.entry(by).or_default() += 1;
             }
-            _ => bursts.push((at, at, 1, latency, [(by, 1)].into())),
+            _ => bursts.push(Burst {
+                first: at,
+                last: at,
+                runs: 1,
+                worst: latency,
+                per_worker: [(by, 1)].into(),
+            }),
         }
     }
     let utc = |us: u64| {
@@ -390,13 +407,14 @@ fn print_slowest(tally: &Tally) {
     let shown: Vec<String> = bursts
         .iter()
         .take(8)
-        .map(|(from, to, n, worst, per)| {
-            let per: Vec<String> = per.iter().map(|(w, n)| format!("w{w}:{n}")).collect();
+        .map(|b| {
+            let per: Vec<String> = b.per_worker.iter().map(|(w, n)| format!("w{w}:{n}")).collect();
             format!(
-                "{n} from {} to {} (worst {} ms; {})",
-                utc(*from),
-                utc(*to),
-                worst / 1000,
+                "{} from {} to {} (worst {} ms; {})",
+                b.runs,
+                utc(b.first),
+                utc(b.last),
+                b.worst / 1000,
                 per.join(" ")
             )
         })
