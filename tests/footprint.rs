@@ -18,9 +18,9 @@ fn packets_received(server: &zkq_testkit::Ensemble) -> u64 {
 /// With its watches set, an idle worker lists nothing again at its poll interval (its lanes'
 /// watches saw no change), and its heartbeat takes the place of its session's pings. Listing
 /// its 8 partitions' claims and lanes at each 1 s poll, as it once did, cost over 30 requests
-/// a second, and a heartbeat at its busy pace beside the pings about 1.5; now its two sessions
-/// cost about one (a probe every 2 s on one, a ping every 2.25 s on the other). A job enqueued
-/// after the quiet spell still runs.
+/// a second, and a heartbeat at its busy pace beside the read session's default pings about
+/// 1.5; now its two sessions cost about 1.2 (a probe every 1.33 s on one, a ping every 2.25 s on
+/// the other). A job enqueued after the quiet spell still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_lists_nothing_again_and_costs_its_server_about_one_request_per_second() {
     let server = zkq_testkit::Ensemble::standalone().expect("zookeeper starts");
@@ -43,14 +43,14 @@ async fn an_idle_worker_lists_nothing_again_and_costs_its_server_about_one_reque
     // The first scans list every lane and set the watches.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let window = Duration::from_secs(12);
+    let window = Duration::from_secs(20);
     let before = packets_received(&server);
     tokio::time::sleep(window).await;
     let per_s = (packets_received(&server) - before) as f64 / window.as_secs_f64();
     eprintln!("the idle worker cost its server {per_s:.2} requests/s");
     assert!(
-        per_s < 1.2,
-        "the idle worker cost its server {per_s:.2} requests/s; under 1.2 expected"
+        per_s < 1.35,
+        "the idle worker cost its server {per_s:.2} requests/s; under 1.35 expected"
     );
 
     let producer = env.producer().await;
@@ -62,8 +62,8 @@ async fn an_idle_worker_lists_nothing_again_and_costs_its_server_about_one_reque
 
 /// The scheduler leader sleeps until the next tick of any schedule, and learns of a new or
 /// edited schedule from a watch: between ticks it reads no schedule. Rereading the schedules
-/// every second, as it once did, cost about 3 requests a second (a listing and a read of each
-/// schedule); a schedule made while it sleeps still fires its first tick.
+/// every second, as it once did, cost about 2 requests a second more than its pings (a listing
+/// and a read of each schedule); a schedule made while it sleeps still fires its first tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_scheduler_reads_no_schedule_between_ticks_and_sees_a_new_one_at_once() {
     let server = zkq_testkit::Ensemble::standalone().expect("zookeeper starts");

@@ -4,10 +4,9 @@
 //! reply to a request sent at time `T` proves the server heard from the session after `T`, so
 //! the session cannot expire before `T + timeout`. The heartbeat sends a small read and keeps
 //! `T` of the latest one answered: every tenth of the timeout while the worker runs attempts
-//! ([`Liveness::busy`]), every fifth while it is idle. The idle pace is just under the client's
-//! own ping pace (3/8 of a connection timeout of 3/5 of the session timeout, see
-//! [`crate::ZkConfig`]), so an idle worker's probes take the place of its pings instead of
-//! adding to them: an idle fleet costs ZooKeeper little.
+//! ([`Liveness::busy`]), every 2/15 while it is idle. The idle pace is just under the client's
+//! own ping pace (3/20 of the session timeout, with its default connection timeout of 2/5), so
+//! an idle worker's probes take the place of its pings instead of adding to them.
 //!
 //! From `T` two deadlines follow:
 //! - **fenced** at `T + fence_share x timeout`: the worker stops claiming and stops its running
@@ -171,8 +170,9 @@ struct Beating {
 impl Beating {
     async fn beat(self, timeout: Duration) {
         let busy_pace = (timeout / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
-        // Half the fence at most, so that an idle worker is not fenced between two probes.
-        let idle_pace = (timeout / 5)
+        // Half the fence at most, so that an idle worker is not fenced between two probes
+        // (unless the busy pace is longer already: a fence under a fifth of the timeout).
+        let idle_pace = (timeout * 2 / 15)
             .min(Duration::from_nanos(self.fence_after / 2))
             .max(busy_pace);
         // Fine enough that each pace is kept to within a quarter of the idle one.

@@ -5,10 +5,12 @@
 //! change: a persistent recursive watch on the schedules folder reports every schedule
 //! created, edited or removed (the service's own fires too, which costs one more read per
 //! tick). So a new schedule is seen at once, and an idle leader reads nothing between ticks.
-//! A lost connection ends the leader's term (see [`crate::scheduler`]), and the next term sets
-//! the watch afresh, which matters because the client does not set persistent watches again
-//! after a reconnect.
+//! The client does not set persistent watches again after a reconnect: a lost connection ends
+//! the leader's term (see [`crate::scheduler`]), and if the term outlived a short one anyway,
+//! the watch's own reconnect event makes the next pass set it again, before its read. A fire
+//! that failed is tried again after [`RETRY`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,11 +46,15 @@ pub(crate) async fn serve(
 ) -> Result<()> {
     let dir = producer.layout().schedules();
     let changed = Arc::new(Notify::new());
-    // Set before the first read, so that it reports every change the read misses.
-    let _watch = watch_schedules(producer.client(), &dir, changed.clone()).await?;
+    let mut watch: Option<Watching> = None;
     let mut unreadable: Vec<String> = Vec::new();
     let mut passes = Passes::new(stop, "cannot read schedules", RETRY);
     while passes.ready().await {
+        if watch.as_ref().is_none_or(|w| w.stale.load(Ordering::Relaxed)) {
+            // Set before the read, so that it reports every change the read misses.
+            drop(watch.take());
+            watch = Some(watch_schedules(producer.client(), &dir, changed.clone()).await?);
+        }
         let pass = async {
             let mut next = now_ms() + LOOK_AGAIN.as_millis() as u64;
             for (name, record, version) in read_all(producer.client(), &dir).await? {
@@ -68,7 +74,10 @@ pub(crate) async fn serve(
                 match fire(producer, leadership, &name, &record, version).await {
                     Ok(()) => {}
                     Err(e) if service::ends_service(&e) => return Err(e),
-                    Err(e) => warn!(schedule = %name, error = %e, "cannot fire periodic job; will retry"),
+                    Err(e) => {
+                        warn!(schedule = %name, error = %e, "cannot fire periodic job; will retry");
+                        next = next.min(now_ms() + RETRY.as_millis() as u64);
+                    }
                 }
                 if let Ok(Some(at)) = record.next_tick(now_ms()) {
                     next = next.min(at);
@@ -89,33 +98,47 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Stops forwarding a watch (and drops it) when dropped.
-struct Watching(tokio::task::JoinHandle<()>);
+/// A watch on the schedules, forwarded to a `Notify`; stopped (and dropped) when dropped.
+struct Watching {
+    task: tokio::task::JoinHandle<()>,
+    /// The connection was lost and found again: the server no longer has this watch.
+    stale: Arc<AtomicBool>,
+}
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 /// Watches `dir` and its schedules (persistent, recursive; the folder need not exist yet) and
-/// notifies `changed` of every change, until the session ends.
+/// notifies `changed` of every change, and of a reconnect (after which the watch is stale),
+/// until the session ends.
 async fn watch_schedules(client: &zk::Client, dir: &str, changed: Arc<Notify>) -> Result<Watching> {
     let mut watcher = client
         .watch(dir, zk::AddWatchMode::PersistentRecursive)
         .await
         .map_err(|e| Error::zk("watch schedules", dir, e))?;
-    Ok(Watching(tokio::spawn(async move {
+    let stale = Arc::new(AtomicBool::new(false));
+    let flag = stale.clone();
+    let task = tokio::spawn(async move {
         loop {
             let event = watcher.changed().await;
             if event.session_state.is_terminated() {
                 return;
             }
-            if event.event_type != zk::EventType::Session {
-                changed.notify_one();
+            match event.event_type {
+                zk::EventType::Session if event.session_state == zk::SessionState::SyncConnected => {
+                    flag.store(true, Ordering::Relaxed);
+                    changed.notify_one();
+                    return;
+                }
+                zk::EventType::Session => {}
+                _ => changed.notify_one(),
             }
         }
-    })))
+    });
+    Ok(Watching { task, stale })
 }
 
 /// Fires the due ticks of one schedule: the jobs and the schedule's new last tick in fenced

@@ -177,7 +177,9 @@ impl ZkConfig {
         self.connect_with(zk::Client::connector().with_detached()).await
     }
 
-    async fn connect_with(&self, connector: zk::Connector) -> Result<zk::Client> {
+    /// Opens a session with `connector`'s own settings (detached, a connection timeout), as
+    /// [`ZkConfig::connect`] does.
+    pub(crate) async fn connect_with(&self, connector: zk::Connector) -> Result<zk::Client> {
         let unreachable = |reason: String| Error::Unreachable {
             address: self.address.clone(),
             reason,
@@ -185,14 +187,8 @@ impl ZkConfig {
         if self.address.trim().is_empty() {
             return Err(unreachable("the connect string is empty".into()));
         }
-        // The client pings a connection that sent nothing for 3/8 of this and drops one that
-        // received nothing for all of it. Its default (2/5 of the session timeout) pings every
-        // 3/20 of it, 0.67/s per idle session at 10 s; 3/5 pings every 9/40 (as the Java
-        // client's third of the session timeout, nearly) and still leaves 2/5 to reconnect
-        // before the session can expire.
         let mut connector = connector
             .with_session_timeout(self.session_timeout)
-            .with_connection_timeout(self.session_timeout * 3 / 5)
             .with_fail_eagerly();
         let mut sasl = None;
         for credentials in &self.auth {

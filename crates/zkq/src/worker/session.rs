@@ -125,7 +125,7 @@ impl Worker {
             owned_tx,
         ));
         // Scans read on a session of their own; it shares this session's fate.
-        let reader = self.connect().await?;
+        let reader = self.connect_reader().await?;
         background.spawn(watch_session(reader.clone(), session_lost.clone()));
         // Queue settings followed live (a pause stops claiming from that queue).
         let (configs_tx, live_configs) = watch::channel(configs.iter().cloned().collect());

@@ -30,6 +30,8 @@ pub(super) struct Listed {
     complete: bool,
     /// Whether some job was skipped because another worker holds its claim.
     foreign: bool,
+    /// Whether some job was skipped because this worker holds it (handed out, not let go yet).
+    held: bool,
 }
 
 /// One lane being listed.
@@ -117,6 +119,7 @@ impl Fetcher {
                 jobs,
                 complete,
                 foreign,
+                held,
             } in listing?
             {
                 // Jobs held by another worker come back only through the claims watch.
@@ -133,7 +136,9 @@ impl Fetcher {
                 let cache = self.lanes.entry(id(*p, lane)).or_default();
                 cache.complete = complete;
                 cache.stale = !(complete && claims_armed);
-                cache.touched = false;
+                // A job this worker still holds may be let go without a write (a claim that
+                // failed, say), which no watch reports: the lane stays due for the safety nets.
+                cache.touched = held;
                 cache.ready.extend(jobs);
             }
         }
@@ -157,6 +162,8 @@ impl Fetcher {
                         }
                         c.held = Some(Arc::new(Held::new(&self.holding, path)));
                         out.push(c);
+                        // Until a listing finds it gone: see `touched` above.
+                        cache.touched = true;
                         progress = true;
                         break;
                     }
@@ -227,6 +234,7 @@ impl Fetcher {
         segments.sort();
         let mut jobs = Vec::new();
         let mut foreign = false;
+        let mut held = false;
         let mut complete = true;
         let groups: Vec<&[String]> = segments.chunks(SEGMENTS_AT_ONCE).collect();
         for (i, group) in groups.iter().enumerate() {
@@ -253,7 +261,11 @@ impl Fetcher {
                         continue;
                     }
                     let job_path = format!("{path}/{node}");
-                    if claim::is_held(&self.holding, &job_path) || self.skipped.contains(&job_path) {
+                    if claim::is_held(&self.holding, &job_path) {
+                        held = true;
+                        continue;
+                    }
+                    if self.skipped.contains(&job_path) {
                         continue;
                     }
                     if walk
@@ -283,6 +295,7 @@ impl Fetcher {
             jobs,
             complete,
             foreign,
+            held,
         })
     }
 

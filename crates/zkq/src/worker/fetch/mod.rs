@@ -16,7 +16,7 @@
 //!   [`MAX_CACHED`].
 //!
 //! Jobs that become ready again without being created (a claim released on shutdown, or gone
-//! with a crashed worker's session) produce no lane event. A listing that skipped jobs because
+//! with a crashed worker's session) produce no creation event. A listing that skipped jobs because
 //! another worker holds their claims arms a one-shot watch on the partition's claims (this
 //! worker's own claims end through its own hands and need none); when it fires, the lane is
 //! listed again. So is every lane after a reconnect (a persistent watch may miss events while
@@ -25,10 +25,13 @@
 //!
 //! Two safety nets list lanes again without being asked: after the worker slept a whole poll
 //! interval, and every [`TIDY_INTERVAL`] (which also deletes drained segments), each lane that
-//! changed since its last listing (its watch reported any event in it, a deletion included) is
-//! listed again; every [`RESYNC_INTERVAL`], every lane is. A lane whose watch stayed quiet
-//! cannot have changed, so an idle worker lists nothing, and an idle fleet costs ZooKeeper
-//! only its heartbeats.
+//! is *touched* is listed again; every [`RESYNC_INTERVAL`], every lane is. A lane is touched
+//! when its watch reported any event in it since its last listing (a deletion included), when
+//! this worker handed out one of its jobs, and while a listing found one still held: a job
+//! let go without a write (a claim that failed without a lost race, a scan that failed after
+//! taking it) produces no event, and this finds it again. A lane whose watch stayed quiet and
+//! whose jobs this worker did not touch cannot have changed, so an idle worker lists nothing,
+//! and an idle fleet costs ZooKeeper only its heartbeats and pings.
 //!
 //! A cached job may have been taken meanwhile by another worker: reading it (gone) or claiming
 //! it (the version moved, or the claim exists) tells, and it is skipped. Partition ownership
@@ -98,7 +101,8 @@ struct LaneCache {
     complete: bool,
     /// To be listed again once `ready` runs dry.
     stale: bool,
-    /// Its watch reported an event since its last listing.
+    /// Its watch reported an event since its last listing, this worker handed out one of its
+    /// jobs since, or that listing found one still held (see the module's documentation).
     touched: bool,
 }
 
@@ -117,8 +121,8 @@ impl Default for LaneCache {
 /// falls behind a producer keeps a bounded cache.
 const MAX_CACHED: usize = 4096;
 
-/// How often every lane is listed again even though its watch is live: drained segments are
-/// deleted by listings.
+/// How often every touched lane is listed again even though its watch is live: drained
+/// segments are deleted by listings.
 const TIDY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How often every lane is listed again, changed or not: a safety net under the watches.
@@ -308,8 +312,8 @@ impl Fetcher {
     }
 
     /// Sleeps until a lane event or claims watch brings something to do, the owned partitions
-    /// change, or `fallback` passes (after which every lane that changed since its last listing
-    /// is listed again).
+    /// change, or `fallback` passes (after which every touched lane, and every lane that one
+    /// listing did not take in whole, is listed again).
     pub(crate) async fn wait(&mut self, fallback: Duration) {
         let deadline = tokio::time::Instant::now() + fallback;
         let mut owned = self.owned.clone();
@@ -406,8 +410,7 @@ impl Fetcher {
         }
     }
 
-    /// Marks stale each lane that changed since its last listing, or that one listing did not
-    /// take in whole.
+    /// Marks stale each touched lane, and each lane that one listing did not take in whole.
     fn changed_stale(&mut self) {
         for cache in self.lanes.values_mut() {
             cache.stale |= cache.touched || !cache.complete;
