@@ -345,3 +345,53 @@ async fn missed_ticks_of_a_large_periodic_job_all_fire_in_requests_that_fit() {
     drop(stop);
     handle.await.unwrap().unwrap();
 }
+
+/// A job handed out to be claimed and let go without any write (here its claim `multi` fails
+/// with `NoAuth`: the partition's claims folder refuses creates) produces no watch event. It is
+/// found again at the next poll interval, not at the 5-minute resync, once claims are allowed
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_claim_failed_without_a_lost_race_is_found_again_at_the_poll_interval() {
+    let env = Env::new("claim-refused");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let client = env.client().await;
+    let claims = zkq::Layout::new(&env.root).unwrap().claims("q", 0);
+    match client
+        .create(
+            &claims,
+            &[],
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+    {
+        Ok(_) | Err(zk::Error::NodeExists) => {}
+        Err(e) => panic!("create {claims}: {e}"),
+    }
+    let no_create =
+        zk::Permission::READ | zk::Permission::WRITE | zk::Permission::DELETE | zk::Permission::ADMIN;
+    let refuse = [zk::Acl::new(no_create, zk::AuthId::anyone())];
+    client.set_acl(&claims, &refuse, None).await.unwrap();
+
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let (stop, handle) = spawn_worker(
+        env.worker(env.worker_config("q", 4))
+            .handle("k", handler)
+            .unwrap(),
+    );
+    producer
+        .enqueue("q", NewJob::new("k", "refused first"))
+        .await
+        .unwrap();
+    // Claims refused for a while: the job is handed out and let go, again and again.
+    let early = tokio::time::timeout(Duration::from_secs(2), runs.recv()).await;
+    assert!(early.is_err(), "ran although its claim could not be created");
+
+    client
+        .set_acl(&claims, &zk::Acls::anyone_all(), None)
+        .await
+        .unwrap();
+    let ran = take(&mut runs, 1).await;
+    assert_eq!(ran[0].text(), "refused first");
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}
