@@ -12,7 +12,8 @@
 //!    chain (create; a watch event; read; a claim `multi`), the floor of enqueue-to-start
 //!    latency on this machine, and jobs offered through zkq while the same fleet runs;
 //!    enqueue-to-start latency percentiles of each, and when zkq's slowest 1% were enqueued;
-//! 5. delayed jobs due over a few seconds: how late each started after its due time;
+//! 5. delayed jobs due over a few seconds: how late each started after its due time, with the
+//!    raw start chain at 500/s beside them (its p99 and max: the server's own stalls meanwhile);
 //! 6. the cost of metrics: drains with workers recording metrics and without, alternated
 //!    (`--metrics-rounds`), after one uncounted warm-up drain;
 //! 7. a large fleet (`--fleet` worker processes, default session timeout) on a queue of
@@ -381,7 +382,7 @@ async fn everything(
     let (reader, claimer) = (connect(zk).await?, connect(zk).await?);
     let half = args.rate / 2.0;
     let (chain, continuous) = tokio::join!(
-        raw.start_chain(&reader, &claimer, half, args.duration),
+        raw.start_chain("chain", &reader, &claimer, half, args.duration),
         w.continuous(queue, &fleet, half, args.duration)
     );
     let (mut chain, (latency, latency_us)) = (chain?, continuous?);
@@ -405,11 +406,27 @@ async fn everything(
     figures.insert("latency_p95_ms", latency.p95);
     figures.insert("latency_p99_ms", latency.p99);
     figures.insert("latency_max_ms", latency.max);
+    // Delayed jobs, with the floor's chain beside them (500/s for their 5 s): a stall of the
+    // server's log fsync delays both.
     let delayed = if args.quick { 1_000 } else { 5_000 };
-    let late = w.delayed(queue, &fleet, delayed, Duration::from_secs(4)).await?;
+    let (reader, claimer) = (connect(zk).await?, connect(zk).await?);
+    let (late, beside) = tokio::join!(
+        w.delayed(queue, &fleet, delayed, Duration::from_secs(4)),
+        raw.start_chain("chain-delayed", &reader, &claimer, 500.0, Duration::from_secs(5))
+    );
+    let (late, mut beside) = (late?, beside?);
+    drop((reader, claimer));
+    let beside = workloads::percentiles(&mut beside, 1000.0);
+    println!(
+        "delayed: started after their due time p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; the floor beside \
+         them p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        late.p50, late.p99, late.max, beside.p50, beside.p99, beside.max
+    );
     figures.insert("delayed_start_late_p50_ms", late.p50);
     figures.insert("delayed_start_late_p99_ms", late.p99);
     figures.insert("delayed_start_late_max_ms", late.max);
+    figures.insert("delayed_floor_p99_ms", beside.p99);
+    figures.insert("delayed_floor_max_ms", beside.max);
     let mut peak_rss_mb = fleet.stop().await?;
 
     // The cost of metrics: drains, each on a queue of its own filled the same way, by workers

@@ -126,22 +126,24 @@ impl Raw<'_> {
     /// node's send-to-committed latency in µs.
     pub async fn start_chain(
         &self,
+        name: &str,
         reader: &zk::Client,
         claimer: &zk::Client,
         rate: f64,
         duration: Duration,
     ) -> Result<Vec<u64>, String> {
         let total = (rate * duration.as_secs_f64()).round() as usize;
-        let parents = self.parents("chain", total).await?;
-        let claims = "/bench-raw/chain-claims";
+        let parents = self.parents(name, total).await?;
+        let claims = &format!("/bench-raw/{name}-claims");
         self.client
             .create(claims, &[], &PERSISTENT)
             .await
             .map_err(|e| format!("create {claims}: {e}"))?;
+        let watched = format!("/bench-raw/{name}");
         let mut watcher = reader
-            .watch("/bench-raw/chain", zk::AddWatchMode::PersistentRecursive)
+            .watch(&watched, zk::AddWatchMode::PersistentRecursive)
             .await
-            .map_err(|e| format!("watch /bench-raw/chain: {e}"))?;
+            .map_err(|e| format!("watch {watched}: {e}"))?;
         let (done, mut latencies) = tokio::sync::mpsc::unbounded_channel();
         let consumer = async {
             let mut starts = futures::stream::FuturesUnordered::new();
