@@ -34,12 +34,16 @@ async fn json_logs_are_one_object_per_line_with_the_jobs_fields() {
     let (done, ended) = tokio::sync::oneshot::channel::<()>();
     let mut done = Some(done);
     let seen = all.clone();
+    // Both jobs settled, in either order: the two are in different partitions (round robin),
+    // and the scan may come to either first.
     let reader = std::thread::spawn(move || {
+        let (mut ended, mut dead) = (false, false);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            let ended = line.contains("attempt ended") && line.contains("\"outcome\":\"done\"");
+            ended |= line.contains("attempt ended") && line.contains("\"outcome\":\"done\"");
+            dead |= line.contains("job dead-lettered");
             seen.lock().unwrap().push(line);
-            if ended {
+            if ended && dead {
                 if let Some(done) = done.take() {
                     let _ = done.send(());
                 }
