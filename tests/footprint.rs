@@ -9,10 +9,18 @@ use zkq_tests::{count_ready, recording, spawn_worker, take, within, Env};
 /// Requests the server has received since it started, pings included (`mntr`).
 fn packets_received(server: &zkq_testkit::Ensemble) -> u64 {
     let reply = zkq_testkit::server::four_letter_at(&server.connect_string(), "mntr").expect("mntr answers");
-    reply
-        .lines()
-        .find_map(|l| l.strip_prefix("zk_packets_received")?.trim().parse().ok())
+    zkq_testkit::server::four_letter_number(&reply, "zk_packets_received")
         .expect("mntr reports zk_packets_received")
+}
+
+/// Requests per second the server received over `window`, from now; printed as what `who`
+/// cost it.
+async fn requests_per_s(server: &zkq_testkit::Ensemble, window: Duration, who: &str) -> f64 {
+    let before = packets_received(server);
+    tokio::time::sleep(window).await;
+    let per_s = (packets_received(server) - before) as f64 / window.as_secs_f64();
+    eprintln!("{who} cost its server {per_s:.2} requests/s");
+    per_s
 }
 
 /// With its watches set, an idle worker lists nothing again at its poll interval (its lanes'
@@ -43,11 +51,7 @@ async fn an_idle_worker_lists_nothing_again_and_costs_its_server_about_one_reque
     // The first scans list every lane and set the watches.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let window = Duration::from_secs(20);
-    let before = packets_received(&server);
-    tokio::time::sleep(window).await;
-    let per_s = (packets_received(&server) - before) as f64 / window.as_secs_f64();
-    eprintln!("the idle worker cost its server {per_s:.2} requests/s");
+    let per_s = requests_per_s(&server, Duration::from_secs(20), "the idle worker").await;
     assert!(
         per_s < 1.35,
         "the idle worker cost its server {per_s:.2} requests/s; under 1.35 expected"
@@ -89,11 +93,7 @@ async fn an_idle_scheduler_reads_no_schedule_between_ticks_and_sees_a_new_one_at
     // Elected, and its first passes done.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let window = Duration::from_secs(12);
-    let before = packets_received(&server);
-    tokio::time::sleep(window).await;
-    let per_s = (packets_received(&server) - before) as f64 / window.as_secs_f64();
-    eprintln!("the idle scheduler cost its server {per_s:.2} requests/s");
+    let per_s = requests_per_s(&server, Duration::from_secs(12), "the idle scheduler").await;
     assert!(
         per_s < 1.0,
         "the idle scheduler cost its server {per_s:.2} requests/s; under 1 expected (its pings)"

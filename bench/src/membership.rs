@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use zkq::zookeeper_client as zk;
+use zkq_testkit::server::four_letter_number;
 
 use crate::fleet::{Fleet, FleetConfig};
 use crate::workloads::{Workloads, ROOT};
@@ -247,14 +248,6 @@ fn servers(connect: &str) -> Vec<String> {
         .collect()
 }
 
-/// The number after `key` in a four-letter word's `key<TAB>value` or `key:value` lines.
-fn field(reply: &str, key: &str) -> Option<u64> {
-    reply.lines().find_map(|line| {
-        let rest = line.strip_prefix(key)?;
-        rest.trim_start_matches([':', '\t', ' ']).trim().parse().ok()
-    })
-}
-
 /// Requests received by all `servers` since they started (`mntr`'s `zk_packets_received`,
 /// pings included), or `None` if one does not say.
 fn packets_received(servers: &[String]) -> Option<u64> {
@@ -262,7 +255,7 @@ fn packets_received(servers: &[String]) -> Option<u64> {
         .iter()
         .map(|s| {
             let reply = zkq_testkit::server::four_letter_at(s, "mntr").ok()?;
-            field(&reply, "zk_packets_received")
+            four_letter_number(&reply, "zk_packets_received")
         })
         .sum()
 }
@@ -275,7 +268,7 @@ fn watches(servers: &[String]) -> Option<(u64, u64)> {
             let reply = zkq_testkit::server::four_letter_at(s, "wchs").ok()?;
             // "<n> connections watching <m> paths\nTotal watches:<w>"
             let paths: u64 = reply.split_whitespace().nth(3)?.parse().ok()?;
-            Some((field(&reply, "Total watches")?, paths))
+            Some((four_letter_number(&reply, "Total watches")?, paths))
         })
         .try_fold((0, 0), |(w, p), one| one.map(|(w1, p1)| (w + w1, p + p1)))
 }

@@ -186,6 +186,15 @@ fn sweep_chart(path: &Path, points: &[Point], raw_single: Option<f64>) -> Drawn 
             .label("ZooKeeper raw single creates")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREY));
     }
+    draw_legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
+/// The series' legend, in the lower right corner.
+fn draw_legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+) -> Drawn {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
@@ -193,7 +202,6 @@ fn sweep_chart(path: &Path, points: &[Point], raw_single: Option<f64>) -> Drawn 
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -243,13 +251,7 @@ fn latency_chart(path: &Path, zkq: &[u64], floor: &[u64]) -> Drawn {
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .draw()?;
+    draw_legend(&mut chart)?;
     root.present()?;
     Ok(())
 }

@@ -360,6 +360,15 @@ pub fn four_letter_at(address: &str, cmd: &str) -> std::io::Result<String> {
     four_letter_to(addr, cmd)
 }
 
+/// The number after `key` in a four-letter word's `key<TAB>value` or `key:value` lines (as in
+/// `mntr`'s `zk_packets_received` or `wchs`' `Total watches`).
+pub fn four_letter_number(reply: &str, key: &str) -> Option<u64> {
+    reply.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?;
+        rest.trim_start_matches([':', '\t', ' ']).trim().parse().ok()
+    })
+}
+
 fn four_letter_to(addr: SocketAddr, cmd: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
