@@ -105,6 +105,56 @@ async fn delayed_jobs_and_retries_are_promoted_at_their_due_time_not_at_the_next
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_is_claimed_ahead_of_its_due_time_and_started_at_it() {
+    // Promoted 2 s ahead here (250 ms by default): its move and its claim are over well before
+    // its due time, and the worker holds it, claimed, until then.
+    let env = Env::new("ahead");
+    let producer = env.producer_for("q", &small_queue()).await;
+    let (handler, mut runs) = recording(|_| Outcome::Done);
+    let mut config = env.worker_config("q", 2);
+    config.scheduling.promote_ahead = Duration::from_secs(2);
+    let (stop, _h) = spawn_worker(env.worker(config).handle("k", handler).unwrap());
+    producer.enqueue("q", NewJob::new("k", "started")).await.unwrap();
+    assert_eq!(take(&mut runs, 1).await[0].text(), "started");
+
+    let admin = zkq::Admin::connect(&env.zk, &env.root).await.unwrap();
+    let delay = Duration::from_secs(4);
+    let before = zkq_tests::now_ms();
+    producer
+        .enqueue("q", NewJob::new("k", "delayed").delay(delay))
+        .await
+        .unwrap();
+    // Its claim is looked for until it runs.
+    let (claimed_at, run) = within(async {
+        let mut claimed_at = None;
+        loop {
+            if let Ok(run) = runs.try_recv() {
+                return (claimed_at, run);
+            }
+            if claimed_at.is_none() && admin.stats(Some("q")).await.unwrap().queues[0].running > 0 {
+                claimed_at = Some(zkq_tests::now_ms());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let claimed_at = claimed_at.expect("no claim seen before it ran");
+    assert_eq!(run.text(), "delayed");
+    assert!(run.ready_at_ms >= before + delay.as_millis() as u64);
+    assert!(
+        claimed_at < run.ready_at_ms,
+        "claimed {} ms after its due time",
+        claimed_at - run.ready_at_ms
+    );
+    assert!(
+        run.started_ms >= run.ready_at_ms,
+        "started {} ms before its due time",
+        run.ready_at_ms - run.started_ms
+    );
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_jobs_are_promoted_on_time_after_the_leader_reconnects() {
     // The client does not set persistent watches again after a reconnect (zookeeper-client
     // 0.11.2). A lost connection ends the leader's term, and the next term watches afresh;

@@ -110,6 +110,8 @@ pub struct Run {
     pub id: zkq::JobId,
     pub worker: String,
     pub started_ms: u64,
+    /// The job's `ready_at_ms`: its due time for a delayed job or a retry.
+    pub ready_at_ms: u64,
 }
 
 impl Run {
@@ -131,6 +133,7 @@ where
             id: ctx.job.id,
             worker: ctx.worker_id.clone(),
             started_ms: now_ms(),
+            ready_at_ms: ctx.job.ready_at_ms,
         };
         let outcome = decide(&run);
         let _ = tx.send(run);

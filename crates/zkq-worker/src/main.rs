@@ -88,6 +88,12 @@ struct SchedulerArgs {
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     promote_interval: Duration,
 
+    /// How long before their due time delayed jobs are moved to their lanes: workers claim them
+    /// at once and start them at their due time, so that the two commits do not make them late
+    /// (at most 60s)
+    #[arg(long, default_value = "250ms", value_parser = parse_promote_ahead, value_name = "DURATION")]
+    promote_ahead: Duration,
+
     /// Quiet time after workers join or leave before partitions are reassigned
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     rebalance_delay: Duration,
@@ -237,6 +243,7 @@ async fn run_scheduler(
 ) -> zkq::Result<()> {
     let config = SchedulerConfig {
         promote_interval: args.promote_interval,
+        promote_ahead: args.promote_ahead,
         rebalance_delay: args.rebalance_delay,
         trim_interval: args.trim_interval,
     };
@@ -326,6 +333,18 @@ async fn shutdown_signal() {
     });
 }
 
+/// A `--promote-ahead` duration, at most [`zkq::MAX_EARLY`].
+fn parse_promote_ahead(s: &str) -> Result<Duration, String> {
+    let ahead = parse_duration(s)?;
+    if ahead > zkq::MAX_EARLY {
+        return Err(format!(
+            "{s} is over the maximum of {}s, the longest a worker waits for a job's due time",
+            zkq::MAX_EARLY.as_secs()
+        ));
+    }
+    Ok(ahead)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -333,5 +352,15 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn promote_ahead_is_at_most_a_minute() {
+        assert_eq!(
+            super::parse_promote_ahead("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        let refused = super::parse_promote_ahead("61s").unwrap_err();
+        assert!(refused.contains("over the maximum of 60s"), "{refused}");
     }
 }

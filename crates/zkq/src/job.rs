@@ -121,7 +121,25 @@ impl Record for Job {
     }
 }
 
+/// The longest a worker waits for the due time of a job it claimed early
+/// ([`Job::early_by`]), whatever the clocks say; also the most a scheduler promotes ahead.
+pub const MAX_EARLY: Duration = Duration::from_secs(60);
+
 impl Job {
+    /// How long, by this machine's clock, until this job's due time, when it was moved to its
+    /// lane ahead of it (the scheduler's `promote_ahead`); `None` when it may start now.
+    ///
+    /// Only a job that went through the delayed entries (a delayed enqueue or a retry: its
+    /// `ready_at_ms` is past its `enqueued_at_ms`) waits, so that a worker whose clock runs
+    /// behind a producer's never holds back a job enqueued to run at once; and never longer
+    /// than [`MAX_EARLY`].
+    pub fn early_by(&self, now_ms: u64) -> Option<Duration> {
+        if self.ready_at_ms <= self.enqueued_at_ms || self.ready_at_ms <= now_ms {
+            return None;
+        }
+        Some(Duration::from_millis(self.ready_at_ms - now_ms).min(MAX_EARLY))
+    }
+
     /// A dead-letter record for bytes that are not a job: kind `zkq.undecodable`, the raw bytes
     /// as payload, and the decode error as its history.
     pub(crate) fn undecodable(data: Vec<u8>, reason: &str) -> Job {
@@ -378,6 +396,23 @@ mod tests {
     use super::*;
     use crate::limits::MAX_RECORD_OVERHEAD_BYTES;
     use crate::store::codec;
+
+    #[test]
+    fn only_a_job_that_went_through_the_delayed_entries_waits_for_its_due_time() {
+        let mut job = Job::undecodable(Vec::new(), "x");
+        job.enqueued_at_ms = 1_000;
+        // Enqueued to run at once, by a producer whose clock runs ahead: no wait.
+        job.ready_at_ms = 1_000;
+        assert_eq!(job.early_by(900), None);
+        // Promoted 250 ms ahead of its due time.
+        job.ready_at_ms = 5_000;
+        assert_eq!(job.early_by(4_750), Some(Duration::from_millis(250)));
+        assert_eq!(job.early_by(5_000), None);
+        assert_eq!(job.early_by(6_000), None);
+        // Never longer than MAX_EARLY, whatever the clocks say.
+        job.ready_at_ms = 10_000_000;
+        assert_eq!(job.early_by(1_000), Some(MAX_EARLY));
+    }
 
     #[test]
     fn job_round_trips_through_messagepack() {

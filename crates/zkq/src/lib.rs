@@ -75,7 +75,7 @@ pub use admin::{
 pub use error::{Error, Permission, Result};
 pub use exec::CommandHandler;
 pub use handler::{Fence, Handler, HandlerFuture, JobContext, Outcome};
-pub use job::{AttemptError, Job, JobId, NewJob};
+pub use job::{AttemptError, Job, JobId, NewJob, MAX_EARLY};
 pub use periodic::{CatchUp, PeriodicJob};
 pub use producer::Producer;
 pub use queue::QueueConfig;

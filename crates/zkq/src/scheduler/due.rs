@@ -1,4 +1,5 @@
-//! When promotion runs: at the due time of the earliest delayed job, known without polling.
+//! When promotion runs: at the due time of the earliest delayed job (less the scheduler's
+//! `promote_ahead`), known without polling.
 //!
 //! The leader watches each queue's `delayed` folder (persistent, recursive). A delayed entry's
 //! name starts with its due time (`<due ms>-<id>`), so its creation event alone says when it is
@@ -56,6 +57,8 @@ pub(super) struct DueTimes {
     client: zk::Client,
     layout: Layout,
     look_again: Duration,
+    /// How long before its due time a job is promoted.
+    ahead: Duration,
     state: Arc<Mutex<State>>,
     wakes_tx: mpsc::UnboundedSender<Wake>,
     wakes: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Wake>>>,
@@ -66,12 +69,13 @@ pub(super) struct DueTimes {
 }
 
 impl DueTimes {
-    pub(super) fn new(client: zk::Client, layout: Layout, look_again: Duration) -> DueTimes {
+    pub(super) fn new(client: zk::Client, layout: Layout, look_again: Duration, ahead: Duration) -> DueTimes {
         let (wakes_tx, wakes) = mpsc::unbounded_channel();
         DueTimes {
             client,
             layout,
             look_again,
+            ahead,
             state: Arc::new(Mutex::new(State {
                 look_at_all: true,
                 ..State::default()
@@ -84,7 +88,8 @@ impl DueTimes {
     }
 
     /// The queues to look at now: every queue (`None`) when a full pass is due, else those
-    /// whose earliest entry is due. Their due times are forgotten until the pass reports them.
+    /// whose earliest entry is due within `ahead`. Their due times are forgotten until the pass
+    /// reports them.
     pub(super) fn take_due(&mut self) -> Option<Vec<String>> {
         let mut state = lock(&self.state);
         if std::mem::take(&mut state.look_at_all) || self.last_full.elapsed() >= self.look_again {
@@ -92,7 +97,7 @@ impl DueTimes {
             self.last_full = Instant::now();
             return None;
         }
-        let now = now_ms();
+        let now = now_ms() + self.ahead.as_millis() as u64;
         let due: Vec<String> = state
             .earliest
             .iter()
@@ -157,17 +162,20 @@ impl DueTimes {
         Ok(())
     }
 
-    /// Waits until the earliest due time, a full pass is due, or a watch calls for one.
+    /// Waits until `ahead` before the earliest due time, a full pass is due, or a watch calls
+    /// for one.
     pub(super) fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let state = self.state.clone();
         let wakes = self.wakes.clone();
         let full_at = self.last_full + self.look_again;
+        let ahead = self.ahead.as_millis() as u64;
         async move {
             let mut wakes = wakes.lock().await;
             loop {
                 let first = lock(&state).first();
                 let due_at = first.and_then(|at| {
-                    Instant::now().checked_add(Duration::from_millis(at.saturating_sub(now_ms())))
+                    let wait = at.saturating_sub(ahead).saturating_sub(now_ms());
+                    Instant::now().checked_add(Duration::from_millis(wait))
                 });
                 let until = due_at.map_or(full_at, |at| at.min(full_at));
                 tokio::select! {

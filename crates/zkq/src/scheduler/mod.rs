@@ -42,6 +42,11 @@ pub struct SchedulerConfig {
     /// their due time, known from watches; this look finds the ones whose watch event was lost
     /// with a connection. Defaults to 2 s.
     pub promote_interval: Duration,
+    /// How long before their due time delayed jobs are moved to their lanes. A worker claims
+    /// such a job at once and starts it at its due time, so the move and the claim (two commits,
+    /// each an fsync of the server's log) happen before it instead of making it late. Defaults to
+    /// 250 ms; at most [`crate::job::MAX_EARLY`], how long a worker waits for a job's due time.
+    pub promote_ahead: Duration,
     /// Quiet time after a worker joins or leaves before partitions are reassigned, so that a
     /// burst of changes costs one rebalance. Defaults to 1 s.
     pub rebalance_delay: Duration,
@@ -54,6 +59,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             promote_interval: Duration::from_secs(2),
+            promote_ahead: Duration::from_millis(250),
             rebalance_delay: Duration::from_secs(1),
             trim_interval: Duration::from_secs(60),
         }
@@ -208,9 +214,12 @@ async fn serve(
     let serving = leadership.lost().child_token();
     let mut services = JoinSet::new();
     let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
-    let interval = config.promote_interval;
+    let (interval, ahead) = (
+        config.promote_interval,
+        config.promote_ahead.min(crate::MAX_EARLY),
+    );
     spawn_service(&mut services, &serving, "promote", async move {
-        promote::serve(&p, &l, interval, &s).await
+        promote::serve(&p, &l, interval, ahead, &s).await
     });
     let (p, l, s) = (producer.clone(), leadership.clone(), serving.clone());
     let delay = config.rebalance_delay;

@@ -1,5 +1,11 @@
 //! Promotion of due delayed jobs (delayed enqueues and retries waiting for their backoff), at
-//! their due time ([`super::due`]).
+//! their due time ([`super::due`]), less the scheduler's `promote_ahead`.
+//!
+//! Moving a job ahead of its due time is what makes it start on time: the move and the claim
+//! that follows are two commits, each waiting for the server's log to be written to disk (a
+//! few ms, and now and then hundreds when the disk stalls). A job moved `ahead` early is claimed
+//! by then, and its worker starts it at its due time (`ready_at_ms`), not before
+//! ([`crate::job::Job::early_by`]).
 //!
 //! Due entries move in `multi`s of up to 100 entries and [`MAX_REQUEST_BYTES`]:
 //! `check(epoch)` + `delete(delayed entry, version)` + `create(job)` into a segment of its lane,
@@ -53,9 +59,15 @@ pub(crate) async fn serve(
     producer: &Producer,
     leadership: &Leadership,
     look_again: Duration,
+    ahead: Duration,
     stop: &CancellationToken,
 ) -> Result<()> {
-    let mut due = DueTimes::new(producer.client().clone(), producer.layout().clone(), look_again);
+    let mut due = DueTimes::new(
+        producer.client().clone(),
+        producer.layout().clone(),
+        look_again,
+        ahead,
+    );
     let mut unreadable = queue::Unreadable::default();
     let mut passes = Passes::new(stop, "cannot list queues", look_again);
     while passes.ready().await {
@@ -72,7 +84,7 @@ pub(crate) async fn serve(
                 if stop.is_cancelled() {
                     break;
                 }
-                match promote_due(producer, &q, Some(leadership)).await {
+                match promote_due(producer, &q, Some(leadership), ahead).await {
                     Ok(promoted) => {
                         unreadable.served(&q);
                         due.next(&q, promoted.next_due_ms);
@@ -92,8 +104,8 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Moves every delayed job of `queue` that is due now to its lane, and tells when the next is
-/// due.
+/// Moves every delayed job of `queue` that is due now or within `ahead` to its lane, and tells
+/// when the next is due.
 ///
 /// With a `leadership`, every move is fenced by its epoch.
 ///
@@ -103,6 +115,7 @@ pub async fn promote_due(
     producer: &Producer,
     queue: &str,
     leadership: Option<&Leadership>,
+    ahead: Duration,
 ) -> Result<Promoted> {
     let client = producer.client();
     let layout = producer.layout();
@@ -125,10 +138,11 @@ pub async fn promote_due(
         .collect();
     buckets.sort();
     let now = now_ms();
+    let horizon = now + ahead.as_millis() as u64;
     let mut moved = 0;
     let mut next_due_ms: Option<u64> = None;
     for (start, bucket) in buckets {
-        if start > now {
+        if start > horizon {
             // Its entries are due from its start on; when that comes, it is listed.
             next_due_ms = Some(next_due_ms.map_or(start, |n| n.min(start)));
             break;
@@ -151,7 +165,7 @@ pub async fn promote_due(
         let (mut due, later): (Entries, Entries) = entries
             .into_iter()
             .filter_map(|e| layout::parse_delayed_entry(&e).map(|at| (e, at)))
-            .partition(|(_, at)| *at <= now);
+            .partition(|(_, at)| *at <= horizon);
         if let Some(first) = later.iter().map(|(_, at)| *at).min() {
             next_due_ms = Some(next_due_ms.map_or(first, |n| n.min(first)));
         }

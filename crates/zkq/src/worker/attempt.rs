@@ -63,6 +63,16 @@ impl Worker {
                 stop: stop.clone(),
             },
         };
+        if session_lost.is_cancelled() {
+            return AttemptEnd::Lost;
+        }
+        if abort.is_cancelled() {
+            // Shut down before it started (while it waited for its due time): back unstarted.
+            return match super::settle::release(client, &claimed).await {
+                Ok(Settled::Committed) => AttemptEnd::Released,
+                _ => AttemptEnd::Lost,
+            };
+        }
         let mut liveness = session.liveness.clone();
         if liveness.is_fenced() {
             // Claimed while ZooKeeper was still answering, but it has not for too long since:

@@ -11,6 +11,7 @@ use tracing::{info, info_span, instrument, warn, Instrument};
 use zookeeper_client as zk;
 
 use crate::claim::{self, Candidate, Claimed};
+use crate::job::now_ms;
 
 use crate::store::txn::Op;
 use crate::store::znode;
@@ -121,21 +122,34 @@ impl Worker {
             let this = self.clone();
             let session = session.clone();
             let abort = session.abort.child_token();
+            let stopping = stopping.clone();
             let span = info_span!("job", queue = claimed.queue(), id = %claimed.job.id, kind = %claimed.job.kind, attempt = claimed.job.attempt);
             attempts.spawn(
                 async move {
+                    let claim = claimed.claim_path.clone();
+                    let stoppable = session.running.add(&claim);
+                    if let Some(early) = claimed.job.early_by(now_ms()) {
+                        // Promoted ahead of its due time: claimed, it starts at that time. A
+                        // shutdown meanwhile puts it back unstarted, as it does a job claimed
+                        // while shutting down; `run_attempt` sees to the other ends.
+                        tokio::select! {
+                            _ = tokio::time::sleep(early) => {}
+                            _ = stopping.cancelled() => abort.cancel(),
+                            _ = abort.cancelled() => {}
+                            _ = session.lost.cancelled() => {}
+                            _ = stoppable.token.cancelled() => {}
+                        }
+                    }
                     let log = this.config.log_attempts;
                     let started = std::time::Instant::now();
                     if log {
                         info!("attempt started");
                     }
-                    let claim = claimed.claim_path.clone();
                     let meter = Meter::start(
                         claimed.queue(),
                         &this.kind_label(&claimed.job.kind),
                         claimed.job.ready_at_ms,
                     );
-                    let stoppable = session.running.add(&claim);
                     let settle = this.run_attempt(&session, claimed, abort, &stoppable).await;
                     meter.end(settle);
                     // A cancel's notice is deleted once the attempt is over, whether it stopped

@@ -133,6 +133,12 @@ impl Fetcher {
                         },
                     });
                 }
+                if !complete {
+                    // A backlog: the next listing sees what its watch would report, and the
+                    // watch would cost the server two events per job (its claim and its
+                    // settle). It is set again before the listing that follows.
+                    self.watching.remove(&id(*p, lane));
+                }
                 let cache = self.lanes.entry(id(*p, lane)).or_default();
                 cache.complete = complete;
                 cache.stale = !(complete && claims_armed);

@@ -11,8 +11,10 @@
 //!   arrives as a watch event carrying its path, and goes straight into the cache. Nothing is
 //!   listed to find it: a job costs one data read (batched) and one claim.
 //! - A lane with more jobs than one listing takes in (a backlog) is listed again, from its
-//!   oldest segment, whenever its cache runs dry; events for it are ignored meanwhile, since
-//!   that next listing sees those jobs in order. So does a complete lane whose cache grew past
+//!   oldest segment, whenever its cache runs dry. Its watch is removed meanwhile, since that
+//!   next listing sees those jobs in order: left in place, it would cost the server two events
+//!   per job drained (its claim and its settle) for nothing. It is set again in the round trip
+//!   of the next listing, before it. So does a complete lane whose cache grew past
 //!   [`MAX_CACHED`].
 //!
 //! Jobs that become ready again without being created (a claim released on shutdown, or gone
@@ -377,6 +379,7 @@ impl Fetcher {
                 if cache.ready.len() >= MAX_CACHED {
                     cache.complete = false;
                     cache.stale = true;
+                    self.watching.remove(&lane);
                     return;
                 }
                 cache.ready.push_back(Candidate {
