@@ -505,6 +505,12 @@ async fn membership(
     figures.insert("fleet_session_timeout_s", m.session_timeout.as_secs_f64());
     figures.insert("fleet_join_s", m.join.as_secs_f64());
     figures.insert("fleet_balance_s", m.balance.as_secs_f64());
+    if let Some(settle) = m.settle {
+        figures.insert("fleet_settle_s", settle.as_secs_f64());
+    }
+    if let Some(cost) = m.join_requests_per_worker {
+        figures.insert("fleet_join_requests_per_worker", cost);
+    }
     if let Some(r) = m.idle_requests_per_worker_s {
         figures.insert("fleet_idle_requests_per_worker_s", r);
     }

@@ -30,6 +30,10 @@ pub struct Membership {
     pub balance: Duration,
     /// ZooKeeper requests per second per worker while the fleet is idle, and over how long.
     pub idle_requests_per_worker_s: Option<f64>,
+    /// From the balance until the fleet went quiet, and the requests per worker from the first
+    /// process start until then (joining: first listings, watches, the assignment followed).
+    pub settle: Option<Duration>,
+    pub join_requests_per_worker: Option<f64>,
     pub idle_window: Duration,
     /// Watches on the servers while the fleet is idle (`wchs`), and the paths they are on.
     pub watches: Option<u64>,
@@ -53,6 +57,8 @@ impl Workloads<'_> {
         idle_window: Duration,
     ) -> Result<Membership, String> {
         self.create_queue_with(QUEUE, partitions).await?;
+        let servers = servers(&self.zk.address);
+        let at_start = packets_received(&servers);
         let started = Instant::now();
         self.progress.phase("fleet joins");
         let mut fleet = Fleet::start(
@@ -85,13 +91,29 @@ impl Workloads<'_> {
             balance.as_secs_f64()
         );
 
+        self.progress.phase("fleet settles");
+        // A fresh queue has no assignment until the leader writes one: its workers scan every
+        // partition meanwhile, then let go of those others own. That burst is the joining cost,
+        // reported apart; the idle window starts once it is over.
+        let settled_at = wait_quiet(&servers, workers).await;
+        let settle = settled_at.map(|(at, _)| at.saturating_duration_since(joined_at + balance));
+        let join_requests_per_worker = at_start
+            .zip(settled_at)
+            .map(|(start, (_, now))| now.saturating_sub(start) as f64 / workers as f64);
+        if let (Some(settle), Some(cost)) = (settle, join_requests_per_worker) {
+            println!(
+                "fleet: quiet (under {QUIET_PER_WORKER_S} requests/s per worker) {:.1}s after the balance; \
+                 joining cost {cost:.0} requests per worker",
+                settle.as_secs_f64()
+            );
+        }
+
         self.progress.phase("fleet idle");
-        // Let the last rebalance's followers settle before counting.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let servers = servers(&self.zk.address);
         let before = packets_received(&servers);
+        let sessions_before = session_packets(&servers);
         tokio::time::sleep(idle_window).await;
         let after = packets_received(&servers);
+        let sessions_after = session_packets(&servers);
         let idle_requests_per_worker_s = before
             .zip(after)
             .map(|(b, a)| a.saturating_sub(b) as f64 / idle_window.as_secs_f64() / workers as f64);
@@ -104,6 +126,12 @@ impl Workloads<'_> {
                 watched_paths.unwrap_or(0)
             ),
             None => println!("fleet: the servers do not answer four-letter words; idle load not measured"),
+        }
+        if let (Some(before), Some(after)) = (sessions_before, sessions_after) {
+            println!(
+                "fleet: idle requests/s per session (cons), by rate and last operation: {}",
+                session_rates(&before, &after, idle_window)
+            );
         }
 
         self.progress.phase("fleet loss");
@@ -142,6 +170,8 @@ impl Workloads<'_> {
             join,
             balance,
             idle_requests_per_worker_s,
+            settle,
+            join_requests_per_worker,
             idle_window,
             watches,
             watched_paths,
@@ -248,6 +278,30 @@ fn servers(connect: &str) -> Vec<String> {
         .collect()
 }
 
+/// The request rate per worker under which the fleet counts as quiet after joining.
+const QUIET_PER_WORKER_S: f64 = 2.0;
+
+/// Longest wait for the fleet to go quiet.
+const MAX_SETTLE: Duration = Duration::from_secs(60);
+
+/// Waits until `workers` send the servers under [`QUIET_PER_WORKER_S`] over a 2 s sample, or
+/// [`MAX_SETTLE`]: when, and the servers' request count then. `None` if the servers do not
+/// answer four-letter words.
+async fn wait_quiet(servers: &[String], workers: usize) -> Option<(Instant, u64)> {
+    const SAMPLE: Duration = Duration::from_secs(2);
+    let deadline = Instant::now() + MAX_SETTLE;
+    let mut last = packets_received(servers)?;
+    loop {
+        tokio::time::sleep(SAMPLE).await;
+        let now = packets_received(servers)?;
+        let rate = now.saturating_sub(last) as f64 / SAMPLE.as_secs_f64() / workers as f64;
+        if rate < QUIET_PER_WORKER_S || Instant::now() >= deadline {
+            return Some((Instant::now(), now));
+        }
+        last = now;
+    }
+}
+
 /// Requests received by all `servers` since they started (`mntr`'s `zk_packets_received`,
 /// pings included), or `None` if one does not say.
 fn packets_received(servers: &[String]) -> Option<u64> {
@@ -258,6 +312,72 @@ fn packets_received(servers: &[String]) -> Option<u64> {
             four_letter_number(&reply, "zk_packets_received")
         })
         .sum()
+}
+
+/// What one session sent a server so far, from a line of `cons`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SessionPackets {
+    received: u64,
+    /// Its last operation (`PING`, `EXIS`, ...).
+    last_op: String,
+}
+
+/// Requests received from each session, by session id, on all `servers` (`cons`); `None` if
+/// one does not say.
+fn session_packets(servers: &[String]) -> Option<HashMap<String, SessionPackets>> {
+    let mut sessions = HashMap::new();
+    for s in servers {
+        let reply = zkq_testkit::server::four_letter_at(s, "cons").ok()?;
+        sessions.extend(reply.lines().filter_map(parse_cons_line));
+    }
+    Some(sessions)
+}
+
+/// ` /127.0.0.1:40412[1](queued=0,recved=12,sent=12,sid=0x100..,lop=PING,...)`: the session id
+/// and what it sent. Connections without a session yet have no `sid`.
+fn parse_cons_line(line: &str) -> Option<(String, SessionPackets)> {
+    let fields = line.split_once('(')?.1.trim_end().trim_end_matches(')');
+    let field = |key: &str| {
+        fields
+            .split(',')
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    Some((
+        field("sid")?,
+        SessionPackets {
+            received: field("recved")?.parse().ok()?,
+            last_op: field("lop").unwrap_or_default(),
+        },
+    ))
+}
+
+/// The sessions seen both times, grouped by their request rate (to 0.05/s) and last operation,
+/// largest groups first: "100 x 0.75/s (EXIS), 100 x 0.45/s (PING), ...".
+fn session_rates(
+    before: &HashMap<String, SessionPackets>,
+    after: &HashMap<String, SessionPackets>,
+    window: Duration,
+) -> String {
+    let mut groups: HashMap<(u64, String), usize> = HashMap::new();
+    for (sid, now) in after {
+        let Some(then) = before.get(sid) else { continue };
+        let rate = now.received.saturating_sub(then.received) as f64 / window.as_secs_f64();
+        let bucket = (rate * 20.0).round() as u64;
+        *groups.entry((bucket, now.last_op.clone())).or_default() += 1;
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+    let shown: Vec<String> = groups
+        .iter()
+        .take(6)
+        .map(|((bucket, op), n)| format!("{n} x {:.2}/s ({op})", *bucket as f64 / 20.0))
+        .collect();
+    let rest: usize = groups.iter().skip(6).map(|(_, n)| n).sum();
+    match rest {
+        0 => shown.join(", "),
+        _ => format!("{}, {rest} others", shown.join(", ")),
+    }
 }
 
 /// Watches and watched paths on all `servers` (`wchs`), or `None` if one does not say.
@@ -271,4 +391,46 @@ fn watches(servers: &[String]) -> Option<(u64, u64)> {
             Some((four_letter_number(&reply, "Total watches")?, paths))
         })
         .try_fold((0, 0), |(w, p), one| one.map(|(w1, p1)| (w + w1, p + p1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cons_line_gives_its_session_and_requests() {
+        let line = " /127.0.0.1:52538[1](queued=0,recved=57,sent=57,sid=0x10000b5e5c40000,lop=PING,\
+                    est=1764620000000,to=10000,lcxid=0x2,lzxid=0x5,lresp=1764620001000,llat=0,minlat=0,\
+                    avglat=0,maxlat=1)";
+        let (sid, packets) = parse_cons_line(line).unwrap();
+        assert_eq!(sid, "0x10000b5e5c40000");
+        assert_eq!(packets.received, 57);
+        assert_eq!(packets.last_op, "PING");
+        // The four-letter word's own connection has no session.
+        assert_eq!(
+            parse_cons_line(" /127.0.0.1:52540[0](queued=0,recved=1,sent=0)"),
+            None
+        );
+    }
+
+    #[test]
+    fn sessions_are_grouped_by_rate_and_last_operation() {
+        let at = |received, op: &str| SessionPackets {
+            received,
+            last_op: op.to_string(),
+        };
+        let before = HashMap::from([
+            ("a".to_string(), at(0, "EXIS")),
+            ("b".to_string(), at(10, "EXIS")),
+            ("c".to_string(), at(0, "PING")),
+        ]);
+        let after = HashMap::from([
+            ("a".to_string(), at(15, "EXIS")),
+            ("b".to_string(), at(25, "EXIS")),
+            ("c".to_string(), at(9, "PING")),
+            ("new".to_string(), at(3, "PING")),
+        ]);
+        let shown = session_rates(&before, &after, Duration::from_secs(20));
+        assert_eq!(shown, "2 x 0.75/s (EXIS), 1 x 0.45/s (PING)");
+    }
 }
