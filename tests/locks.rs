@@ -380,3 +380,46 @@ fn a_guard_dropped_after_its_client_stopped_leaves_the_runtime_free() {
         "the dropped guard kept the only worker thread busy"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_the_callers_own_that_it_never_heard_of_does_not_hold_the_key() {
+    // A create whose reply was lost with the connection can commit unseen: the caller looks for
+    // its node by id, misses it (the member it reconnected to had not applied it yet), and
+    // creates another. The first one, ahead in line, then held the key for as long as the
+    // session lived, and every job of that key waited (a chaos run left 69 jobs so).
+    let env = Env::new("lock-ghost");
+    let client = env.client().await;
+    let layout = Layout::new(&env.root).unwrap();
+    // The key's directory, made by a first holder.
+    drop(lock(&env, &client, "k").acquire().await.unwrap());
+    let id = "0123456789abcdef0123456789abcdef";
+    let ghost = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    client
+        .create(&format!("{}/l-{id}-", layout.lock("k")), b"test", &ghost)
+        .await
+        .unwrap();
+
+    let guard = lock(&env, &client, "k")
+        .with_node_id(id)
+        .try_acquire()
+        .await
+        .unwrap();
+    assert!(
+        guard.is_some(),
+        "its own unknown node ahead in line kept the lock from it"
+    );
+    drop(guard);
+    // Let go: another session takes the key, and no node of the first caller is left.
+    let other = env.client().await;
+    within(async {
+        while lock(&env, &other, "k").try_acquire().await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let left = client.list_children(&layout.lock("k")).await.unwrap_or_default();
+    assert!(
+        left.iter().all(|n| !n.contains(id)),
+        "nodes of the first caller left: {left:?}"
+    );
+}

@@ -14,7 +14,11 @@
 //! process, however many wait (no herd effect). Each node name carries an id of its own, so
 //! several waiters of one session (two jobs with the same key on one worker) never mistake each
 //! other's nodes, and a create whose reply was lost with the connection is found again rather
-//! than left behind. The key's directory is a CONTAINER znode: the server deletes it once its
+//! than left behind. Found again after a `sync`, but a create still on its way to the leader can
+//! commit after that look, which then made a second node: the first, ahead in line and unknown,
+//! held the key for as long as the session lived. So a node in line that carries the caller's
+//! own id is the caller's: one ahead of it is deleted, not waited for, and after such a doubt the
+//! line is swept of the caller's id when it lets go. The key's directory is a CONTAINER znode: the server deletes it once its
 //! last node is gone, so keys used once do not pile up under `<root>/locks`.
 //!
 //! # Fencing token
@@ -59,6 +63,8 @@ pub struct Lock {
     holder: String,
     acl: AclPolicy,
     wakeups: Arc<AtomicU64>,
+    /// The id of this caller's nodes, fixed instead of fresh for each try (tests only).
+    node_id: Option<String>,
 }
 
 /// The lock, held. Dropping it releases the lock: the delete is sent at once without waiting
@@ -73,6 +79,8 @@ pub struct LockGuard {
     lost: CancellationToken,
     monitor: tokio::task::JoinHandle<()>,
     released: bool,
+    /// Set when a create of this caller's was in doubt: the line is swept of its id on letting go.
+    leftovers: Option<Leftovers>,
 }
 
 impl Lock {
@@ -96,7 +104,16 @@ impl Lock {
             holder: holder.to_string(),
             acl: layout.acl().clone(),
             wakeups: Arc::new(AtomicU64::new(0)),
+            node_id: None,
         })
+    }
+
+    /// Names this caller's nodes with `id` instead of a fresh id per try, so that a test can
+    /// make the node a lost create reply leaves behind.
+    #[cfg(feature = "testing")]
+    pub fn with_node_id(mut self, id: &str) -> Lock {
+        self.node_id = Some(id.to_string());
+        self
     }
 
     /// The key.
@@ -142,6 +159,14 @@ impl Lock {
                 Place::First => break,
                 Place::Behind(predecessor) => predecessor,
             };
+            if is_callers(&predecessor, &waiting.id) {
+                // Left by a create whose reply was lost: nobody waits on it but this caller.
+                debug!(key = %self.key, %predecessor, "deleting a lock node of this caller's own");
+                match self.client.delete(&predecessor, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => continue,
+                    Err(e) => return Err(Error::zk("delete own lock node", &predecessor, e)),
+                }
+            }
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 return Ok(None);
             }
@@ -154,6 +179,7 @@ impl Lock {
                 Waited::Gone => {}
             }
         }
+        let leftovers = waiting.leftovers();
         let (node, token) = waiting.take();
         let lost = CancellationToken::new();
         let monitor = tokio::spawn(line::watch_held(self.client.clone(), node.clone(), lost.clone()));
@@ -165,6 +191,7 @@ impl Lock {
             lost,
             monitor,
             released: false,
+            leftovers,
         }))
     }
 
@@ -172,8 +199,9 @@ impl Lock {
     /// A create whose outcome was lost with the connection is looked for by its id once the
     /// connection is back.
     async fn join(&self) -> Result<Waiting> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = (self.node_id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let prefix = format!("{}/l-{id}-", self.dir);
+        let mut doubt = false;
         loop {
             match self
                 .client
@@ -185,13 +213,17 @@ impl Lock {
                 .await
             {
                 Ok((stat, seq)) => {
-                    return Ok(Waiting::new(&self.client, format!("{prefix}{seq}"), stat.czxid));
+                    let mut waiting = Waiting::new(&self.client, format!("{prefix}{seq}"), stat.czxid, &id);
+                    waiting.doubt = doubt;
+                    return Ok(waiting);
                 }
                 Err(zk::Error::NoNode) => self.make_dir().await?,
                 Err(e) => match Error::zk("create lock node", &prefix, e) {
                     Error::OutcomeUnknown { .. } => {
+                        doubt = true;
                         session::connected(&self.client).await?;
-                        if let Some(found) = self.find(&id).await? {
+                        if let Some(mut found) = self.find(&id).await? {
+                            found.doubt = true;
                             return Ok(found);
                         }
                     }
@@ -213,6 +245,11 @@ impl Lock {
 
     /// This caller's node with id `id`, if its create went through.
     async fn find(&self, id: &str) -> Result<Option<Waiting>> {
+        // The member this session reconnected to may lag the leader: catch it up first. A
+        // create still on its way may commit even later; see the module's documentation.
+        if let Err(e) = self.client.sync(&self.dir).await {
+            debug!(dir = %self.dir, error = %e, "sync before looking for a lock node failed");
+        }
         let line = match self.client.list_children(&self.dir).await {
             Ok(line) => line,
             Err(zk::Error::NoNode) => return Ok(None),
@@ -224,7 +261,7 @@ impl Lock {
         };
         let path = format!("{}/{name}", self.dir);
         match self.client.check_stat(&path).await {
-            Ok(Some(stat)) => Ok(Some(Waiting::new(&self.client, path, stat.czxid))),
+            Ok(Some(stat)) => Ok(Some(Waiting::new(&self.client, path, stat.czxid, id))),
             Ok(None) => Ok(None),
             Err(e) => Err(Error::zk("stat lock node", &path, e)),
         }
@@ -235,14 +272,31 @@ impl Lock {
 struct Waiting {
     client: zk::Client,
     node: Option<(String, i64)>,
+    /// The id in this caller's node names.
+    id: String,
+    /// Whether a create of this caller's had an unknown outcome.
+    doubt: bool,
 }
 
 impl Waiting {
-    fn new(client: &zk::Client, node: String, czxid: i64) -> Waiting {
+    fn new(client: &zk::Client, node: String, czxid: i64, id: &str) -> Waiting {
         Waiting {
             client: client.clone(),
             node: Some((node, czxid)),
+            id: id.to_string(),
+            doubt: false,
         }
+    }
+
+    /// What to sweep when letting go, if a create was in doubt.
+    fn leftovers(&self) -> Option<Leftovers> {
+        let (node, _) = self.node.as_ref()?;
+        let dir = node.rsplit_once('/').map(|(d, _)| d.to_string())?;
+        self.doubt.then(|| Leftovers {
+            client: self.client.clone(),
+            dir,
+            id: self.id.clone(),
+        })
     }
 
     fn name(&self) -> &str {
@@ -259,9 +313,51 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
+        let leftovers = self.leftovers();
         if let Some((node, _)) = self.node.take() {
             znode::delete_surely(&self.client, node);
         }
+        if let Some(leftovers) = leftovers {
+            leftovers.sweep();
+        }
+    }
+}
+
+/// Whether the node at `path` carries the caller id `id` in its name.
+fn is_callers(path: &str, id: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .and_then(|name| name.strip_prefix("l-"))
+        .and_then(|rest| rest.strip_prefix(id))
+        .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// The line of a caller whose create was in doubt: a node of its own may have committed after
+/// it looked, and nobody but the caller can delete it while its session lives.
+#[derive(Debug)]
+struct Leftovers {
+    client: zk::Client,
+    dir: String,
+    id: String,
+}
+
+impl Leftovers {
+    /// Deletes every node of the line that carries the caller's id, in the background.
+    fn sweep(self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let Ok(line) = self.client.list_children(&self.dir).await else {
+                return;
+            };
+            for name in line {
+                let path = format!("{}/{name}", self.dir);
+                if is_callers(&path, &self.id) {
+                    znode::delete_surely(&self.client, path);
+                }
+            }
+        });
     }
 }
 
@@ -329,5 +425,25 @@ impl Drop for LockGuard {
             self.lost.cancel();
             znode::delete_surely(&self.client, std::mem::take(&mut self.node));
         }
+        if let Some(leftovers) = self.leftovers.take() {
+            leftovers.sweep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_callers;
+
+    #[test]
+    fn a_node_is_the_callers_when_its_name_carries_the_callers_id_whole() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert!(is_callers(&format!("/zkq/locks/k/l-{id}-0000000064"), id));
+        assert!(!is_callers(
+            "/zkq/locks/k/l-0123456789abcdef0123456789abcdee-0000000064",
+            id
+        ));
+        assert!(!is_callers(&format!("/zkq/locks/k/l-{id}0-0000000064"), id));
+        assert!(!is_callers("/zkq/locks/k/l-", id));
     }
 }
