@@ -283,3 +283,35 @@ async fn losing_the_zookeeper_leader_does_not_create_a_second_leader() {
         assert!(a.epoch < b.epoch, "epochs grow: {a:?} then {b:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_node_of_its_own_session_it_never_saw_does_not_keep_it_waiting() {
+    // A create whose reply was lost with the connection can commit after the candidate looked
+    // for its session's nodes: it makes another, behind the first, and would wait on its own
+    // node for as long as the session lives, with nobody leading (the lock had the same race).
+    let env = Env::new("election-unseen");
+    let client = env.client().await;
+    let dir = format!("{}/scheduler", env.root);
+    // The election's folders, made by a first term.
+    let first = Election::new(client.clone(), dir.clone(), "a");
+    drop(within(first.campaign()).await.unwrap());
+    first.withdraw().await.unwrap();
+    let unseen = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let (_, seq) = client
+        .create(&format!("{dir}/candidates/c-"), b"a", &unseen)
+        .await
+        .unwrap();
+    let unseen = format!("c-{seq}");
+
+    let election = Election::new(client.clone(), dir.clone(), "a").not_seeing(&unseen);
+    let leadership = tokio::time::timeout(Duration::from_secs(10), election.campaign())
+        .await
+        .expect("waited on a candidate node of its own session")
+        .unwrap();
+    assert!(!leadership.lost().is_cancelled());
+    let line = client.list_children(&format!("{dir}/candidates")).await.unwrap();
+    assert!(
+        !line.contains(&unseen),
+        "its unseen node is still in line: {line:?}"
+    );
+}

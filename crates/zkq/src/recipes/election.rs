@@ -47,6 +47,9 @@ pub struct Election {
     name: String,
     acl: AclPolicy,
     wakeups: Arc<AtomicU64>,
+    /// A candidate node the look for this session's own nodes does not see (tests only: what a
+    /// create whose reply was lost, committed after that look, leaves).
+    unseen: Option<String>,
 }
 
 /// This process leads, in `epoch`, until `lost` is cancelled.
@@ -72,6 +75,17 @@ impl Election {
             name: name.into(),
             acl: AclPolicy::open(),
             wakeups: Arc::new(AtomicU64::new(0)),
+            unseen: None,
+        }
+    }
+
+    /// This candidate, with its look for its own nodes blind to the candidate node `name`, as
+    /// it is to one whose create committed after the look.
+    #[cfg(feature = "testing")]
+    pub fn not_seeing(self, name: &str) -> Election {
+        Election {
+            unseen: Some(name.to_string()),
+            ..self
         }
     }
 
@@ -141,6 +155,14 @@ impl Election {
                 }
                 Place::Behind(predecessor) => predecessor,
             };
+            if self.is_own(&predecessor).await? {
+                // A create of this session's whose reply was lost, committed after the look for
+                // its nodes: waiting on it would never end.
+                debug!(candidate = %self.name, %predecessor, "deleting a candidate node of this session's own");
+                let name = predecessor.rsplit('/').next().unwrap_or_default();
+                self.delete_candidate(name).await?;
+                continue;
+            }
             debug!(candidate = %self.name, %predecessor, "waiting for the predecessor");
             if line::wait_for(&self.client, &predecessor, None).await? == Waited::Woken {
                 self.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +215,14 @@ impl Election {
         Ok(format!("c-{seq}"))
     }
 
+    /// Whether the candidate node at `path` belongs to this session.
+    async fn is_own(&self, path: &str) -> Result<bool> {
+        match self.client.check_stat(path).await {
+            Ok(stat) => Ok(stat.is_some_and(|s| s.ephemeral_owner == self.client.session_id().0)),
+            Err(e) => Err(Error::zk("stat candidate", path, e)),
+        }
+    }
+
     /// The candidate nodes owned by this session, oldest first.
     async fn own_nodes(&self) -> Result<Vec<String>> {
         let dir = self.candidates();
@@ -213,6 +243,7 @@ impl Election {
             .zip(stats)
             .filter(|(_, stat)| matches!(stat, Ok(Some(s)) if s.ephemeral_owner == session))
             .map(|(n, _)| n)
+            .filter(|n| self.unseen.as_ref() != Some(n))
             .collect();
         mine.sort_by_key(|n| line::sequence_of(n));
         Ok(mine)
