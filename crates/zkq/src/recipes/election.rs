@@ -218,9 +218,14 @@ impl Election {
     /// Whether the candidate node at `path` belongs to this session.
     async fn is_own(&self, path: &str) -> Result<bool> {
         match self.client.check_stat(path).await {
-            Ok(stat) => Ok(stat.is_some_and(|s| s.ephemeral_owner == self.client.session_id().0)),
+            Ok(stat) => Ok(stat.is_some_and(|s| self.owns(&s))),
             Err(e) => Err(Error::zk("stat candidate", path, e)),
         }
+    }
+
+    /// Whether a node with `stat` is this session's.
+    fn owns(&self, stat: &zk::Stat) -> bool {
+        stat.ephemeral_owner == self.client.session_id().0
     }
 
     /// The candidate nodes owned by this session, oldest first.
@@ -231,7 +236,6 @@ impl Election {
             .list_children(&dir)
             .await
             .map_err(|e| Error::zk("list candidates", &dir, e))?;
-        let session = self.client.session_id().0;
         let stats = futures::future::join_all(line.iter().map(|n| {
             let path = format!("{dir}/{n}");
             let client = &self.client;
@@ -241,7 +245,7 @@ impl Election {
         let mut mine: Vec<String> = line
             .into_iter()
             .zip(stats)
-            .filter(|(_, stat)| matches!(stat, Ok(Some(s)) if s.ephemeral_owner == session))
+            .filter(|(_, stat)| matches!(stat, Ok(Some(s)) if self.owns(s)))
             .map(|(n, _)| n)
             .filter(|n| self.unseen.as_ref() != Some(n))
             .collect();

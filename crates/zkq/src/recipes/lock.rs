@@ -18,8 +18,9 @@
 //! commit after that look, which then made a second node: the first, ahead in line and unknown,
 //! held the key for as long as the session lived. So a node in line that carries the caller's
 //! own id is the caller's: one ahead of it is deleted, not waited for, and after such a doubt the
-//! line is swept of the caller's id when it lets go. The key's directory is a CONTAINER znode: the server deletes it once its
-//! last node is gone, so keys used once do not pile up under `<root>/locks`.
+//! line is swept of the caller's id when it lets go. The key's directory is a CONTAINER znode:
+//! the server deletes it once its last node is gone, so keys used once do not pile up under
+//! `<root>/locks`.
 //!
 //! # Fencing token
 //! The token is the zxid that created the holder's node. Every later holder of the same key
@@ -160,7 +161,9 @@ impl Lock {
                 Place::Behind(predecessor) => predecessor,
             };
             if is_callers(&predecessor, &waiting.id) {
-                // Left by a create whose reply was lost: nobody waits on it but this caller.
+                // Left by a create whose reply was lost: nobody waits on it but this caller. Its
+                // existence is the doubt: if this delete does not land, letting go sweeps it.
+                waiting.doubt = true;
                 debug!(key = %self.key, %predecessor, "deleting a lock node of this caller's own");
                 match self.client.delete(&predecessor, None).await {
                     Ok(()) | Err(zk::Error::NoNode) => continue,
@@ -199,7 +202,10 @@ impl Lock {
     /// A create whose outcome was lost with the connection is looked for by its id once the
     /// connection is back.
     async fn join(&self) -> Result<Waiting> {
-        let id = (self.node_id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let id = self
+            .node_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let prefix = format!("{}/l-{id}-", self.dir);
         let mut doubt = false;
         loop {
@@ -255,8 +261,7 @@ impl Lock {
             Err(zk::Error::NoNode) => return Ok(None),
             Err(e) => return Err(Error::zk("list lock line", &self.dir, e)),
         };
-        let mine = format!("l-{id}-");
-        let Some(name) = line.into_iter().find(|n| n.starts_with(&mine)) else {
+        let Some(name) = line.into_iter().find(|n| is_callers(n, id)) else {
             return Ok(None);
         };
         let path = format!("{}/{name}", self.dir);
@@ -323,7 +328,7 @@ impl Drop for Waiting {
     }
 }
 
-/// Whether the node at `path` carries the caller id `id` in its name.
+/// Whether the node at `path` (or the node name) carries the caller id `id` in its name.
 fn is_callers(path: &str, id: &str) -> bool {
     path.rsplit('/')
         .next()
