@@ -395,3 +395,51 @@ async fn a_job_whose_claim_failed_without_a_lost_race_is_found_again_at_the_poll
     drop(stop);
     handle.await.unwrap().unwrap();
 }
+
+/// A long job claimed in one batch with quick ones does not hold back the slots they free: the
+/// worker claims more jobs as soon as a slot is free, not only once the whole batch has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_job_does_not_hold_back_the_slots_its_batch_mates_freed() {
+    let env = Env::new("batch-mates");
+    let producer = env.producer_for("q", &small_queue()).await;
+    // One partition, oldest first: the first scan finds all four and claims them in one batch.
+    let first = ["long", "quick-1", "quick-2", "quick-3"];
+    producer
+        .enqueue_batch("q", first.iter().map(|p| NewJob::new("k", *p)).collect())
+        .await
+        .unwrap();
+
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (tx, mut runs) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handler = move |ctx: zkq::JobContext| {
+        let (mut released, tx) = (released.clone(), tx.clone());
+        async move {
+            let text = String::from_utf8_lossy(&ctx.job.payload).into_owned();
+            let _ = tx.send(text.clone());
+            if text == "long" {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Outcome::Done
+        }
+    };
+    let (stop, handle) = spawn_worker(env.worker(env.worker_config("q", 4)).handle("k", handler).unwrap());
+    let mut started = HashSet::new();
+    while started.len() < first.len() {
+        started.insert(within(runs.recv()).await.expect("a run"));
+    }
+
+    // The long job still runs; three slots are free.
+    producer
+        .enqueue_batch("q", (4..7).map(|i| NewJob::new("k", format!("quick-{i}"))).collect())
+        .await
+        .unwrap();
+    let mut later = HashSet::new();
+    while later.len() < 3 {
+        // Before the long job ends: it waits for the release below.
+        later.insert(within(runs.recv()).await.expect("a run"));
+    }
+    release.send(true).unwrap();
+    producer.close().await;
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}

@@ -193,11 +193,18 @@ impl Worker {
             // requests.
             let turn = match claim_turns.clone().try_acquire_owned() {
                 Ok(turn) if free > 0 && (!claiming || free >= batch) => turn,
-                _ => {
+                not_now => {
+                    let no_turn = not_now.is_err();
+                    drop(not_now);
+                    // Wait for what is missing: a claim turn, or a slot more than now. Slots
+                    // come back one attempt at a time, while a batch ends with its last
+                    // attempt: a long one would otherwise hold back the slots of the others.
                     tokio::select! {
                         _ = stop.cancelled() => {}
                         _ = session_lost.cancelled() => {}
                         Some(done) = running.join_next() => tally(summary, done),
+                        _ = slots.acquire_many(free as u32 + 1) => {}
+                        _ = claim_turns.acquire(), if no_turn => {}
                     }
                     continue;
                 }
