@@ -422,7 +422,11 @@ async fn a_long_job_does_not_hold_back_the_slots_its_batch_mates_freed() {
             Outcome::Done
         }
     };
-    let (stop, handle) = spawn_worker(env.worker(env.worker_config("q", 4)).handle("k", handler).unwrap());
+    let (stop, handle) = spawn_worker(
+        env.worker(env.worker_config("q", 4))
+            .handle("k", handler)
+            .unwrap(),
+    );
     let mut started = HashSet::new();
     while started.len() < first.len() {
         started.insert(within(runs.recv()).await.expect("a run"));
@@ -430,7 +434,10 @@ async fn a_long_job_does_not_hold_back_the_slots_its_batch_mates_freed() {
 
     // The long job still runs; three slots are free.
     producer
-        .enqueue_batch("q", (4..7).map(|i| NewJob::new("k", format!("quick-{i}"))).collect())
+        .enqueue_batch(
+            "q",
+            (4..7).map(|i| NewJob::new("k", format!("quick-{i}"))).collect(),
+        )
         .await
         .unwrap();
     let mut later = HashSet::new();

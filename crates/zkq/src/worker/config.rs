@@ -36,6 +36,10 @@ pub struct WorkerConfig {
     /// stops claiming and stops its running attempts (self-fencing). Between 0.1 and 0.75, below
     /// the watchdog's [`crate::limits::KILL_SHARE`]. Defaults to 0.6.
     pub fence_share: f64,
+    /// How long a worker keeps its read session after it last handed out a job. A busy worker
+    /// lists and reads on a second session, where nothing waits for its claim and ack commits;
+    /// an idle one closes it and keeps only its own. Defaults to 30 s.
+    pub read_session_idle: Duration,
     /// Whether each attempt's start and end are logged at info (with its queue, id, kind,
     /// attempt, and at the end its duration and outcome). Defaults to true.
     pub log_attempts: bool,
@@ -56,6 +60,7 @@ impl Default for WorkerConfig {
             scheduling: SchedulerConfig::default(),
             default_queue_config: QueueConfig::default(),
             fence_share: 0.6,
+            read_session_idle: Duration::from_secs(30),
             log_attempts: true,
         }
     }

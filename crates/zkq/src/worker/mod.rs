@@ -280,12 +280,12 @@ impl Worker {
         }
     }
 
-    /// The read session. The client pings a connection that sent nothing for 3/8 of its
-    /// connection timeout and drops one that received nothing for all of it. Its default, 2/5 of
-    /// the session timeout, pings every 3/20 (0.67/s per idle session at 10 s) and finds a hung
-    /// server within 2/5, before the fence (0.6): the worker's own session keeps it. The read
-    /// session fences nothing, so it gets 3/5: a ping every 9/40 (2.25 s at 10 s, nearly the
-    /// Java client's third), 2/5 left to reconnect before the session could expire.
+    /// A read session, for the fetcher while the worker is busy. The client pings a connection
+    /// that sent nothing for 3/8 of its connection timeout and drops one that received nothing
+    /// for all of it. Its default, 2/5 of the session timeout, finds a hung server within 2/5,
+    /// before the fence (0.6): the worker's own session keeps it. The read session fences
+    /// nothing, so it gets 3/5: a ping every 9/40 (2.25 s at 10 s, nearly the Java client's
+    /// third), 2/5 left to reconnect before the session could expire.
     async fn connect_reader(&self) -> Result<zk::Client> {
         let connector = zk::Client::connector().with_connection_timeout(self.zk.session_timeout * 3 / 5);
         let connector = if self.detached {

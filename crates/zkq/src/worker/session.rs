@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +23,7 @@ use crate::scheduler;
 use crate::stops;
 use crate::store::batcher::Batcher;
 use crate::store::session;
-use crate::worker::fetch::{Fetcher, Kinds, Parking};
+use crate::worker::fetch::{Fetcher, Kinds, Opener, Parking, Sessions};
 
 use super::configs;
 use super::keys::Keys;
@@ -124,14 +126,11 @@ impl Worker {
             self.config.queues.clone(),
             owned_tx,
         ));
-        // Scans read on a session of their own; it shares this session's fate.
-        let reader = self.connect_reader().await?;
-        background.spawn(watch_session(reader.clone(), session_lost.clone()));
         // Queue settings followed live (a pause stops claiming from that queue).
         let (configs_tx, live_configs) = watch::channel(configs.iter().cloned().collect());
         for q in &self.config.queues {
             background.spawn(configs::follow(
-                reader.clone(),
+                client.clone(),
                 self.layout.clone(),
                 q.clone(),
                 configs_tx.clone(),
@@ -139,13 +138,21 @@ impl Worker {
         }
         let attempts = stops::Running::default();
         background.spawn(stops::follow(
-            reader.clone(),
+            client.clone(),
             self.layout.clone(),
             self.config.id.clone(),
             attempts.clone(),
         ));
+        // Scans read on a session of their own while the worker is busy.
+        let open_reader: Opener = {
+            let this = self.clone();
+            Arc::new(move || {
+                let this = this.clone();
+                async move { this.connect_reader().await }.boxed()
+            })
+        };
         let mut fetcher = Fetcher::new(
-            reader.clone(),
+            Sessions::new(client.clone(), open_reader, self.config.read_session_idle),
             self.layout.clone(),
             configs,
             live_configs,
@@ -274,7 +281,7 @@ impl Worker {
         background.abort_all();
         while background.join_next().await.is_some() {}
         // The attempts' session handle shares the producer: let go of it first.
-        drop((fetcher, session));
+        drop(session);
         if let Ok(producer) = Arc::try_unwrap(producer) {
             let _ = tokio::time::timeout(STOP_MARGIN, producer.close()).await;
         }
@@ -282,7 +289,7 @@ impl Worker {
         // and candidacy would count as a live worker.
         futures::future::join(
             session::close(client, Duration::from_secs(2)),
-            session::close(reader, Duration::from_secs(2)),
+            fetcher.close(Duration::from_secs(2)),
         )
         .await;
         Ok(end)

@@ -94,7 +94,7 @@ impl Fetcher {
             .filter(|lane| !self.watching.contains_key(lane))
             .collect();
         let watches = futures::future::join_all(unwatched.iter().map(|lane| {
-            self.reader.watch(
+            self.sessions.current().watch(
                 &self.layout.lane(&lane.queue, lane.partition, lane.lane),
                 zk::AddWatchMode::PersistentRecursive,
             )
@@ -134,6 +134,7 @@ impl Fetcher {
                     });
                 }
                 if !complete {
+                    self.sessions.backlog();
                     // A backlog: the next listing sees what its watch would report, and the
                     // watch would cost the server two events per job (its claim and its
                     // settle). It is set again before the listing that follows.
@@ -195,8 +196,12 @@ impl Fetcher {
             .collect();
         // The claims and the lanes' segments in one round trip.
         let (claims, segments) = futures::future::join(
-            self.reader.list_children(&claims_path),
-            futures::future::join_all(lane_paths.iter().map(|l| self.reader.list_children(l))),
+            self.sessions.current().list_children(&claims_path),
+            futures::future::join_all(
+                lane_paths
+                    .iter()
+                    .map(|l| self.sessions.current().list_children(l)),
+            ),
         )
         .await;
         let claims: HashSet<String> = match claims {
@@ -245,7 +250,9 @@ impl Fetcher {
         let groups: Vec<&[String]> = segments.chunks(SEGMENTS_AT_ONCE).collect();
         for (i, group) in groups.iter().enumerate() {
             let paths: Vec<String> = group.iter().map(|s| format!("{}/{s}", walk.lane_path)).collect();
-            let listed = futures::future::join_all(paths.iter().map(|p| self.reader.list_children(p))).await;
+            let listed =
+                futures::future::join_all(paths.iter().map(|p| self.sessions.current().list_children(p)))
+                    .await;
             for ((segment, path), children) in group.iter().zip(paths).zip(listed) {
                 let mut children = match children {
                     Ok(c) => c,
@@ -255,7 +262,7 @@ impl Fetcher {
                 if children.is_empty() {
                     // Drained and nobody writing: remove it. Fails harmlessly if a job just
                     // arrived.
-                    drop(self.reader.delete(&path, None));
+                    drop(self.sessions.current().delete(&path, None));
                     continue;
                 }
                 layout::sort_job_nodes(&mut children);
@@ -308,7 +315,7 @@ impl Fetcher {
     /// Reads the data of `candidates` in pipelined multi-reads, in order.
     pub(super) async fn read(&self, candidates: Vec<Candidate>) -> Result<Vec<Found>> {
         let paths: Vec<String> = candidates.iter().map(|c| c.path(&self.layout)).collect();
-        let results = znode::get_many(&self.reader, "read jobs", &paths).await?;
+        let results = znode::get_many(self.sessions.current(), "read jobs", &paths).await?;
         let mut out = Vec::with_capacity(candidates.len());
         for ((candidate, path), result) in candidates.into_iter().zip(paths).zip(results) {
             // None: taken and finished by another worker since the listing.

@@ -43,6 +43,7 @@
 mod kinds;
 mod listing;
 mod parking;
+mod read_session;
 mod watches;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -52,7 +53,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use zookeeper_client as zk;
+use tracing::warn;
 
 use crate::assignment::Owned;
 use crate::claim::{Candidate, Holding};
@@ -67,6 +68,7 @@ use self::watches::{PartitionId, WatchFuture};
 
 pub(crate) use self::kinds::Kinds;
 pub(crate) use self::parking::Parking;
+pub(crate) use self::read_session::{Opener, Sessions};
 
 /// A candidate with its data as read.
 #[derive(Debug)]
@@ -139,9 +141,9 @@ enum LaneEvent {
         segment: String,
         node: String,
     },
-    /// The reader reconnected: events may have been missed, and the lane watches are gone from
-    /// the server (zookeeper-client 0.11 sets only one-shot watches again on a new connection).
-    /// Every lane is watched anew and listed again.
+    /// The session of a lane watch reconnected: events may have been missed, and the lane
+    /// watches are gone from the server (zookeeper-client 0.11 sets only one-shot watches again
+    /// on a new connection). Every lane is watched anew and listed again.
     Reconnected,
     /// Something else changed in the lane: a job or segment deleted, a segment created.
     Touched(LaneId),
@@ -153,10 +155,9 @@ enum LaneEvent {
 
 /// Scans the worker's queues. Keeps listings and watches between scans.
 pub(crate) struct Fetcher {
-    /// A session of its own for listings, job data reads and watches. ZooKeeper answers a
-    /// session's requests in order, so on the worker's session a scan would wait for every
-    /// claim and ack commit (an fsync each) sent before it; here it waits for none.
-    reader: zk::Client,
+    /// The session for listings, job data reads and watches: the worker's own while it is
+    /// idle, a read session of its own while it is busy ([`read_session`]).
+    sessions: Sessions,
     layout: Layout,
     queues: Vec<(String, QueueConfig)>,
     /// The queues' live settings: a paused queue is not scanned.
@@ -211,8 +212,9 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
+    /// A fetcher working on `sessions`.
     pub(crate) fn new(
-        reader: zk::Client,
+        sessions: Sessions,
         layout: Layout,
         queues: Vec<(String, QueueConfig)>,
         configs: Configs,
@@ -222,7 +224,7 @@ impl Fetcher {
         let (events_tx, events) = mpsc::unbounded_channel();
         Fetcher {
             owned,
-            reader,
+            sessions,
             layout,
             queues,
             configs,
@@ -249,7 +251,48 @@ impl Fetcher {
     }
 
     /// Up to `want` ready, unclaimed jobs with their data, highest priority first.
+    ///
+    /// # Errors
+    /// A failed request. A read session that ended is let go of instead (the scan finds
+    /// nothing and asks to be repeated, on the worker's own session).
     pub(crate) async fn scan(&mut self, want: usize) -> Result<Vec<Found>> {
+        if self.sessions.update() {
+            self.switched();
+        }
+        let reading = self.sessions.reading();
+        match self.scan_lanes(want).await {
+            Ok(found) => {
+                self.sessions.handed_out(found.len());
+                Ok(found)
+            }
+            // The read session holds nothing: its end is not the worker's session's.
+            Err(e) if reading && e.is_session_lost() => {
+                warn!(error = %e, "the read session ended under a scan; listing on the worker's own session");
+                self.sessions.read_lost();
+                self.switched();
+                self.rescan = true;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes the read session, if open, within `within`.
+    pub(crate) async fn close(self, within: Duration) {
+        self.sessions.close(within).await;
+    }
+
+    /// The fetcher moved to another session: every watch is dropped (a lane watch is set
+    /// again, on the new session, ahead of its lane's next listing) and every lane is listed
+    /// again.
+    fn switched(&mut self) {
+        self.watching.clear();
+        self.armed.clear();
+        self.fired().clear();
+        self.all_stale();
+    }
+
+    async fn scan_lanes(&mut self, want: usize) -> Result<Vec<Found>> {
         // This scan sees the current settings and ownership: only later changes wake `wait`
         // (its clones of these receivers start from what is marked seen here).
         self.configs.borrow_and_update();
@@ -320,6 +363,9 @@ impl Fetcher {
         let deadline = tokio::time::Instant::now() + fallback;
         let mut owned = self.owned.clone();
         let mut configs = self.configs.clone();
+        // Its watches went with it.
+        let read_ended = self.sessions.read_ended();
+        tokio::pin!(read_ended);
         loop {
             let fired = self.fired.get_mut().unwrap_or_else(|p| p.into_inner());
             let watch = async {
@@ -335,6 +381,7 @@ impl Fetcher {
                 Ok(()) = owned.changed() => return,
                 // A queue resumed (or its settings changed).
                 Ok(()) = configs.changed() => return,
+                () = &mut read_ended => return,
                 _ = tokio::time::sleep_until(deadline) => {
                     self.changed_stale();
                     return;

@@ -70,7 +70,7 @@ impl Fetcher {
     pub(super) fn park(&mut self, key: String, candidate: Candidate) {
         let parked = self.parked.entry(key.clone()).or_insert_with(|| {
             let watch = watch_key(
-                self.reader.clone(),
+                self.sessions.current().clone(),
                 self.layout.lock(&key),
                 key,
                 self.events_tx.clone(),

@@ -76,7 +76,7 @@ impl Fetcher {
         if paths.is_empty() {
             return Ok(false);
         }
-        let client = &self.reader;
+        let client = self.sessions.current();
         let results =
             futures::future::join_all(paths.iter().map(|w| client.get_and_watch_children(&w.path))).await;
         let mut armed_new = false;
