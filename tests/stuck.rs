@@ -450,3 +450,49 @@ async fn a_long_job_does_not_hold_back_the_slots_its_batch_mates_freed() {
     drop(stop);
     handle.await.unwrap().unwrap();
 }
+
+/// A worker with a few slots free, fewer than its claim batch, waits for its claims in flight
+/// to land before it claims again, and claims again once they have: the slots left free beside
+/// a batch of long jobs take later jobs while those run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_left_free_beside_a_batch_of_long_jobs_take_later_jobs() {
+    let env = Env::new("free-beside");
+    let producer = env.producer_for("q", &small_queue()).await;
+    // Concurrency 16 claims in batches of at least 2 while claims are in flight: the first scan
+    // claims the 15 long jobs, leaving one slot.
+    producer
+        .enqueue_batch(
+            "q",
+            (0..15).map(|i| NewJob::new("k", format!("long-{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (tx, mut runs) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handler = move |ctx: zkq::JobContext| {
+        let (mut released, tx) = (released.clone(), tx.clone());
+        async move {
+            let text = String::from_utf8_lossy(&ctx.job.payload).into_owned();
+            let _ = tx.send(text.clone());
+            if text.starts_with("long") {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Outcome::Done
+        }
+    };
+    let (stop, handle) = spawn_worker(
+        env.worker(env.worker_config("q", 16))
+            .handle("k", handler)
+            .unwrap(),
+    );
+    for _ in 0..15 {
+        within(runs.recv()).await.expect("a run");
+    }
+    producer.enqueue("q", NewJob::new("k", "quick")).await.unwrap();
+    // Before the long jobs end: they wait for the release below.
+    assert_eq!(within(runs.recv()).await.expect("a run"), "quick");
+    release.send(true).unwrap();
+    producer.close().await;
+    drop(stop);
+    handle.await.unwrap().unwrap();
+}

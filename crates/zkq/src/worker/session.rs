@@ -195,23 +195,23 @@ impl Worker {
                 continue;
             }
             let free = slots.available_permits();
-            let claiming = claim_turns.available_permits() < CLAIMS_IN_FLIGHT;
+            let turns = claim_turns.available_permits();
+            let claiming = turns < CLAIMS_IN_FLIGHT;
             // With claims in flight, wait for a worthwhile batch of free slots: fewer, larger
             // requests.
             let turn = match claim_turns.clone().try_acquire_owned() {
                 Ok(turn) if free > 0 && (!claiming || free >= batch) => turn,
                 not_now => {
-                    let no_turn = not_now.is_err();
                     drop(not_now);
-                    // Wait for what is missing: a claim turn, or a slot more than now. Slots
-                    // come back one attempt at a time, while a batch ends with its last
-                    // attempt: a long one would otherwise hold back the slots of the others.
+                    // Wait for a slot or a claim turn more than now: slots come back one
+                    // attempt at a time and turns once a batch's claims landed, while a batch
+                    // ends with its last attempt, and a long one would hold the others back.
                     tokio::select! {
                         _ = stop.cancelled() => {}
                         _ = session_lost.cancelled() => {}
                         Some(done) = running.join_next() => tally(summary, done),
                         _ = slots.acquire_many(free as u32 + 1) => {}
-                        _ = claim_turns.acquire(), if no_turn => {}
+                        _ = claim_turns.acquire_many(turns as u32 + 1), if claiming => {}
                     }
                     continue;
                 }
