@@ -38,7 +38,8 @@ pub struct WorkerConfig {
     pub fence_share: f64,
     /// How long a worker keeps its read session after it last handed out a job. A busy worker
     /// lists and reads on a second session, where nothing waits for its claim and ack commits;
-    /// an idle one closes it and keeps only its own. Defaults to 30 s.
+    /// an idle one closes it (at its next scan past this time) and keeps only its own. At least
+    /// 1 s. Defaults to 30 s.
     pub read_session_idle: Duration,
     /// Whether each attempt's start and end are logged at info (with its queue, id, kind,
     /// attempt, and at the end its duration and outcome). Defaults to true.

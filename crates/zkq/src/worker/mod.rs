@@ -7,10 +7,11 @@
 //! gone and other workers may already run those jobs, so it stops its running attempts at once
 //! and starts over with a new session.
 //!
-//! Scans (listings, job data reads, watches) go through a second session, so that they never
-//! queue behind the worker's own claim and ack commits. It holds nothing: a stale read there
-//! costs at most a lost claim race, since every claim is a versioned `multi` on the worker's
-//! session. Either session ending ends both.
+//! While the worker is busy, scans (listings, job data reads, watches) go through a second
+//! session, so that they never queue behind the worker's own claim and ack commits; an idle
+//! worker closes it and scans on its own ([`fetch`]'s read session). It holds nothing: a stale
+//! read there costs at most a lost claim race, since every claim is a versioned `multi` on the
+//! worker's session, and its end only sends the scans back to the worker's session.
 //!
 //! # Self-fencing
 //! A heartbeat ([`crate::recipes::liveness`]) tells how long the session is surely alive. A worker that
@@ -145,6 +146,13 @@ impl Worker {
                  over jute.maxbuffer (1 MiB) stops every follower of an ensemble. With these \
                  names, at most {most}: run more worker processes instead",
                 config.concurrency
+            )));
+        }
+        if config.read_session_idle < Duration::from_secs(1) {
+            return Err(Error::InvalidConfig(format!(
+                "read session idle time must be at least 1 s (each close and reopen lists every \
+                 lane again), got {:?}",
+                config.read_session_idle
             )));
         }
         if !(0.1..=0.75).contains(&config.fence_share) {

@@ -23,7 +23,8 @@
 //! worker's own claims end through its own hands and need none); when it fires, the lane is
 //! listed again. So is every lane after a reconnect (a persistent watch may miss events while
 //! disconnected, and the client does not set persistent watches again on the new connection: the
-//! fetcher drops them and sets new ones before those listings).
+//! fetcher drops them and sets new ones before those listings), and after a move between the
+//! worker's own session and its read session ([`read_session`]).
 //!
 //! Two safety nets list lanes again without being asked: after the worker slept a whole poll
 //! interval, and every [`TIDY_INTERVAL`] (which also deletes drained segments), each lane that
@@ -278,17 +279,25 @@ impl Fetcher {
     }
 
     /// Closes the read session, if open, within `within`.
-    pub(crate) async fn close(self, within: Duration) {
+    pub(crate) async fn close(mut self, within: Duration) {
+        // Their tasks hold session handles, and a session closes with its last handle.
+        self.parked.clear();
+        self.watching.clear();
         self.sessions.close(within).await;
     }
 
     /// The fetcher moved to another session: every watch is dropped (a lane watch is set
-    /// again, on the new session, ahead of its lane's next listing) and every lane is listed
-    /// again.
+    /// again, on the new session, ahead of its lane's next listing), every lane is listed
+    /// again, and parked jobs go back to their lanes (to be parked again, watched from the new
+    /// session, if their key is still busy).
     fn switched(&mut self) {
         self.watching.clear();
         self.armed.clear();
         self.fired().clear();
+        let keys: Vec<String> = self.parked.keys().cloned().collect();
+        for key in keys {
+            self.unpark(&key);
+        }
         self.all_stale();
     }
 

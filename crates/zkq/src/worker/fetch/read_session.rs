@@ -36,6 +36,10 @@ use super::AbortOnDrop;
 /// Jobs handed out within a second that make a worker busy enough for a read session.
 pub(super) const BUSY_JOBS: usize = 20;
 
+/// After a read session failed to open, how long before the next try: the worker's own session
+/// serves meanwhile.
+const OPEN_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
 /// Opens a read session (with the worker's connection settings).
 pub(crate) type Opener = Arc<dyn Fn() -> BoxFuture<'static, Result<zk::Client>> + Send + Sync>;
 
@@ -50,6 +54,8 @@ pub(crate) struct Sessions {
     idle: Duration,
     /// When a job was last handed out.
     last_busy: Instant,
+    /// No open is tried before this, after one failed.
+    open_after: Option<Instant>,
     /// Jobs handed out since `window_start`, within the current second.
     window_start: Instant,
     window_jobs: usize,
@@ -74,6 +80,7 @@ impl Sessions {
             opening: None,
             idle,
             last_busy: now,
+            open_after: None,
             window_start: now,
             window_jobs: 0,
         }
@@ -114,6 +121,9 @@ impl Sessions {
     }
 
     fn open_read(&mut self) {
+        if self.open_after.is_some_and(|after| Instant::now() < after) {
+            return;
+        }
         if self.read.is_none() && self.opening.is_none() {
             debug!("busy: opening a read session");
             self.opening = Some(tokio::spawn((self.open)()));
@@ -144,6 +154,11 @@ impl Sessions {
         };
         self.opening = None;
         match opened {
+            Ok(Ok(client)) if self.last_busy.elapsed() >= self.idle => {
+                // Idle again by the time it opened.
+                tokio::spawn(session::close(client, Duration::from_secs(2)));
+                false
+            }
             Ok(Ok(client)) => {
                 let ended = CancellationToken::new();
                 let following = tokio::spawn(follow(client.clone(), ended.clone()));
@@ -152,15 +167,16 @@ impl Sessions {
                     ended,
                     _following: AbortOnDrop(following),
                 });
-                // Busy a while ago, idle since: it goes at the next update.
                 true
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot open a read session; listing on the worker's own session");
+                self.open_after = Some(Instant::now() + OPEN_AGAIN_AFTER);
                 false
             }
             Err(e) => {
                 warn!(error = %e, "opening a read session failed");
+                self.open_after = Some(Instant::now() + OPEN_AGAIN_AFTER);
                 false
             }
         }
