@@ -203,14 +203,15 @@ impl Worker {
                 Ok(turn) if free > 0 && (!claiming || free >= batch) => turn,
                 not_now => {
                     drop(not_now);
-                    // Wait for a slot or a claim turn more than now: slots come back one
-                    // attempt at a time and turns once a batch's claims landed, while a batch
-                    // ends with its last attempt, and a long one would hold the others back.
+                    // Wait for a worthwhile batch of free slots, or a claim turn more than now:
+                    // slots come back one attempt at a time and turns once a batch's claims
+                    // landed, while a batch ends with its last attempt, and a long one would
+                    // hold the others back.
                     tokio::select! {
                         _ = stop.cancelled() => {}
                         _ = session_lost.cancelled() => {}
                         Some(done) = running.join_next() => tally(summary, done),
-                        _ = slots.acquire_many(free as u32 + 1) => {}
+                        _ = slots.acquire_many(batch as u32), if free < batch => {}
                         _ = claim_turns.acquire_many(turns as u32 + 1), if claiming => {}
                     }
                     continue;
