@@ -396,6 +396,29 @@ async fn a_job_whose_claim_failed_without_a_lost_race_is_found_again_at_the_poll
     handle.await.unwrap().unwrap();
 }
 
+/// A handler that reports each run's payload as it starts, and holds the runs whose payload
+/// starts with `long` until `true` is sent on the returned sender.
+fn holding_long_jobs() -> (
+    impl zkq::Handler,
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (tx, runs) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handler = move |ctx: zkq::JobContext| {
+        let (mut released, tx) = (released.clone(), tx.clone());
+        async move {
+            let text = String::from_utf8_lossy(&ctx.job.payload).into_owned();
+            let _ = tx.send(text.clone());
+            if text.starts_with("long") {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Outcome::Done
+        }
+    };
+    (handler, release, runs)
+}
+
 /// A long job claimed in one batch with quick ones does not hold back the slots they free: the
 /// worker claims more jobs as soon as a slot is free, not only once the whole batch has ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,19 +432,7 @@ async fn a_long_job_does_not_hold_back_the_slots_its_batch_mates_freed() {
         .await
         .unwrap();
 
-    let (release, released) = tokio::sync::watch::channel(false);
-    let (tx, mut runs) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let handler = move |ctx: zkq::JobContext| {
-        let (mut released, tx) = (released.clone(), tx.clone());
-        async move {
-            let text = String::from_utf8_lossy(&ctx.job.payload).into_owned();
-            let _ = tx.send(text.clone());
-            if text == "long" {
-                let _ = released.wait_for(|r| *r).await;
-            }
-            Outcome::Done
-        }
-    };
+    let (handler, release, mut runs) = holding_long_jobs();
     let (stop, handle) = spawn_worker(
         env.worker(env.worker_config("q", 4))
             .handle("k", handler)
@@ -467,19 +478,7 @@ async fn slots_left_free_beside_a_batch_of_long_jobs_take_later_jobs() {
         )
         .await
         .unwrap();
-    let (release, released) = tokio::sync::watch::channel(false);
-    let (tx, mut runs) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let handler = move |ctx: zkq::JobContext| {
-        let (mut released, tx) = (released.clone(), tx.clone());
-        async move {
-            let text = String::from_utf8_lossy(&ctx.job.payload).into_owned();
-            let _ = tx.send(text.clone());
-            if text.starts_with("long") {
-                let _ = released.wait_for(|r| *r).await;
-            }
-            Outcome::Done
-        }
-    };
+    let (handler, release, mut runs) = holding_long_jobs();
     let (stop, handle) = spawn_worker(
         env.worker(env.worker_config("q", 16))
             .handle("k", handler)

@@ -156,7 +156,7 @@ impl Sessions {
         match opened {
             Ok(Ok(client)) if self.last_busy.elapsed() >= self.idle => {
                 // Idle again by the time it opened.
-                tokio::spawn(session::close(client, Duration::from_secs(2)));
+                close_later(client);
                 false
             }
             Ok(Ok(client)) => {
@@ -211,7 +211,7 @@ impl Sessions {
 
     fn close_read(&mut self) {
         if let Some(read) = self.read.take() {
-            tokio::spawn(session::close(read.client, Duration::from_secs(2)));
+            close_later(read.client);
         }
     }
 }
@@ -222,6 +222,11 @@ impl Drop for Sessions {
             opening.abort();
         }
     }
+}
+
+/// Closes a read session in the background, within 2 s.
+fn close_later(client: zk::Client) {
+    tokio::spawn(session::close(client, Duration::from_secs(2)));
 }
 
 /// Cancels `ended` when the session of `client` ends for good.
