@@ -118,6 +118,83 @@ impl Raw<'_> {
         Ok((create, rate("raw multi delete", n, started)))
     }
 
+    /// ZooKeeper's ceiling for zkq's drain: the requests a job costs the server, with no queue
+    /// logic. `n` nodes are created beforehand (not measured); then, 64 nodes at a time with
+    /// `in_flight` groups under way, a multi-read of their data, a `multi` claiming them (each a
+    /// `set_data` at version 0 and an ephemeral create) and a `multi` settling them (each two
+    /// deletes). Returns the nodes cycled per second.
+    pub async fn job_cycles(&self, n: usize) -> Result<f64, String> {
+        const GROUP: usize = 64;
+        let parents = self.parents("cycle", n).await?;
+        let claims = "/bench-raw/cycle-claims";
+        self.client
+            .create(claims, &[], &PERSISTENT)
+            .await
+            .map_err(|e| format!("create {claims}: {e}"))?;
+        let paths: Vec<String> = (0..n).map(|i| Self::node(&parents, i)).collect();
+        let mut created = futures::stream::iter(paths.chunks(MULTI))
+            .map(|chunk| {
+                let mut multi = self.client.new_multi_writer();
+                for path in chunk {
+                    let _ = multi.add_create(path, &self.payload, &PERSISTENT);
+                }
+                multi.commit()
+            })
+            .buffer_unordered(4);
+        while let Some(r) = created.next().await {
+            r.map_err(|e| format!("raw cycle create: {e}"))?;
+        }
+        drop(created);
+
+        let phase = "raw job cycle";
+        let started = self.progress.phase(phase);
+        let groups = paths
+            .chunks(GROUP)
+            .enumerate()
+            .map(|(g, group)| (group, format!("{claims}/{g}-")));
+        let mut cycles = futures::stream::iter(groups)
+            .map(|(group, prefix)| async move { self.cycle(group, &prefix).await })
+            .buffer_unordered((self.window / GROUP).max(4));
+        while let Some(r) = cycles.next().await {
+            self.progress.add(r? as u64);
+        }
+        Ok(rate(phase, n, started))
+    }
+
+    /// One group of `job_cycles`: read, claim, settle.
+    async fn cycle(&self, group: &[String], claim_prefix: &str) -> Result<usize, String> {
+        let mut reader = self.client.new_multi_reader();
+        for path in group {
+            reader
+                .add_get_data(path)
+                .map_err(|e| format!("raw cycle read: {e}"))?;
+        }
+        reader
+            .commit()
+            .await
+            .map_err(|e| format!("raw cycle read: {e}"))?;
+        let claims: Vec<String> = (0..group.len()).map(|i| format!("{claim_prefix}{i}")).collect();
+        let mut claim = self.client.new_multi_writer();
+        for (path, claim_path) in group.iter().zip(&claims) {
+            let _ = claim.add_set_data(path, &self.payload, Some(0));
+            let _ = claim.add_create(claim_path, &[], &EPHEMERAL);
+        }
+        claim
+            .commit()
+            .await
+            .map_err(|e| format!("raw cycle claim: {e}"))?;
+        let mut settle = self.client.new_multi_writer();
+        for (path, claim_path) in group.iter().zip(&claims) {
+            let _ = settle.add_delete(path, Some(1));
+            let _ = settle.add_delete(claim_path, None);
+        }
+        settle
+            .commit()
+            .await
+            .map_err(|e| format!("raw cycle settle: {e}"))?;
+        Ok(group.len())
+    }
+
     /// The floor of enqueue-to-start latency on this server: the steps of a zkq start with no
     /// queue logic around them. Nodes stamped with their send time are created at `rate` per
     /// second for `duration` on this session; `reader` learns of each from a persistent recursive

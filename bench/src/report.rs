@@ -72,8 +72,18 @@ impl Measured {
         }
         if !self.sweep.is_empty() {
             let path = dir.join("sweep.png");
-            let raw = self.figures.get("raw_single_create_per_s").copied();
-            sweep_chart(&path, &self.sweep, raw).map_err(|e| format!("sweep chart: {e}"))?;
+            let references = [
+                ("ZooKeeper raw single creates", "raw_single_create_per_s", GREY),
+                (
+                    "ZooKeeper raw job cycle (no queue logic)",
+                    "raw_job_cycle_per_s",
+                    BLACK,
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(label, figure, color)| Some((label, *self.figures.get(figure)?, color)))
+            .collect::<Vec<_>>();
+            sweep_chart(&path, &self.sweep, &references).map_err(|e| format!("sweep chart: {e}"))?;
             written.push(path.display().to_string());
         }
         if let Some((zkq, floor)) = &self.latency_us {
@@ -122,14 +132,14 @@ const GREY: RGBColor = RGBColor(0x70, 0x70, 0x70);
 type Drawn = Result<(), Box<dyn std::error::Error>>;
 
 /// Jobs/s against partitions (one position per value of [`sweep::PARTITIONS`]), a line per
-/// worker count, and raw single creates as a reference.
-fn sweep_chart(path: &Path, points: &[Point], raw_single: Option<f64>) -> Drawn {
+/// worker count, and horizontal reference lines (label, jobs/s, colour): the raw ceilings.
+fn sweep_chart(path: &Path, points: &[Point], references: &[(&str, f64, RGBColor)]) -> Drawn {
     let root = BitMapBackend::new(path, (960, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let top = points
         .iter()
         .map(|p| p.per_s)
-        .chain(raw_single)
+        .chain(references.iter().map(|(_, per_s, _)| *per_s))
         .fold(0.0, f64::max)
         * 1.15;
     let last = (sweep::PARTITIONS.len() - 1) as f64;
@@ -177,14 +187,14 @@ fn sweep_chart(path: &Path, points: &[Point], raw_single: Option<f64>) -> Drawn 
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         chart.draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
     }
-    if let Some(raw) = raw_single {
+    for &(label, per_s, color) in references {
         chart
             .draw_series(LineSeries::new(
-                vec![(-0.2, raw), (last + 0.2, raw)],
-                GREY.stroke_width(1),
+                vec![(-0.2, per_s), (last + 0.2, per_s)],
+                color.stroke_width(1),
             ))?
-            .label("ZooKeeper raw single creates")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREY));
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     draw_legend(&mut chart)?;
     root.present()?;
