@@ -120,9 +120,9 @@ impl Raw<'_> {
 
     /// ZooKeeper's ceiling for zkq's drain: the requests a job costs the server, with no queue
     /// logic. `n` nodes are created beforehand (not measured); then, 64 nodes at a time with
-    /// `in_flight` groups under way, a multi-read of their data, a `multi` claiming them (each a
-    /// `set_data` at version 0 and an ephemeral create) and a `multi` settling them (each two
-    /// deletes). Returns the nodes cycled per second.
+    /// `window / 64` groups (at least 4) under way, a multi-read of their data, a `multi`
+    /// claiming them (each a `set_data` at version 0 and an empty ephemeral create) and a
+    /// `multi` settling them (each two deletes). Returns the nodes cycled per second.
     pub async fn job_cycles(&self, n: usize) -> Result<f64, String> {
         const GROUP: usize = 64;
         let parents = self.parents("cycle", n).await?;
@@ -132,17 +132,24 @@ impl Raw<'_> {
             .await
             .map_err(|e| format!("create {claims}: {e}"))?;
         let paths: Vec<String> = (0..n).map(|i| Self::node(&parents, i)).collect();
+        self.progress.phase("raw job cycle: create");
         let mut created = futures::stream::iter(paths.chunks(MULTI))
-            .map(|chunk| {
+            .map(|chunk| async move {
                 let mut multi = self.client.new_multi_writer();
                 for path in chunk {
-                    let _ = multi.add_create(path, &self.payload, &PERSISTENT);
+                    multi
+                        .add_create(path, &self.payload, &PERSISTENT)
+                        .map_err(|e| format!("raw cycle create {path}: {e}"))?;
                 }
-                multi.commit()
+                multi
+                    .commit()
+                    .await
+                    .map(|_| chunk.len())
+                    .map_err(|e| format!("raw cycle create: {e}"))
             })
             .buffer_unordered(4);
         while let Some(r) = created.next().await {
-            r.map_err(|e| format!("raw cycle create: {e}"))?;
+            self.progress.add(r? as u64);
         }
         drop(created);
 
@@ -169,15 +176,23 @@ impl Raw<'_> {
                 .add_get_data(path)
                 .map_err(|e| format!("raw cycle read: {e}"))?;
         }
-        reader
+        let read = reader
             .commit()
             .await
             .map_err(|e| format!("raw cycle read: {e}"))?;
+        for (path, result) in group.iter().zip(read) {
+            match result {
+                zk::MultiReadResult::Data { stat, .. } if stat.version == 0 => {}
+                other => return Err(format!("raw cycle read {path}: {other:?}")),
+            }
+        }
         let claims: Vec<String> = (0..group.len()).map(|i| format!("{claim_prefix}{i}")).collect();
         let mut claim = self.client.new_multi_writer();
         for (path, claim_path) in group.iter().zip(&claims) {
-            let _ = claim.add_set_data(path, &self.payload, Some(0));
-            let _ = claim.add_create(claim_path, &[], &EPHEMERAL);
+            claim
+                .add_set_data(path, &self.payload, Some(0))
+                .and_then(|()| claim.add_create(claim_path, &[], &EPHEMERAL))
+                .map_err(|e| format!("raw cycle claim {path}: {e}"))?;
         }
         claim
             .commit()
@@ -185,8 +200,10 @@ impl Raw<'_> {
             .map_err(|e| format!("raw cycle claim: {e}"))?;
         let mut settle = self.client.new_multi_writer();
         for (path, claim_path) in group.iter().zip(&claims) {
-            let _ = settle.add_delete(path, Some(1));
-            let _ = settle.add_delete(claim_path, None);
+            settle
+                .add_delete(path, Some(1))
+                .and_then(|()| settle.add_delete(claim_path, None))
+                .map_err(|e| format!("raw cycle settle {path}: {e}"))?;
         }
         settle
             .commit()

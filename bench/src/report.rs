@@ -141,7 +141,8 @@ fn sweep_chart(path: &Path, points: &[Point], references: &[(&str, f64, RGBColor
         .map(|p| p.per_s)
         .chain(references.iter().map(|(_, per_s, _)| *per_s))
         .fold(0.0, f64::max)
-        * 1.15;
+        // Room above every line for the legend.
+        * 1.5;
     let last = (sweep::PARTITIONS.len() - 1) as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -196,18 +197,19 @@ fn sweep_chart(path: &Path, points: &[Point], references: &[(&str, f64, RGBColor
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    draw_legend(&mut chart)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }
 
-/// The series' legend, in the lower right corner.
+/// The series' legend, at `position`.
 fn draw_legend<'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    position: SeriesLabelPosition,
 ) -> Drawn {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
@@ -261,7 +263,7 @@ fn latency_chart(path: &Path, zkq: &[u64], floor: &[u64]) -> Drawn {
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    draw_legend(&mut chart)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
