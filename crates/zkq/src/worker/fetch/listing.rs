@@ -20,6 +20,9 @@ use super::{AbortOnDrop, Fetcher, Found, LaneId};
 /// Segments of one lane listed at once.
 pub(super) const SEGMENTS_AT_ONCE: usize = 4;
 
+/// Lanes listed at once, about three requests each (see `scan_queue`).
+const LANES_AT_ONCE: usize = 16;
+
 /// What a listing of one lane found.
 #[derive(Debug)]
 pub(super) struct Listed {
@@ -72,7 +75,7 @@ impl Fetcher {
             partition,
             lane,
         };
-        // List every lane worth listing, all partitions at once.
+        // Every lane worth listing.
         let stale: Vec<(u32, Vec<u8>)> = partitions
             .iter()
             .map(|p| {
@@ -86,6 +89,69 @@ impl Fetcher {
             })
             .filter(|(_, lanes)| !lanes.is_empty())
             .collect();
+        // A bounded number of lanes at a time. Requests wait at the server behind those sent
+        // before them, by this session and by every other: a worker joining a new queue lists
+        // every lane of every partition (about 1,300 requests for 128 partitions of 3 lanes).
+        // A fleet of 100 sending them all at once held up the scheduler's election, each of its
+        // round trips (like the heartbeats') queued behind the whole fleet's listings: elected
+        // 4.8 s after the last join, 4.1 and 4.7 s with 16 partitions at a time, 1.5 s with 16
+        // lanes.
+        let mut start = 0;
+        while start < stale.len() {
+            let mut end = start + 1;
+            let mut lanes = stale[start].1.len();
+            while end < stale.len() && lanes + stale[end].1.len() <= LANES_AT_ONCE {
+                lanes += stale[end].1.len();
+                end += 1;
+            }
+            self.list_lanes(queue, &stale[start..end], want, to_arm).await?;
+            start = end;
+        }
+        // Highest lane first; within a lane, take from partitions in turn so none starves.
+        for lane in (0..config.priorities).rev() {
+            let mut progress = true;
+            while out.len() < want && progress {
+                progress = false;
+                for p in &partitions {
+                    if out.len() >= want {
+                        break;
+                    }
+                    let Some(cache) = self.lanes.get_mut(&id(*p, lane)) else {
+                        continue;
+                    };
+                    // A job both listed and reported by its watch is in the cache twice.
+                    while let Some(mut c) = cache.ready.pop_front() {
+                        let path = c.path(&self.layout);
+                        if claim::is_held(&self.holding, &path) {
+                            continue;
+                        }
+                        c.held = Some(Arc::new(Held::new(&self.holding, path)));
+                        out.push(c);
+                        // Until a listing finds it gone: see `touched` above.
+                        cache.touched = true;
+                        progress = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the `stale` lanes of some partitions of `queue`, each lane's watch set first, and
+    /// puts what they found into the lane caches.
+    async fn list_lanes(
+        &mut self,
+        queue: &str,
+        stale: &[(u32, Vec<u8>)],
+        want: usize,
+        to_arm: &mut Vec<ClaimsWatch>,
+    ) -> Result<()> {
+        let id = |partition: u32, lane: u8| LaneId {
+            queue: queue.to_string(),
+            partition,
+            lane,
+        };
         // Watches first: requests are answered in order, so each watch is live before its
         // lane's listing is taken.
         let unwatched: Vec<LaneId> = stale
@@ -147,34 +213,6 @@ impl Fetcher {
                 // failed, say), which no watch reports: the lane stays due for the safety nets.
                 cache.touched = held;
                 cache.ready.extend(jobs);
-            }
-        }
-        // Highest lane first; within a lane, take from partitions in turn so none starves.
-        for lane in (0..config.priorities).rev() {
-            let mut progress = true;
-            while out.len() < want && progress {
-                progress = false;
-                for p in &partitions {
-                    if out.len() >= want {
-                        break;
-                    }
-                    let Some(cache) = self.lanes.get_mut(&id(*p, lane)) else {
-                        continue;
-                    };
-                    // A job both listed and reported by its watch is in the cache twice.
-                    while let Some(mut c) = cache.ready.pop_front() {
-                        let path = c.path(&self.layout);
-                        if claim::is_held(&self.holding, &path) {
-                            continue;
-                        }
-                        c.held = Some(Arc::new(Held::new(&self.holding, path)));
-                        out.push(c);
-                        // Until a listing finds it gone: see `touched` above.
-                        cache.touched = true;
-                        progress = true;
-                        break;
-                    }
-                }
             }
         }
         Ok(())
