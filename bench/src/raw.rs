@@ -75,33 +75,16 @@ impl Raw<'_> {
     /// Creates inside multis of 100, then deletes of the same nodes inside multis of 100.
     pub async fn multi_creates_and_deletes(&self, n: usize) -> Result<(f64, f64), String> {
         let parents = self.parents("multi", n).await?;
-        let chunks: Vec<Vec<String>> = (0..n)
-            .map(|i| Self::node(&parents, i))
-            .collect::<Vec<_>>()
-            .chunks(MULTI)
-            .map(<[String]>::to_vec)
-            .collect();
+        let paths: Vec<String> = (0..n).map(|i| Self::node(&parents, i)).collect();
         let in_flight = (self.window / MULTI).max(4);
 
         let started = self.progress.phase("raw multi create");
-        let mut results = futures::stream::iter(chunks.iter())
-            .map(|chunk| {
-                let mut multi = self.client.new_multi_writer();
-                for path in chunk {
-                    let _ = multi.add_create(path, &self.payload, &PERSISTENT);
-                }
-                let sent = multi.commit();
-                async move { sent.await.map(|_| chunk.len()) }
-            })
-            .buffer_unordered(in_flight);
-        while let Some(r) = results.next().await {
-            self.progress
-                .add(r.map_err(|e| format!("raw multi create: {e}"))? as u64);
-        }
+        self.create_in_multis(&paths, in_flight, "raw multi create")
+            .await?;
         let create = rate("raw multi create", n, started);
 
         let started: Instant = self.progress.phase("raw multi delete");
-        let mut results = futures::stream::iter(chunks.iter())
+        let mut results = futures::stream::iter(paths.chunks(MULTI))
             .map(|chunk| {
                 let mut multi = self.client.new_multi_writer();
                 for path in chunk {
@@ -116,6 +99,30 @@ impl Raw<'_> {
                 .add(r.map_err(|e| format!("raw multi delete: {e}"))? as u64);
         }
         Ok((create, rate("raw multi delete", n, started)))
+    }
+
+    /// Creates `paths` with the payload, [`MULTI`] per `multi`, `in_flight` of them under way,
+    /// counting progress.
+    async fn create_in_multis(&self, paths: &[String], in_flight: usize, what: &str) -> Result<(), String> {
+        let mut created = futures::stream::iter(paths.chunks(MULTI))
+            .map(|chunk| async move {
+                let mut multi = self.client.new_multi_writer();
+                for path in chunk {
+                    multi
+                        .add_create(path, &self.payload, &PERSISTENT)
+                        .map_err(|e| format!("{what} {path}: {e}"))?;
+                }
+                multi
+                    .commit()
+                    .await
+                    .map(|_| chunk.len())
+                    .map_err(|e| format!("{what}: {e}"))
+            })
+            .buffer_unordered(in_flight);
+        while let Some(r) = created.next().await {
+            self.progress.add(r? as u64);
+        }
+        Ok(())
     }
 
     /// ZooKeeper's ceiling for zkq's drain: the requests a job costs the server, with no queue
@@ -133,25 +140,7 @@ impl Raw<'_> {
             .map_err(|e| format!("create {claims}: {e}"))?;
         let paths: Vec<String> = (0..n).map(|i| Self::node(&parents, i)).collect();
         self.progress.phase("raw job cycle: create");
-        let mut created = futures::stream::iter(paths.chunks(MULTI))
-            .map(|chunk| async move {
-                let mut multi = self.client.new_multi_writer();
-                for path in chunk {
-                    multi
-                        .add_create(path, &self.payload, &PERSISTENT)
-                        .map_err(|e| format!("raw cycle create {path}: {e}"))?;
-                }
-                multi
-                    .commit()
-                    .await
-                    .map(|_| chunk.len())
-                    .map_err(|e| format!("raw cycle create: {e}"))
-            })
-            .buffer_unordered(4);
-        while let Some(r) = created.next().await {
-            self.progress.add(r? as u64);
-        }
-        drop(created);
+        self.create_in_multis(&paths, 4, "raw cycle create").await?;
 
         let phase = "raw job cycle";
         let started = self.progress.phase(phase);

@@ -127,7 +127,7 @@ impl Fetcher {
                         }
                         c.held = Some(Arc::new(Held::new(&self.holding, path)));
                         out.push(c);
-                        // Until a listing finds it gone: see `touched` above.
+                        // Until a listing finds it gone: see `touched` in `list_lanes`.
                         cache.touched = true;
                         progress = true;
                         break;
