@@ -101,23 +101,14 @@ fn lock(holding: &Holding) -> std::sync::MutexGuard<'_, std::collections::HashSe
 
 impl Candidate {
     pub(crate) fn path(&self, layout: &Layout) -> String {
-        format!(
-            "{}/{}",
-            layout.segment(&self.queue, self.partition, self.lane, &self.segment),
-            self.node
-        )
-    }
-
-    pub(crate) fn claim_name(&self) -> String {
-        claim_name(self.lane, &self.segment, &self.node)
+        layout.job(&self.queue, self.partition, self.lane, &self.segment, &self.node)
     }
 
     pub(crate) fn claim_path(&self, layout: &Layout) -> String {
-        format!(
-            "{}/{}",
-            layout.claims(&self.queue, self.partition),
-            self.claim_name()
-        )
+        let mut path = layout.claims(&self.queue, self.partition);
+        path.push('/');
+        path.push_str(&claim_name(self.lane, &self.segment, &self.node));
+        path
     }
 }
 
@@ -467,4 +458,36 @@ pub(crate) async fn remove_stray(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_named_after_lane_segment_and_sequence_or_the_whole_foreign_name() {
+        let layout = Layout::new("/zkq").unwrap();
+        let candidate = |node: &str| Candidate {
+            queue: "q".into(),
+            partition: 3,
+            lane: 1,
+            segment: "s-0000000002".into(),
+            node: node.into(),
+            held: None,
+        };
+        let named = candidate("j-0b1c2d3e67e55044-0000000042");
+        assert_eq!(
+            named.path(&layout),
+            "/zkq/queues/q/p/3/l1/s-0000000002/j-0b1c2d3e67e55044-0000000042"
+        );
+        assert_eq!(
+            named.claim_path(&layout),
+            "/zkq/queues/q/p/3/claims/l1.s-0000000002.0000000042"
+        );
+        let foreign = candidate("j-custom");
+        assert_eq!(
+            foreign.claim_path(&layout),
+            "/zkq/queues/q/p/3/claims/l1.s-0000000002.j-custom"
+        );
+    }
 }
