@@ -127,6 +127,11 @@ impl Fleet {
         })
     }
 
+    /// The worker processes, to count their CPU time.
+    pub fn processes(&self) -> crate::cpu::Processes {
+        crate::cpu::Processes::new(self.children.iter().filter_map(Child::id).collect())
+    }
+
     /// Each worker's id, by index, once it said it.
     pub fn ids(&self) -> Vec<Option<String>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -30,6 +30,7 @@
 //!
 //! Prints a progress line every 2 s, a table, and last one JSON line with every figure.
 
+mod cpu;
 mod fleet;
 mod membership;
 mod progress;
@@ -238,7 +239,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let (_server, address) = match &args.zk {
+    let (server, address) = match &args.zk {
         Some(a) => (None, a.clone()),
         None => {
             let tuning = zkq_testkit::Tuning {
@@ -253,6 +254,13 @@ async fn run(args: Args) -> Result<(), String> {
             (Some(server), address)
         }
     };
+    let server_cpu = cpu::Processes::new(
+        server
+            .iter()
+            .flat_map(|s| s.members())
+            .filter_map(|m| m.pid())
+            .collect(),
+    );
     let shape = match (&args.zk, args.ensemble) {
         (Some(_), _) => "given".to_string(),
         (None, 0 | 1) => "standalone".to_string(),
@@ -300,17 +308,18 @@ async fn run(args: Args) -> Result<(), String> {
                 progress: &progress,
                 payload: vec![b'x'; args.payload],
                 window: args.window,
+                server: &server_cpu,
             };
             let w = workloads::Workloads::new(&zk, &args, &progress).await?;
             warm_up(&raw, &w, &args, &mut measured.figures).await?;
-            let per_s = raw.single_creates(args.jobs.min(50_000)).await?;
-            measured.figures.insert("raw_single_create_per_s", per_s);
-            let per_s = raw.job_cycles(args.jobs).await?;
-            measured.figures.insert("raw_job_cycle_per_s", per_s);
+            let single = raw.single_creates(args.jobs.min(50_000)).await?;
+            measured.figures.insert("raw_single_create_per_s", single.per_s);
+            let cycle = raw.job_cycles(args.jobs).await?;
+            measured.figures.insert("raw_job_cycle_per_s", cycle.per_s);
             measured.sweep = w.sweep(args.sweep_jobs).await?;
             Ok(())
         }
-        None => everything(&args, &zk, &progress, &mut measured).await,
+        None => everything(&args, &zk, &server_cpu, &progress, &mut measured).await,
     };
     progress.stop();
     ran?;
@@ -356,10 +365,36 @@ async fn warm_up(
     Ok(())
 }
 
+/// Records and prints the CPU each job cost: the servers for a raw single create, a raw job
+/// cycle and a drained job, and the workers for a drained job (see [`cpu`]).
+fn cpu_per_job(
+    figures: &mut BTreeMap<&'static str, f64>,
+    create: Option<cpu::Cost>,
+    cycle: Option<cpu::Cost>,
+    drain: Option<cpu::Cost>,
+    workers: Option<cpu::Cost>,
+) {
+    let (Some(create), Some(cycle), Some(drain)) = (create, cycle, drain) else {
+        return;
+    };
+    figures.insert("zk_cpu_us_per_raw_create", create.us_per_job);
+    figures.insert("zk_cpu_us_per_raw_cycle_job", cycle.us_per_job);
+    figures.insert("zk_cpu_us_per_drained_job", drain.us_per_job);
+    figures.insert("zk_cores_in_drain", drain.cores);
+    let workers = workers.map_or(0.0, |w| w.us_per_job);
+    figures.insert("worker_cpu_us_per_drained_job", workers);
+    println!(
+        "CPU per job: the server {:.1} µs per drained job ({:.2} cores), {:.1} µs per raw single \
+         create ({:.2} cores), {:.1} µs per raw job cycle; the workers {workers:.1} µs per drained job",
+        drain.us_per_job, drain.cores, create.us_per_job, create.cores, cycle.us_per_job
+    );
+}
+
 /// Every workload in turn (see the module's documentation).
 async fn everything(
     args: &Args,
     zk: &zkq::ZkConfig,
+    server: &cpu::Processes,
     progress: &Progress,
     measured: &mut report::Measured,
 ) -> Result<(), String> {
@@ -371,17 +406,17 @@ async fn everything(
         progress,
         payload: vec![b'x'; args.payload],
         window: args.window,
+        server,
     };
     let w = workloads::Workloads::new(zk, args, progress).await?;
     warm_up(&raw, &w, args, figures).await?;
-    figures.insert(
-        "raw_single_create_per_s",
-        raw.single_creates(args.jobs.min(50_000)).await?,
-    );
+    let single = raw.single_creates(args.jobs.min(50_000)).await?;
+    figures.insert("raw_single_create_per_s", single.per_s);
     let (create, delete) = raw.multi_creates_and_deletes(args.jobs).await?;
     figures.insert("raw_multi_create_per_s", create);
     figures.insert("raw_multi_delete_per_s", delete);
-    figures.insert("raw_job_cycle_per_s", raw.job_cycles(args.jobs).await?);
+    let cycle = raw.job_cycles(args.jobs).await?;
+    figures.insert("raw_job_cycle_per_s", cycle.per_s);
 
     let queue = "bench";
     w.create_queue(queue).await?;
@@ -396,10 +431,19 @@ async fn everything(
     );
 
     let fleet = w.fleet(queue)?;
+    let workers = fleet.processes();
+    let (server_cpu, worker_cpu) = (server.start(), workers.start());
     let drain = w.drain("drain", &fleet, args.jobs).await?;
     figures.insert("drain_per_s", drain.per_s);
     figures.insert("drain_duplicates", drain.duplicates as f64);
     figures.insert("drain_jobs", drain.completed as f64);
+    cpu_per_job(
+        figures,
+        single.server,
+        cycle.server,
+        server_cpu.per_job(args.jobs),
+        worker_cpu.per_job(args.jobs),
+    );
     // The floor of the continuous workload's latency, measured side by side with it, each at
     // half the rate: both meet the server at the same moments. Run in turn, a stall of the
     // server's log fsync (up to a second on this machine's disk, see docs/zookeeper.md) fell in

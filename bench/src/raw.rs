@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use zkq::zookeeper_client as zk;
 
+use crate::cpu;
 use crate::progress::{rate, Progress};
 use crate::stamp;
 
@@ -21,6 +22,15 @@ pub struct Raw<'a> {
     pub progress: &'a Progress,
     pub payload: Vec<u8>,
     pub window: usize,
+    /// The servers, whose CPU time each measured workload reports.
+    pub server: &'a cpu::Processes,
+}
+
+/// A measured raw workload: its rate, and what each node cost the servers' CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct Rated {
+    pub per_s: f64,
+    pub server: Option<cpu::Cost>,
 }
 
 impl Raw<'_> {
@@ -54,13 +64,14 @@ impl Raw<'_> {
     }
 
     /// Single creates, `window` in flight.
-    pub async fn single_creates(&self, n: usize) -> Result<f64, String> {
+    pub async fn single_creates(&self, n: usize) -> Result<Rated, String> {
         self.creates("single", "raw single create", n).await
     }
 
-    async fn creates(&self, base: &str, phase: &str, n: usize) -> Result<f64, String> {
+    async fn creates(&self, base: &str, phase: &str, n: usize) -> Result<Rated, String> {
         let parents = self.parents(base, n).await?;
         let paths: Vec<String> = (0..n).map(|i| Self::node(&parents, i)).collect();
+        let cpu = self.server.start();
         let started = self.progress.phase(phase);
         let mut results = futures::stream::iter(paths.iter())
             .map(|path| self.client.create(path, &self.payload, &PERSISTENT))
@@ -69,7 +80,10 @@ impl Raw<'_> {
             r.map_err(|e| format!("raw create: {e}"))?;
             self.progress.add(1);
         }
-        Ok(rate(phase, n, started))
+        Ok(Rated {
+            per_s: rate(phase, n, started),
+            server: cpu.per_job(n),
+        })
     }
 
     /// Creates inside multis of 100, then deletes of the same nodes inside multis of 100.
@@ -130,7 +144,7 @@ impl Raw<'_> {
     /// `window / 64` groups (at least 4) under way, a multi-read of their data, a `multi`
     /// claiming them (each a `set_data` at version 0 and an empty ephemeral create) and a
     /// `multi` settling them (each two deletes). Returns the nodes cycled per second.
-    pub async fn job_cycles(&self, n: usize) -> Result<f64, String> {
+    pub async fn job_cycles(&self, n: usize) -> Result<Rated, String> {
         const GROUP: usize = 64;
         let parents = self.parents("cycle", n).await?;
         let claims = "/bench-raw/cycle-claims";
@@ -143,6 +157,7 @@ impl Raw<'_> {
         self.create_in_multis(&paths, 4, "raw cycle create").await?;
 
         let phase = "raw job cycle";
+        let cpu = self.server.start();
         let started = self.progress.phase(phase);
         let groups = paths
             .chunks(GROUP)
@@ -154,7 +169,10 @@ impl Raw<'_> {
         while let Some(r) = cycles.next().await {
             self.progress.add(r? as u64);
         }
-        Ok(rate(phase, n, started))
+        Ok(Rated {
+            per_s: rate(phase, n, started),
+            server: cpu.per_job(n),
+        })
     }
 
     /// One group of `job_cycles`: read, claim, settle.
