@@ -28,6 +28,10 @@
 //! cycle and the sweep alone, and `--only fleet` the large fleet. `--report DIR` writes the figures as JSON and the sweep and
 //! the latency distributions as PNG charts.
 //!
+//! The CPU time of the servers it started (every member) and of the drain's workers is read from
+//! `/proc` around the raw single creates, the raw job cycle and the counted drain, and reported
+//! per job (see [`cpu`]).
+//!
 //! Prints a progress line every 2 s, a table, and last one JSON line with every figure.
 
 mod cpu;
