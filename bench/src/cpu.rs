@@ -1,8 +1,9 @@
 //! CPU time per job: what a workload cost the ZooKeeper servers and the workers, read from
 //! `/proc/<pid>/stat` (user and system time of all of a process's threads).
 //!
-//! A server's request pipeline (prepare, log, apply, answer) runs mostly in two threads, in
-//! order, so a rate is the CPU the server gets divided by the CPU one job costs it. These
+//! A server's request pipeline (read, prepare, log and apply, answer) passes each request through
+//! a few threads, in order, so a rate is the CPU the server gets divided by the CPU one job costs
+//! it. These
 //! figures tell the two apart: a drain slower than raw creates is either a server with less CPU
 //! (the workers took it) or jobs that cost it more than creates do.
 
@@ -69,13 +70,19 @@ impl Measure<'_> {
 /// User plus system CPU seconds of process `pid`, all threads, or `None` if it is gone.
 fn process_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis,
-    // where the state is field 3 and utime, stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(stat_ticks(&stat)? as f64 / ticks_per_second())
+}
+
+/// User plus system clock ticks from the text of a `/proc/<pid>/stat`.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    // The command name, in parentheses, may hold spaces and parentheses: fields are counted
+    // after its last closing parenthesis, where the state is field 3 and utime, stime are
+    // fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
-    Some((user + system) as f64 / ticks_per_second())
+    Some(user + system)
 }
 
 fn ticks_per_second() -> f64 {
@@ -101,6 +108,14 @@ mod tests {
         // SAFETY: clock_gettime writes into the timespec it is given.
         unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
         t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    }
+
+    #[test]
+    fn user_and_system_ticks_follow_the_command_name_whatever_it_holds() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 9 0";
+        assert_eq!(stat_ticks(stat), Some(1234 + 56));
+        assert_eq!(stat_ticks("4242 (java"), None);
+        assert_eq!(stat_ticks("4242 (java) S 1"), None);
     }
 
     #[test]

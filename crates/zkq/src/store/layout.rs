@@ -105,8 +105,8 @@ impl Layout {
         format!("{}/queues/{queue}/p", self.root)
     }
 
-    // The paths a worker builds for every job are each made in one allocation: a worker
-    // draining 20,000 jobs a second spent a tenth of its CPU nesting these.
+    // The paths a worker builds for every job are formatted whole, with no intermediate
+    // strings: a worker draining 20,000 jobs a second spent a tenth of its CPU nesting these.
 
     pub fn partition(&self, queue: &str, partition: u32) -> String {
         format!("{}/queues/{queue}/p/{partition}", self.root)
