@@ -3,9 +3,8 @@
 //!
 //! A server's request pipeline (read, prepare, log and apply, answer) passes each request through
 //! a few threads, in order, so a rate is the CPU the server gets divided by the CPU one job costs
-//! it. These
-//! figures tell the two apart: a drain slower than raw creates is either a server with less CPU
-//! (the workers took it) or jobs that cost it more than creates do.
+//! it. These figures tell the two apart: a drain slower than raw creates is either a server with
+//! less CPU (the workers took it) or jobs that cost it more than creates do.
 
 /// Processes whose CPU time is counted together.
 #[derive(Debug, Clone, Default)]
