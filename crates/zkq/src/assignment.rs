@@ -284,99 +284,160 @@ async fn rebalance(
     Ok((watcher, queues_watcher))
 }
 
-/// Which partitions of each queue a worker scans: `None` means every partition.
-pub(crate) type Owned = HashMap<String, Option<Vec<u32>>>;
+/// Which partitions of one queue a worker scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// None for now: the scheduler's first record for the queue is awaited (see [`follow`]).
+    Awaited,
+    /// Every partition: nobody keeps a record for the queue current.
+    Every,
+    /// The partitions the queue's record gives this worker.
+    Owned(Vec<u32>),
+}
 
-/// Keeps `owned` current for `worker`: follows each queue's assignment record, and falls back to
-/// every partition while a queue has no record or no scheduler candidate is alive. Runs until
-/// the session ends.
+/// Each queue's [`Share`]. A queue missing from it is [`Share::Awaited`]: its record has not
+/// been read yet.
+pub(crate) type Owned = HashMap<String, Share>;
+
+/// How long a worker waits for the first record of a queue that has none, while a scheduler is
+/// expected to write it, before it scans every partition. The leader writes one within its
+/// `rebalance_delay` (1 s by default) of the queue or the worker showing up, or of its own
+/// election.
+pub(crate) const FIRST_RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// Keeps `owned` current for `worker`: follows each queue's assignment record.
+///
+/// - A queue with a record: the partitions it gives this worker.
+/// - A queue without one (a new queue): none until the scheduler writes it, within
+///   `first_record_wait`; then every partition. A fleet joining a new queue would otherwise
+///   have every worker list and read every partition before the first record reached it, each
+///   job's name listed once per worker.
+/// - No scheduler candidate at all, and this worker does not `stand` for election itself:
+///   every partition, record or not, so a fleet without a scheduler still drains. A worker that
+///   stands is a candidate for as long as its session lives, so it waits for its own election.
+///
+/// Runs until the session ends.
 pub(crate) async fn follow(
     client: zk::Client,
     layout: Layout,
     worker: String,
     queues: Vec<String>,
+    stands: bool,
+    first_record_wait: Duration,
     owned: watch::Sender<Owned>,
 ) {
     let (leaderless_tx, leaderless) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch_candidates(client.clone(), layout.clone(), leaderless_tx));
+    // For a worker that stands, `leaderless` stays false: its sender lives as long as this.
+    let _standing = if stands {
+        Some(leaderless_tx)
+    } else {
+        tasks.spawn(watch_candidates(client.clone(), layout.clone(), leaderless_tx));
+        None
+    };
     for q in queues {
-        let (client, layout, worker, owned, leaderless) = (
-            client.clone(),
-            layout.clone(),
-            worker.clone(),
-            owned.clone(),
-            leaderless.clone(),
-        );
-        tasks.spawn(async move { follow_queue(&client, &layout, &worker, &q, &owned, leaderless).await });
+        let follower = Follower {
+            client: client.clone(),
+            layout: layout.clone(),
+            worker: worker.clone(),
+            queue: q,
+            first_record_wait,
+            owned: owned.clone(),
+        };
+        let leaderless = leaderless.clone();
+        tasks.spawn(async move { follower.run(leaderless).await });
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn follow_queue(
-    client: &zk::Client,
-    layout: &Layout,
-    worker: &str,
-    queue: &str,
-    owned: &watch::Sender<Owned>,
-    mut leaderless: watch::Receiver<bool>,
-) {
-    let path = layout.assignment(queue);
-    loop {
-        let (mine, watcher) = match client.get_and_watch_data(&path).await {
-            Ok((data, _, watcher)) => match codec::decode::<Assignment>(&path, &data) {
-                Ok(a) => (Some(a.owned_by(worker)), watcher),
-                Err(e) => {
-                    warn!(error = %e, "unreadable assignment; scanning every partition");
-                    (None, watcher)
-                }
-            },
-            Err(zk::Error::NoNode) => match client.check_and_watch_stat(&path).await {
-                Ok((None, watcher)) => (None, watcher),
-                // Created in between: read it.
-                Ok((Some(_), _)) => continue,
+/// Follows one queue's record for [`follow`].
+struct Follower {
+    client: zk::Client,
+    layout: Layout,
+    worker: String,
+    queue: String,
+    first_record_wait: Duration,
+    owned: watch::Sender<Owned>,
+}
+
+impl Follower {
+    async fn run(&self, mut leaderless: watch::Receiver<bool>) {
+        let path = self.layout.assignment(&self.queue);
+        // Since when this worker has found no record, while it waits for the first one.
+        let mut missing_since: Option<tokio::time::Instant> = None;
+        loop {
+            let (mut share, watcher) = match self.client.get_and_watch_data(&path).await {
+                Ok((data, _, watcher)) => match codec::decode::<Assignment>(&path, &data) {
+                    Ok(a) => (Share::Owned(a.owned_by(&self.worker)), watcher),
+                    Err(e) => {
+                        warn!(error = %e, "unreadable assignment; scanning every partition");
+                        (Share::Every, watcher)
+                    }
+                },
+                Err(zk::Error::NoNode) => match self.client.check_and_watch_stat(&path).await {
+                    Ok((None, watcher)) => (Share::Awaited, watcher),
+                    // Created in between: read it.
+                    Ok((Some(_), _)) => continue,
+                    Err(e) if session::is_final(&e) => return,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
                 Err(e) if session::is_final(&e) => return,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-            },
-            Err(e) if session::is_final(&e) => return,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            };
+            let mut deadline = None;
+            if share == Share::Awaited {
+                let since = *missing_since.get_or_insert_with(tokio::time::Instant::now);
+                deadline = Some(since + self.first_record_wait);
+            } else {
+                missing_since = None;
             }
-        };
-        let effective = if *leaderless.borrow_and_update() {
-            None
-        } else {
-            mine.clone()
-        };
-        publish(owned, queue, effective);
-        let fired = watcher.changed();
-        tokio::pin!(fired);
-        loop {
-            tokio::select! {
-                _ = &mut fired => break,
-                changed = leaderless.changed() => {
-                    if changed.is_err() {
-                        return;
+            let fired = watcher.changed();
+            tokio::pin!(fired);
+            loop {
+                if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    info!(queue = %self.queue, waited = ?self.first_record_wait, "no partition assignment yet; scanning every partition");
+                    share = Share::Every;
+                    deadline = None;
+                }
+                let effective = if *leaderless.borrow_and_update() {
+                    Share::Every
+                } else {
+                    share.clone()
+                };
+                publish(&self.owned, &self.queue, effective);
+                let expiry = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
                     }
-                    let effective = if *leaderless.borrow_and_update() { None } else { mine.clone() };
-                    publish(owned, queue, effective);
+                };
+                tokio::select! {
+                    _ = &mut fired => break,
+                    changed = leaderless.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = expiry => {}
                 }
             }
         }
     }
 }
 
-fn publish(owned: &watch::Sender<Owned>, queue: &str, partitions: Option<Vec<u32>>) {
+fn publish(owned: &watch::Sender<Owned>, queue: &str, share: Share) {
     owned.send_if_modified(|map| {
-        if map.get(queue) == Some(&partitions) {
+        if map.get(queue) == Some(&share) {
             return false;
         }
-        debug!(queue, ?partitions, "owned partitions");
-        map.insert(queue.to_string(), partitions);
+        debug!(queue, ?share, "owned partitions");
+        map.insert(queue.to_string(), share);
         true
     });
 }
@@ -493,5 +554,111 @@ mod tests {
         let owners = balance(2, &[], &ids(&["a", "b", "c"]));
         assert!(owners.iter().all(Option::is_some));
         assert_eq!(loads(&owners).len(), 2);
+    }
+}
+
+/// [`follow`] against a real ZooKeeper.
+#[cfg(test)]
+mod follow_tests {
+    use super::*;
+    use crate::store::session::ZkConfig;
+
+    async fn setup(name: &str) -> (zk::Client, Layout) {
+        let server = zkq_testkit::shared();
+        let client = ZkConfig::new(server.connect_string()).connect().await.unwrap();
+        let layout = Layout::new(&format!("/follow-{name}-{}", uuid::Uuid::new_v4().simple())).unwrap();
+        znode::ensure_path(&client, layout.acl(), &layout.assignments()).await.unwrap();
+        (client, layout)
+    }
+
+    fn start(
+        client: &zk::Client,
+        layout: &Layout,
+        stands: bool,
+        first_record_wait: Duration,
+    ) -> (watch::Receiver<Owned>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(Owned::new());
+        let task = tokio::spawn(follow(
+            client.clone(),
+            layout.clone(),
+            "w".to_string(),
+            vec!["q".to_string()],
+            stands,
+            first_record_wait,
+            tx,
+        ));
+        (rx, task)
+    }
+
+    /// The next share of queue `q` published that is not `not`.
+    async fn share_other_than(owned: &mut watch::Receiver<Owned>, not: Option<&Share>) -> Share {
+        let wait = owned.wait_for(|m| m.get("q").is_some_and(|s| Some(s) != not));
+        let found = tokio::time::timeout(Duration::from_secs(20), wait).await.expect("a share is published");
+        found.unwrap()["q"].clone()
+    }
+
+    async fn write_record(client: &zk::Client, layout: &Layout, owners: &[&str]) {
+        let record = Assignment {
+            v: Assignment::VERSION,
+            epoch: 1,
+            owners: owners.iter().map(|o| vec![o.to_string()]).collect(),
+        };
+        let data = codec::encode(&record).unwrap();
+        let path = layout.assignment("q");
+        client
+            .create(&path, &data, &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_stands_scans_nothing_until_the_first_record_gives_it_its_share() {
+        let (client, layout) = setup("awaited").await;
+        let (mut owned, task) = start(&client, &layout, true, Duration::from_secs(60));
+        assert_eq!(share_other_than(&mut owned, None).await, Share::Awaited);
+        // Still nothing a while later: no record, no fallback.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(owned.borrow()["q"], Share::Awaited);
+        write_record(&client, &layout, &["w", "x", "w"]).await;
+        let share = share_other_than(&mut owned, Some(&Share::Awaited)).await;
+        assert_eq!(share, Share::Owned(vec![0, 2]));
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_first_record_in_time_a_worker_scans_every_partition() {
+        let (client, layout) = setup("late").await;
+        let (mut owned, task) = start(&client, &layout, true, Duration::from_millis(500));
+        assert_eq!(share_other_than(&mut owned, None).await, Share::Awaited);
+        assert_eq!(share_other_than(&mut owned, Some(&Share::Awaited)).await, Share::Every);
+        // A record that comes late is followed all the same.
+        write_record(&client, &layout, &["x", "w"]).await;
+        let share = share_other_than(&mut owned, Some(&Share::Every)).await;
+        assert_eq!(share, Share::Owned(vec![1]));
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_no_scheduler_candidate_a_worker_that_does_not_stand_scans_every_partition() {
+        let (client, layout) = setup("leaderless").await;
+        write_record(&client, &layout, &["w", "x"]).await;
+        // Nobody keeps the record current: every partition, at once (long before the wait).
+        let (mut owned, task) = start(&client, &layout, false, Duration::from_secs(60));
+        let first = share_other_than(&mut owned, Some(&Share::Owned(vec![0]))).await;
+        assert_eq!(first, Share::Every);
+        // A candidate shows up: the record counts again.
+        let candidates = format!("{}/candidates", layout.scheduler());
+        znode::ensure_path(&client, layout.acl(), &candidates).await.unwrap();
+        client
+            .create(
+                &format!("{candidates}/c-"),
+                b"",
+                &zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        let share = share_other_than(&mut owned, Some(&Share::Every)).await;
+        assert_eq!(share, Share::Owned(vec![0]));
+        task.abort();
     }
 }

@@ -117,13 +117,15 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let mut running: JoinSet<Vec<AttemptEnd>> = JoinSet::new();
         let abort_running = CancellationToken::new();
-        // Partitions this worker owns; every partition until the scheduler says otherwise.
+        // Partitions this worker owns, as the scheduler assigns them.
         let (owned_tx, owned) = watch::channel(assignment::Owned::new());
         background.spawn(assignment::follow(
             client.clone(),
             self.layout.clone(),
             self.config.id.clone(),
             self.config.queues.clone(),
+            self.config.scheduler,
+            assignment::FIRST_RECORD_WAIT,
             owned_tx,
         ));
         // Queue settings followed live (a pause stops claiming from that queue).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use zookeeper_client as zk;
 
+use crate::assignment::Share;
 use crate::claim::{self, Candidate, Held};
 use crate::error::{Error, Result};
 use crate::job::Job;
@@ -57,8 +58,10 @@ impl Fetcher {
         to_arm: &mut Vec<ClaimsWatch>,
     ) -> Result<()> {
         let mut partitions: Vec<u32> = match self.owned.borrow_and_update().get(queue) {
-            Some(Some(owned)) => owned.iter().copied().filter(|p| *p < config.partitions).collect(),
-            _ => (0..config.partitions).collect(),
+            Some(Share::Owned(owned)) => owned.iter().copied().filter(|p| *p < config.partitions).collect(),
+            Some(Share::Every) => (0..config.partitions).collect(),
+            // The first record is on its way: the scan after it lists what it gives.
+            Some(Share::Awaited) | None => Vec::new(),
         };
         // Forget lanes of partitions given away: their jobs are another worker's now.
         let mine = |id: &LaneId| id.queue != queue || partitions.contains(&id.partition);
