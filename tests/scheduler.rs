@@ -113,7 +113,7 @@ async fn partition_assignment_converges_and_workers_follow_it() {
     assert_eq!(sizes, vec![2, 3, 3]);
 
     // Workers take jobs only from the partitions they own. The record is in ZooKeeper, and the
-    // workers follow it once their watch delivers it (they scanned every partition before):
+    // workers follow it once their watch delivers it (until then, an earlier record's):
     // wait until a job in each partition runs on its owner, then check 40 more.
     followed(&producer, &mut runs, &first).await;
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();

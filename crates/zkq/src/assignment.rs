@@ -15,8 +15,9 @@
 //! Workers follow their queue's record ([`follow`]): they scan only the partitions they own.
 //! A partition handed over mid-flight is safe: correctness comes from the per-job claim (a
 //! versioned `multi`), ownership only keeps workers out of each other's way. So a revoked
-//! partition's running jobs simply finish, and a worker scans every partition of a queue while
-//! no record exists or no scheduler candidate is alive to keep the record current.
+//! partition's running jobs simply finish. A worker waits for a new queue's first record before
+//! it scans any of it, and scans every partition of a queue whose record does not come, or
+//! while no scheduler candidate is alive to keep the record current ([`follow`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -567,7 +568,9 @@ mod follow_tests {
         let server = zkq_testkit::shared();
         let client = ZkConfig::new(server.connect_string()).connect().await.unwrap();
         let layout = Layout::new(&format!("/follow-{name}-{}", uuid::Uuid::new_v4().simple())).unwrap();
-        znode::ensure_path(&client, layout.acl(), &layout.assignments()).await.unwrap();
+        znode::ensure_path(&client, layout.acl(), &layout.assignments())
+            .await
+            .unwrap();
         (client, layout)
     }
 
@@ -593,7 +596,9 @@ mod follow_tests {
     /// The next share of queue `q` published that is not `not`.
     async fn share_other_than(owned: &mut watch::Receiver<Owned>, not: Option<&Share>) -> Share {
         let wait = owned.wait_for(|m| m.get("q").is_some_and(|s| Some(s) != not));
-        let found = tokio::time::timeout(Duration::from_secs(20), wait).await.expect("a share is published");
+        let found = tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("a share is published");
         found.unwrap()["q"].clone()
     }
 
@@ -606,7 +611,11 @@ mod follow_tests {
         let data = codec::encode(&record).unwrap();
         let path = layout.assignment("q");
         client
-            .create(&path, &data, &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()))
+            .create(
+                &path,
+                &data,
+                &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+            )
             .await
             .unwrap();
     }
@@ -630,7 +639,10 @@ mod follow_tests {
         let (client, layout) = setup("late").await;
         let (mut owned, task) = start(&client, &layout, true, Duration::from_millis(500));
         assert_eq!(share_other_than(&mut owned, None).await, Share::Awaited);
-        assert_eq!(share_other_than(&mut owned, Some(&Share::Awaited)).await, Share::Every);
+        assert_eq!(
+            share_other_than(&mut owned, Some(&Share::Awaited)).await,
+            Share::Every
+        );
         // A record that comes late is followed all the same.
         write_record(&client, &layout, &["x", "w"]).await;
         let share = share_other_than(&mut owned, Some(&Share::Every)).await;
@@ -648,7 +660,9 @@ mod follow_tests {
         assert_eq!(first, Share::Every);
         // A candidate shows up: the record counts again.
         let candidates = format!("{}/candidates", layout.scheduler());
-        znode::ensure_path(&client, layout.acl(), &candidates).await.unwrap();
+        znode::ensure_path(&client, layout.acl(), &candidates)
+            .await
+            .unwrap();
         client
             .create(
                 &format!("{candidates}/c-"),

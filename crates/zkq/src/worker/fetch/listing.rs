@@ -93,8 +93,8 @@ impl Fetcher {
             .filter(|(_, lanes)| !lanes.is_empty())
             .collect();
         // A bounded number of lanes at a time. Requests wait at the server behind those sent
-        // before them, by this session and by every other: a worker joining a new queue lists
-        // every lane of every partition (about 1,300 requests for 128 partitions of 3 lanes).
+        // before them, by this session and by every other: a worker that scans every partition
+        // (no scheduler) lists every lane (about 1,300 requests for 128 partitions of 3 lanes).
         // A fleet of 100 sending them all at once held up the scheduler's election, each of its
         // round trips (like the heartbeats') queued behind the whole fleet's listings: elected
         // 4.1 to 4.8 s after the last join, and as late with 16 partitions at a time; with 16
