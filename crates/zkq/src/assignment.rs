@@ -17,10 +17,10 @@
 //! versioned `multi`), ownership only keeps workers out of each other's way. So a revoked
 //! partition's running jobs simply finish. A worker waits for a new queue's first record before
 //! it scans any of it, and scans every partition of a queue whose record does not come, or
-//! while no scheduler candidate is alive to keep the record current ([`follow`]).
+//! while no scheduler candidate is alive to keep the record current ([`decide`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -300,23 +300,15 @@ pub(crate) enum Share {
 /// been read yet.
 pub(crate) type Owned = HashMap<String, Share>;
 
-/// How long a worker waits for the first record of a queue that has none, while a scheduler is
-/// expected to write it, before it scans every partition. The leader writes one within its
-/// `rebalance_delay` (1 s by default) of the queue or the worker showing up, or of its own
-/// election.
+/// How long a worker goes without what it needs from the scheduler before it scans every
+/// partition of a queue: a new queue's first record, or, for a worker that stands for election
+/// itself, a candidate (its own shows up within a round trip of its start, unless its campaign
+/// keeps failing). The leader writes a new queue's record within its `rebalance_delay` (1 s by
+/// default) of the queue or the workers showing up, or of its own election; with a longer
+/// delay, a new queue's workers scan every partition until it comes.
 pub(crate) const FIRST_RECORD_WAIT: Duration = Duration::from_secs(5);
 
-/// Keeps `owned` current for `worker`: follows each queue's assignment record.
-///
-/// - A queue with a record: the partitions it gives this worker.
-/// - A queue without one (a new queue): none until the scheduler writes it, within
-///   `first_record_wait`; then every partition. A fleet joining a new queue would otherwise
-///   have every worker list and read every partition before the first record reached it, each
-///   job's name listed once per worker.
-/// - No scheduler candidate at all, and this worker does not `stand` for election itself:
-///   every partition, record or not, so a fleet without a scheduler still drains. A worker that
-///   stands is a candidate for as long as its session lives, so it waits for its own election.
-///
+/// Keeps `owned` current for `worker`: follows each queue's assignment record ([`decide`]).
 /// Runs until the session ends.
 pub(crate) async fn follow(
     client: zk::Client,
@@ -324,25 +316,20 @@ pub(crate) async fn follow(
     worker: String,
     queues: Vec<String>,
     stands: bool,
-    first_record_wait: Duration,
+    wait: Duration,
     owned: watch::Sender<Owned>,
 ) {
-    let (leaderless_tx, leaderless) = watch::channel(false);
+    let (leaderless_tx, leaderless) = watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();
-    // For a worker that stands, `leaderless` stays false: its sender lives as long as this.
-    let _standing = if stands {
-        Some(leaderless_tx)
-    } else {
-        tasks.spawn(watch_candidates(client.clone(), layout.clone(), leaderless_tx));
-        None
-    };
+    tasks.spawn(watch_candidates(client.clone(), layout.clone(), leaderless_tx));
     for q in queues {
         let follower = Follower {
             client: client.clone(),
             layout: layout.clone(),
             worker: worker.clone(),
             queue: q,
-            first_record_wait,
+            stands,
+            wait,
             owned: owned.clone(),
         };
         let leaderless = leaderless.clone();
@@ -351,23 +338,61 @@ pub(crate) async fn follow(
     while tasks.join_next().await.is_some() {}
 }
 
+/// What a worker scans of one queue, and when that answer would change by itself (a deadline
+/// passing), from what it read of the queue's record (`read`: [`Share::Awaited`] while it has
+/// none, since `missing_since`) and since when the election has had no candidate at all.
+///
+/// - A queue with a record: the partitions it gives this worker.
+/// - A queue without one (a new queue, or a record not read yet): none for up to `wait`, while
+///   the scheduler writes it; then every partition. A fleet joining a new queue would
+///   otherwise have every worker list and read every partition before the first record
+///   reached it, each job's name listed once per worker.
+/// - No candidate at all: every partition, record or not, so a fleet without a scheduler still
+///   drains. A worker that `stands` for election itself gives its own candidacy `wait` to show
+///   up first: it starts with none.
+pub(crate) fn decide(
+    read: &Share,
+    missing_since: Option<Instant>,
+    leaderless_since: Option<Instant>,
+    stands: bool,
+    wait: Duration,
+    now: Instant,
+) -> (Share, Option<Instant>) {
+    let mut changes = None;
+    if let Some(since) = leaderless_since {
+        if !stands || since + wait <= now {
+            return (Share::Every, None);
+        }
+        changes = Some(since + wait);
+    }
+    if *read == Share::Awaited {
+        let due = missing_since.unwrap_or(now) + wait;
+        if due <= now {
+            return (Share::Every, None);
+        }
+        changes = Some(changes.map_or(due, |c: Instant| c.min(due)));
+    }
+    (read.clone(), changes)
+}
+
 /// Follows one queue's record for [`follow`].
 struct Follower {
     client: zk::Client,
     layout: Layout,
     worker: String,
     queue: String,
-    first_record_wait: Duration,
+    stands: bool,
+    wait: Duration,
     owned: watch::Sender<Owned>,
 }
 
 impl Follower {
-    async fn run(&self, mut leaderless: watch::Receiver<bool>) {
+    async fn run(&self, mut leaderless: watch::Receiver<Option<Instant>>) {
         let path = self.layout.assignment(&self.queue);
-        // Since when this worker has found no record, while it waits for the first one.
-        let mut missing_since: Option<tokio::time::Instant> = None;
+        // Since when this worker has had no record to follow: from the start.
+        let mut missing_since = Some(Instant::now());
         loop {
-            let (mut share, watcher) = match self.client.get_and_watch_data(&path).await {
+            let (read, watcher) = match self.client.get_and_watch_data(&path).await {
                 Ok((data, _, watcher)) => match codec::decode::<Assignment>(&path, &data) {
                     Ok(a) => (Share::Owned(a.owned_by(&self.worker)), watcher),
                     Err(e) => {
@@ -381,40 +406,37 @@ impl Follower {
                     Ok((Some(_), _)) => continue,
                     Err(e) if session::is_final(&e) => return,
                     Err(_) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        self.unread(missing_since, &mut leaderless).await;
                         continue;
                     }
                 },
                 Err(e) if session::is_final(&e) => return,
                 Err(_) => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.unread(missing_since, &mut leaderless).await;
                     continue;
                 }
             };
-            let mut deadline = None;
-            if share == Share::Awaited {
-                let since = *missing_since.get_or_insert_with(tokio::time::Instant::now);
-                deadline = Some(since + self.first_record_wait);
+            if read == Share::Awaited {
+                missing_since.get_or_insert_with(Instant::now);
             } else {
                 missing_since = None;
             }
             let fired = watcher.changed();
             tokio::pin!(fired);
             loop {
-                if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
-                    info!(queue = %self.queue, waited = ?self.first_record_wait, "no partition assignment yet; scanning every partition");
-                    share = Share::Every;
-                    deadline = None;
-                }
-                let effective = if *leaderless.borrow_and_update() {
-                    Share::Every
-                } else {
-                    share.clone()
-                };
-                publish(&self.owned, &self.queue, effective);
-                let expiry = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
+                let since = *leaderless.borrow_and_update();
+                let (share, changes) = decide(
+                    &read,
+                    missing_since,
+                    since,
+                    self.stands,
+                    self.wait,
+                    Instant::now(),
+                );
+                self.publish(share);
+                let deadline = async {
+                    match changes {
+                        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
                         None => std::future::pending().await,
                     }
                 };
@@ -425,36 +447,74 @@ impl Follower {
                             return;
                         }
                     }
-                    () = expiry => {}
+                    () = deadline => {}
                 }
             }
         }
     }
-}
 
-fn publish(owned: &watch::Sender<Owned>, queue: &str, share: Share) {
-    owned.send_if_modified(|map| {
-        if map.get(queue) == Some(&share) {
-            return false;
+    /// The record could not be read: a worker that has not read one yet publishes what it has
+    /// (nothing, then every partition once its wait is over), and tries again in a second.
+    async fn unread(
+        &self,
+        missing_since: Option<Instant>,
+        leaderless: &mut watch::Receiver<Option<Instant>>,
+    ) {
+        if missing_since.is_some() {
+            let since = *leaderless.borrow();
+            let (share, _) = decide(
+                &Share::Awaited,
+                missing_since,
+                since,
+                self.stands,
+                self.wait,
+                Instant::now(),
+            );
+            self.publish(share);
         }
-        debug!(queue, ?share, "owned partitions");
-        map.insert(queue.to_string(), share);
-        true
-    });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    fn publish(&self, share: Share) {
+        self.owned.send_if_modified(|map| {
+            if map.get(&self.queue) == Some(&share) {
+                return false;
+            }
+            if share == Share::Every {
+                info!(queue = %self.queue, "scanning every partition");
+            }
+            debug!(queue = %self.queue, ?share, "owned partitions");
+            map.insert(self.queue.clone(), share);
+            true
+        });
+    }
 }
 
-/// Publishes whether the scheduler election has no candidate at all (nobody to keep the
-/// assignments current).
-async fn watch_candidates(client: zk::Client, layout: Layout, leaderless: watch::Sender<bool>) {
+/// Publishes since when the scheduler election has had no candidate at all (nobody to keep the
+/// assignments current), or `None` while it has one.
+async fn watch_candidates(client: zk::Client, layout: Layout, leaderless: watch::Sender<Option<Instant>>) {
     let dir = format!("{}/candidates", layout.scheduler());
+    let set = |none: bool| {
+        leaderless.send_if_modified(|since| match (none, since.is_some()) {
+            (true, false) => {
+                *since = Some(Instant::now());
+                true
+            }
+            (false, true) => {
+                *since = None;
+                true
+            }
+            _ => false,
+        });
+    };
     loop {
         match client.get_and_watch_children(&dir).await {
             Ok((names, _, watcher)) => {
-                leaderless.send_if_modified(|v| std::mem::replace(v, names.is_empty()) != names.is_empty());
+                set(names.is_empty());
                 watcher.changed().await;
             }
             Err(zk::Error::NoNode) => {
-                leaderless.send_if_modified(|v| !std::mem::replace(v, true));
+                set(true);
                 match client.check_and_watch_stat(&dir).await {
                     Ok((None, watcher)) => {
                         watcher.changed().await;
@@ -558,11 +618,58 @@ mod tests {
     }
 }
 
-/// [`follow`] against a real ZooKeeper.
+/// What a worker scans of a queue: [`decide`], and [`follow`] against a real ZooKeeper.
 #[cfg(test)]
 mod follow_tests {
     use super::*;
     use crate::store::session::ZkConfig;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_record_gives_its_share_and_no_record_gives_nothing_until_the_wait_is_over() {
+        let t0 = Instant::now();
+        let owned = Share::Owned(vec![1, 3]);
+        assert_eq!(decide(&owned, None, None, true, WAIT, t0), (owned.clone(), None));
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(
+            decide(&Share::Awaited, Some(t0), None, true, WAIT, at(4)),
+            (Share::Awaited, Some(at(5)))
+        );
+        assert_eq!(
+            decide(&Share::Awaited, Some(t0), None, false, WAIT, at(5)),
+            (Share::Every, None)
+        );
+        // An unreadable record means every partition, at once.
+        assert_eq!(
+            decide(&Share::Every, None, None, true, WAIT, t0),
+            (Share::Every, None)
+        );
+    }
+
+    #[test]
+    fn with_no_candidate_a_worker_that_stands_waits_for_its_own_and_others_scan_everything() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let owned = Share::Owned(vec![2]);
+        assert_eq!(
+            decide(&owned, None, Some(t0), false, WAIT, t0),
+            (Share::Every, None)
+        );
+        assert_eq!(
+            decide(&owned, None, Some(t0), true, WAIT, at(1)),
+            (owned.clone(), Some(at(5)))
+        );
+        assert_eq!(
+            decide(&owned, None, Some(t0), true, WAIT, at(5)),
+            (Share::Every, None)
+        );
+        // Nothing yet, either way: the earlier deadline is when the answer changes.
+        let (share, changes) = decide(&Share::Awaited, Some(at(2)), Some(t0), true, WAIT, at(3));
+        assert_eq!((share, changes), (Share::Awaited, Some(at(5))));
+        let (share, changes) = decide(&Share::Awaited, Some(t0), Some(at(2)), true, WAIT, at(3));
+        assert_eq!((share, changes), (Share::Awaited, Some(at(5))));
+    }
 
     async fn setup(name: &str) -> (zk::Client, Layout) {
         let server = zkq_testkit::shared();
@@ -578,7 +685,7 @@ mod follow_tests {
         client: &zk::Client,
         layout: &Layout,
         stands: bool,
-        first_record_wait: Duration,
+        wait: Duration,
     ) -> (watch::Receiver<Owned>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(Owned::new());
         let task = tokio::spawn(follow(
@@ -587,7 +694,7 @@ mod follow_tests {
             "w".to_string(),
             vec!["q".to_string()],
             stands,
-            first_record_wait,
+            wait,
             tx,
         ));
         (rx, task)
@@ -620,10 +727,26 @@ mod follow_tests {
             .unwrap();
     }
 
+    async fn add_candidate(client: &zk::Client, layout: &Layout) {
+        let candidates = format!("{}/candidates", layout.scheduler());
+        znode::ensure_path(client, layout.acl(), &candidates)
+            .await
+            .unwrap();
+        client
+            .create(
+                &format!("{candidates}/c-"),
+                b"",
+                &zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_worker_that_stands_scans_nothing_until_the_first_record_gives_it_its_share() {
+    async fn a_new_queue_is_given_nothing_until_its_first_record_then_the_share_it_gives() {
         let (client, layout) = setup("awaited").await;
-        let (mut owned, task) = start(&client, &layout, true, Duration::from_secs(60));
+        add_candidate(&client, &layout).await;
+        let (mut owned, task) = start(&client, &layout, false, Duration::from_secs(60));
         assert_eq!(share_other_than(&mut owned, None).await, Share::Awaited);
         // Still nothing a while later: no record, no fallback.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -635,9 +758,10 @@ mod follow_tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn without_a_first_record_in_time_a_worker_scans_every_partition() {
+    async fn a_new_queue_whose_first_record_is_late_is_given_every_partition_then_its_share() {
         let (client, layout) = setup("late").await;
-        let (mut owned, task) = start(&client, &layout, true, Duration::from_millis(500));
+        add_candidate(&client, &layout).await;
+        let (mut owned, task) = start(&client, &layout, false, Duration::from_secs(3));
         assert_eq!(share_other_than(&mut owned, None).await, Share::Awaited);
         assert_eq!(
             share_other_than(&mut owned, Some(&Share::Awaited)).await,
@@ -651,28 +775,35 @@ mod follow_tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn with_no_scheduler_candidate_a_worker_that_does_not_stand_scans_every_partition() {
+    async fn with_no_candidate_a_worker_that_does_not_stand_is_given_every_partition_at_once() {
         let (client, layout) = setup("leaderless").await;
-        write_record(&client, &layout, &["w", "x"]).await;
-        // Nobody keeps the record current: every partition, at once (long before the wait).
+        // No record either: every partition long before the wait is over.
         let (mut owned, task) = start(&client, &layout, false, Duration::from_secs(60));
-        let first = share_other_than(&mut owned, Some(&Share::Owned(vec![0]))).await;
-        assert_eq!(first, Share::Every);
-        // A candidate shows up: the record counts again.
-        let candidates = format!("{}/candidates", layout.scheduler());
-        znode::ensure_path(&client, layout.acl(), &candidates)
-            .await
-            .unwrap();
-        client
-            .create(
-                &format!("{candidates}/c-"),
-                b"",
-                &zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all()),
-            )
-            .await
-            .unwrap();
-        let share = share_other_than(&mut owned, Some(&Share::Every)).await;
+        assert_eq!(
+            share_other_than(&mut owned, Some(&Share::Awaited)).await,
+            Share::Every
+        );
+        // A candidate shows up: the new queue waits for its record again, then follows it.
+        add_candidate(&client, &layout).await;
+        assert_eq!(
+            share_other_than(&mut owned, Some(&Share::Every)).await,
+            Share::Awaited
+        );
+        write_record(&client, &layout, &["w", "x"]).await;
+        let share = share_other_than(&mut owned, Some(&Share::Awaited)).await;
         assert_eq!(share, Share::Owned(vec![0]));
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_no_candidate_a_worker_that_stands_follows_the_record_until_the_wait_is_over() {
+        let (client, layout) = setup("standing").await;
+        write_record(&client, &layout, &["w", "x"]).await;
+        // Its own candidacy never shows up (as when its campaign keeps failing).
+        let (mut owned, task) = start(&client, &layout, true, Duration::from_secs(3));
+        assert_eq!(share_other_than(&mut owned, None).await, Share::Owned(vec![0]));
+        let share = share_other_than(&mut owned, Some(&Share::Owned(vec![0]))).await;
+        assert_eq!(share, Share::Every);
         task.abort();
     }
 }

@@ -57,7 +57,9 @@ impl Fetcher {
         out: &mut Vec<Candidate>,
         to_arm: &mut Vec<ClaimsWatch>,
     ) -> Result<()> {
-        let mut partitions: Vec<u32> = match self.owned.borrow_and_update().get(queue) {
+        // Not marked seen here: `scan_lanes` did that for every queue before the first, so that a
+        // change to a queue scanned earlier in this scan still wakes `wait`.
+        let mut partitions: Vec<u32> = match self.owned.borrow().get(queue) {
             Some(Share::Owned(owned)) => owned.iter().copied().filter(|p| *p < config.partitions).collect(),
             Some(Share::Every) => (0..config.partitions).collect(),
             // The first record is on its way: the scan after it lists what it gives.
@@ -94,7 +96,8 @@ impl Fetcher {
             .collect();
         // A bounded number of lanes at a time. Requests wait at the server behind those sent
         // before them, by this session and by every other: a worker that scans every partition
-        // (no scheduler) lists every lane (about 1,300 requests for 128 partitions of 3 lanes).
+        // (without a scheduler, say) lists every lane (about 1,300 requests for 128 partitions
+        // of 3 lanes).
         // A fleet of 100 sending them all at once held up the scheduler's election, each of its
         // round trips (like the heartbeats') queued behind the whole fleet's listings: elected
         // 4.1 to 4.8 s after the last join, and as late with 16 partitions at a time; with 16
