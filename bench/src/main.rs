@@ -28,9 +28,10 @@
 //! cycle and the sweep alone, and `--only fleet` the large fleet. `--report DIR` writes the figures as JSON and the sweep and
 //! the latency distributions as PNG charts.
 //!
-//! The CPU time of the servers it started (every member) and of the drain's workers is read from
-//! `/proc` around the raw single creates, the raw job cycle and the counted drain (the fleet's
-//! start-up included), and reported per job (see [`cpu`]); not with `--zk`.
+//! The CPU time of the servers it started (every member) is read from `/proc` around the raw
+//! single creates, the raw job cycle and the counted drain (the fleet's start-up included), and
+//! reported per job (see [`cpu`]; not with `--zk`); so is that of the drain's workers and of the
+//! bench itself.
 //!
 //! Prints a progress line every 2 s, a table, and last one JSON line with every figure.
 
@@ -320,7 +321,11 @@ async fn run(args: Args) -> Result<(), String> {
             measured.figures.insert("raw_single_create_per_s", single.per_s);
             let cycle = raw.job_cycles(args.jobs).await?;
             measured.figures.insert("raw_job_cycle_per_s", cycle.per_s);
-            cpu_per_job(&mut measured.figures, single.server, cycle.server, None, None);
+            let none = Others {
+                workers: None,
+                bench: None,
+            };
+            cpu_per_job(&mut measured.figures, single.server, cycle.server, None, none);
             measured.sweep = w.sweep(args.sweep_jobs).await?;
             Ok(())
         }
@@ -370,15 +375,22 @@ async fn warm_up(
     Ok(())
 }
 
+/// What the drain cost the workers and the bench itself (reading the workers' reports), beside
+/// the servers.
+struct Others {
+    workers: Option<cpu::Cost>,
+    bench: Option<cpu::Cost>,
+}
+
 /// Records and prints the CPU each job cost: the servers for a raw single create, a raw job
-/// cycle and a drained job, and the workers for a drained job (see [`cpu`]); whatever is known
-/// (nothing with a `--zk` the bench did not start).
+/// cycle and a drained job, and the workers and the bench for a drained job (see [`cpu`]);
+/// whatever is known (nothing of the servers with a `--zk` the bench did not start).
 fn cpu_per_job(
     figures: &mut BTreeMap<&'static str, f64>,
     create: Option<cpu::Cost>,
     cycle: Option<cpu::Cost>,
     drain: Option<cpu::Cost>,
-    workers: Option<cpu::Cost>,
+    others: Others,
 ) {
     let named = [
         ("zk_cpu_us_per_raw_create", create, "per raw single create"),
@@ -398,12 +410,29 @@ fn cpu_per_job(
     if let Some(drain) = drain {
         figures.insert("zk_cores_in_drain", drain.cores);
     }
-    if let Some(workers) = workers {
-        figures.insert("worker_cpu_us_per_drained_job", workers.us_per_job);
-        said.push(format!(
-            "the workers {:.1} µs per drained job",
-            workers.us_per_job
-        ));
+    let named = [
+        (
+            others.workers,
+            "the workers",
+            "worker_cpu_us_per_drained_job",
+            "worker_cores_in_drain",
+        ),
+        (
+            others.bench,
+            "the bench",
+            "bench_cpu_us_per_drained_job",
+            "bench_cores_in_drain",
+        ),
+    ];
+    for (cost, what, us, cores) in named {
+        if let Some(cost) = cost {
+            figures.insert(us, cost.us_per_job);
+            figures.insert(cores, cost.cores);
+            said.push(format!(
+                "{what} {:.1} µs per drained job ({:.2} cores)",
+                cost.us_per_job, cost.cores
+            ));
+        }
     }
     if !said.is_empty() {
         println!("CPU per job (the server's, unless said): {}", said.join(", "));
@@ -451,8 +480,8 @@ async fn everything(
     );
 
     let fleet = w.fleet(queue)?;
-    let workers = fleet.processes();
-    let (server_cpu, worker_cpu) = (server.start(), workers.start());
+    let (workers, bench) = (fleet.processes(), cpu::Processes::new(vec![std::process::id()]));
+    let (server_cpu, worker_cpu, bench_cpu) = (server.start(), workers.start(), bench.start());
     let drain = w.drain("drain", &fleet, args.jobs).await?;
     figures.insert("drain_per_s", drain.per_s);
     figures.insert("drain_duplicates", drain.duplicates as f64);
@@ -464,7 +493,10 @@ async fn everything(
         single.server,
         cycle.server,
         server_cpu.per_job(drained),
-        worker_cpu.per_job(drained),
+        Others {
+            workers: worker_cpu.per_job(drained),
+            bench: bench_cpu.per_job(drained),
+        },
     );
     // The floor of the continuous workload's latency, measured side by side with it, each at
     // half the rate: both meet the server at the same moments. Run in turn, a stall of the
