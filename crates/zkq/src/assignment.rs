@@ -709,6 +709,11 @@ mod follow_tests {
         found.unwrap()["q"].clone()
     }
 
+    /// Waits for the share that follows `after` and checks that it is `want`.
+    async fn expect_next(owned: &mut watch::Receiver<Owned>, after: Option<Share>, want: Share) {
+        assert_eq!(share_other_than(owned, after.as_ref()).await, want);
+    }
+
     async fn write_record(client: &zk::Client, layout: &Layout, owners: &[&str]) {
         let record = Assignment {
             v: Assignment::VERSION,
@@ -747,13 +752,12 @@ mod follow_tests {
         let (client, layout) = setup("awaited").await;
         add_candidate(&client, &layout).await;
         let (mut owned, task) = start(&client, &layout, false, Duration::from_secs(60));
-        assert_eq!(share_other_than(&mut owned, None).await, Share::Awaited);
+        expect_next(&mut owned, None, Share::Awaited).await;
         // Still nothing a while later: no record, no fallback.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(owned.borrow()["q"], Share::Awaited);
         write_record(&client, &layout, &["w", "x", "w"]).await;
-        let share = share_other_than(&mut owned, Some(&Share::Awaited)).await;
-        assert_eq!(share, Share::Owned(vec![0, 2]));
+        expect_next(&mut owned, Some(Share::Awaited), Share::Owned(vec![0, 2])).await;
         task.abort();
     }
 
@@ -762,15 +766,11 @@ mod follow_tests {
         let (client, layout) = setup("late").await;
         add_candidate(&client, &layout).await;
         let (mut owned, task) = start(&client, &layout, false, Duration::from_secs(3));
-        assert_eq!(share_other_than(&mut owned, None).await, Share::Awaited);
-        assert_eq!(
-            share_other_than(&mut owned, Some(&Share::Awaited)).await,
-            Share::Every
-        );
+        expect_next(&mut owned, None, Share::Awaited).await;
+        expect_next(&mut owned, Some(Share::Awaited), Share::Every).await;
         // A record that comes late is followed all the same.
         write_record(&client, &layout, &["x", "w"]).await;
-        let share = share_other_than(&mut owned, Some(&Share::Every)).await;
-        assert_eq!(share, Share::Owned(vec![1]));
+        expect_next(&mut owned, Some(Share::Every), Share::Owned(vec![1])).await;
         task.abort();
     }
 
@@ -779,19 +779,12 @@ mod follow_tests {
         let (client, layout) = setup("leaderless").await;
         // No record either: every partition long before the wait is over.
         let (mut owned, task) = start(&client, &layout, false, Duration::from_secs(60));
-        assert_eq!(
-            share_other_than(&mut owned, Some(&Share::Awaited)).await,
-            Share::Every
-        );
+        expect_next(&mut owned, Some(Share::Awaited), Share::Every).await;
         // A candidate shows up: the new queue waits for its record again, then follows it.
         add_candidate(&client, &layout).await;
-        assert_eq!(
-            share_other_than(&mut owned, Some(&Share::Every)).await,
-            Share::Awaited
-        );
+        expect_next(&mut owned, Some(Share::Every), Share::Awaited).await;
         write_record(&client, &layout, &["w", "x"]).await;
-        let share = share_other_than(&mut owned, Some(&Share::Awaited)).await;
-        assert_eq!(share, Share::Owned(vec![0]));
+        expect_next(&mut owned, Some(Share::Awaited), Share::Owned(vec![0])).await;
         task.abort();
     }
 
@@ -801,9 +794,8 @@ mod follow_tests {
         write_record(&client, &layout, &["w", "x"]).await;
         // Its own candidacy never shows up (as when its campaign keeps failing).
         let (mut owned, task) = start(&client, &layout, true, Duration::from_secs(3));
-        assert_eq!(share_other_than(&mut owned, None).await, Share::Owned(vec![0]));
-        let share = share_other_than(&mut owned, Some(&Share::Owned(vec![0]))).await;
-        assert_eq!(share, Share::Every);
+        expect_next(&mut owned, None, Share::Owned(vec![0])).await;
+        expect_next(&mut owned, Some(Share::Owned(vec![0])), Share::Every).await;
         task.abort();
     }
 }
