@@ -391,6 +391,9 @@ impl Follower {
         let path = self.layout.assignment(&self.queue);
         // Since when this worker has had no record to follow: from the start.
         let mut missing_since = Some(Instant::now());
+        // Whether there is a candidate at all is known first (within the wait, whatever
+        // happens), so that the first share published, and logged, is the right one.
+        let _ = tokio::time::timeout(self.wait, leaderless.changed()).await;
         loop {
             let (read, watcher) = match self.client.get_and_watch_data(&path).await {
                 Ok((data, _, watcher)) => match codec::decode::<Assignment>(&path, &data) {
@@ -433,7 +436,7 @@ impl Follower {
                     self.wait,
                     Instant::now(),
                 );
-                self.publish(share);
+                self.publish(share, &read, since.is_some());
                 let deadline = async {
                     match changes {
                         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -470,21 +473,33 @@ impl Follower {
                 self.wait,
                 Instant::now(),
             );
-            self.publish(share);
+            self.publish(share, &Share::Awaited, since.is_some());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    fn publish(&self, share: Share) {
+    /// Publishes `share`, decided from `read` with or without a scheduler candidate; a change
+    /// is logged with its reason, so that an operator can tell a worker waiting for the
+    /// scheduler from one scanning every partition, and why.
+    fn publish(&self, share: Share, read: &Share, leaderless: bool) {
+        let queue = &self.queue;
         self.owned.send_if_modified(|map| {
-            if map.get(&self.queue) == Some(&share) {
+            if map.get(queue) == Some(&share) {
                 return false;
             }
-            if share == Share::Every {
-                info!(queue = %self.queue, "scanning every partition");
+            match &share {
+                Share::Awaited => info!(%queue, "waiting for the scheduler's first partition assignment"),
+                Share::Owned(partitions) => {
+                    info!(%queue, owned = partitions.len(), ?partitions, "scanning the partitions assigned to this worker");
+                }
+                Share::Every if leaderless => info!(%queue, "no scheduler candidate: scanning every partition"),
+                Share::Every if *read == Share::Awaited => {
+                    warn!(%queue, waited = ?self.wait, "no partition assignment from the scheduler yet: scanning every partition");
+                }
+                // An unreadable record, warned about when read.
+                Share::Every => {}
             }
-            debug!(queue = %self.queue, ?share, "owned partitions");
-            map.insert(self.queue.clone(), share);
+            map.insert(queue.clone(), share);
             true
         });
     }
@@ -494,17 +509,22 @@ impl Follower {
 /// assignments current), or `None` while it has one.
 async fn watch_candidates(client: zk::Client, layout: Layout, leaderless: watch::Sender<Option<Instant>>) {
     let dir = format!("{}/candidates", layout.scheduler());
-    let set = |none: bool| {
-        leaderless.send_if_modified(|since| match (none, since.is_some()) {
-            (true, false) => {
-                *since = Some(Instant::now());
-                true
-            }
-            (false, true) => {
-                *since = None;
-                true
-            }
-            _ => false,
+    // The first answer is always sent, changed or not: the followers wait for it.
+    let mut first = true;
+    let mut set = |none: bool| {
+        leaderless.send_if_modified(|since| {
+            let changed = match (none, since.is_some()) {
+                (true, false) => {
+                    *since = Some(Instant::now());
+                    true
+                }
+                (false, true) => {
+                    *since = None;
+                    true
+                }
+                _ => false,
+            };
+            std::mem::take(&mut first) || changed
         });
     };
     loop {
