@@ -428,15 +428,7 @@ impl Follower {
             tokio::pin!(fired);
             loop {
                 let since = *leaderless.borrow_and_update();
-                let (share, changes) = decide(
-                    &read,
-                    missing_since,
-                    since,
-                    self.stands,
-                    self.wait,
-                    Instant::now(),
-                );
-                self.publish(share, &read, since.is_some());
+                let changes = self.decide_and_publish(&read, missing_since, since);
                 let deadline = async {
                     match changes {
                         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -465,17 +457,28 @@ impl Follower {
     ) {
         if missing_since.is_some() {
             let since = *leaderless.borrow();
-            let (share, _) = decide(
-                &Share::Awaited,
-                missing_since,
-                since,
-                self.stands,
-                self.wait,
-                Instant::now(),
-            );
-            self.publish(share, &Share::Awaited, since.is_some());
+            self.decide_and_publish(&Share::Awaited, missing_since, since);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    /// Publishes what this worker scans now ([`decide`]); returns when that changes by itself.
+    fn decide_and_publish(
+        &self,
+        read: &Share,
+        missing_since: Option<Instant>,
+        leaderless_since: Option<Instant>,
+    ) -> Option<Instant> {
+        let (share, changes) = decide(
+            read,
+            missing_since,
+            leaderless_since,
+            self.stands,
+            self.wait,
+            Instant::now(),
+        );
+        self.publish(share, read, leaderless_since.is_some());
+        changes
     }
 
     /// Publishes `share`, decided from `read` with or without a scheduler candidate; a change
